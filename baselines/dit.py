@@ -1,0 +1,559 @@
+"""DiT: a transformer backbone with adaLN-Zero conditioning on time and class.
+
+Paper: William Peebles, Saining Xie, "Scalable Diffusion Models with Transformers", ICCV 2023,
+https://arxiv.org/abs/2212.09748.
+Reference implementation: https://github.com/facebookresearch/DiT/blob/ed81ce2/models.py (pinned at ed81ce2).
+
+The architecture, parameter names (up to one rename, below), initialisation and numbers are the reference's:
+DiT-XL/2 at 256² (32x32 latent) has 675,129,632 parameters counting the fixed ``pos_embed`` (674,834,720
+trainable) and costs 118.6 GMACs per forward. Official checkpoints load through :func:`load_official_checkpoint`,
+diffusers' ``DiTTransformer2DModel`` through :func:`from_diffusers_state_dict` / :func:`to_diffusers_state_dict`.
+
+Differences from the reference:
+
+- Time at the interface is continuous ``t`` in [0, 1] (t = 1 noise); the timestep embedder multiplies by 1000
+  inside, so the DDPM step ``k`` is ``t = k / 1000`` (equal to the reference's integer step up to float32 rounding).
+- Classifier-free-guidance label dropout moved to the shared conditioner: the model reads ``cond.semantic_null``
+  and uses the table's null row (index ``num_classes``) there. ``class_dropout_prob`` is therefore not an argument;
+  the null row always exists (the reference adds it only when ``class_dropout_prob > 0``, true of every release).
+- Optional ``control_names``: an SDXL-style Fourier control embedder whose output is *added to the adaLN vector*
+  ``c`` (the entangled baseline the proposed model is compared against). Off by default, and then the model is the
+  reference exactly.
+- Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (same math as timm's ``Attention``).
+- Layers come from ``baselines/layers.py`` and conditioning from ``conditioning/`` instead of timm and in-file
+  classes. State-dict names are the reference's except ``adaLN_modulation.1`` → ``adaLN_modulation.linear``.
+- ``forward_with_cfg`` is not here: guidance (including DiT's guidance on 3 of 4 channels) is
+  ``benchmark/guidance.py``'s, shared by every model. Splitting the learned-Σ channels is the objective's job.
+- ``pos_embed`` is a frozen ``nn.Parameter`` as in the reference (so it is counted and saved the same way), and is
+  computed with numpy so that construction under ``torch.device("meta")`` works.
+
+Legend: N batch, C latent channels, H x W latent size, p patch, T = HW/p² tokens, D width, K control scalars.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+from collections.abc import Mapping
+
+import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from torch import Tensor, nn
+
+from baselines.layers import Attention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from benchmark.guidance import ClassifierFreeGuidance
+from benchmark.module import DiffusionModule, default_optimizer, owned
+from benchmark.objectives import DDPM, Objective
+from benchmark.samplers import DDPMSampler, Sampler
+from conditioning.conditioner import Conditioner
+from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder
+from conditioning.modulation import AdaLNZero, FinalAdaLN, modulate
+from conditioning.types import Cond
+from data.autoencoder import Autoencoder
+
+__all__ = [
+    "SIZES",
+    "DiT",
+    "DiTBlock",
+    "DiTModule",
+    "FinalLayer",
+    "diffusers_config",
+    "dit_size",
+    "from_diffusers_state_dict",
+    "load_official_checkpoint",
+    "to_diffusers_state_dict",
+]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Blocks
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class DiTBlock(nn.Module):
+    """Pre-norm transformer block whose two residual branches are modulated and gated by adaLN-Zero (paper §3.2)."""
+
+    def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
+        """Build the block.
+
+        Args:
+            hidden_size: width D.
+            num_heads: attention heads; must divide ``hidden_size``.
+            mlp_ratio: MLP inner width as a multiple of D.
+        """
+        super().__init__()
+        # Registration order is the reference's, so that the same seed gives the same initial weights.
+        # The norms have no affine parameters: adaLN supplies the per-sample scale and shift instead.
+        self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
+        self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
+        self.adaLN_modulation = AdaLNZero(hidden_size, hidden_size, branches=("attn", "mlp"))
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """Apply the block to tokens ``x`` (N, T, D) under the conditioning vector ``c`` (N, D)."""
+        mods = self.adaLN_modulation(c)
+        attn, mlp = mods["attn"], mods["mlp"]
+        x = x + attn.gate * self.attn(modulate(self.norm1(x), attn.shift, attn.scale))
+        x = x + mlp.gate * self.mlp(modulate(self.norm2(x), mlp.shift, mlp.scale))
+        return x  # (N, T, D)
+
+
+class FinalLayer(nn.Module):
+    """Modulated LayerNorm then a Linear to ``p * p * out_channels`` values per token."""
+
+    def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
+        """Build the layer.
+
+        Args:
+            hidden_size: width D.
+            patch_size: patch side p.
+            out_channels: channels predicted per latent pixel.
+        """
+        super().__init__()
+        self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
+        self.adaLN_modulation = FinalAdaLN(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+        """Map tokens (N, T, D) under ``c`` (N, D) to (N, T, p * p * out_channels)."""
+        mod = self.adaLN_modulation(c)
+        return self.linear(modulate(self.norm_final(x), mod.shift, mod.scale))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class DiT(nn.Module):
+    """Diffusion transformer backbone: ``forward(x_t, t, cond) -> prediction`` with ``t`` in [0, 1]."""
+
+    def __init__(
+        self,
+        input_size: int = 32,
+        patch_size: int = 2,
+        in_channels: int = 4,
+        hidden_size: int = 1152,
+        depth: int = 28,
+        num_heads: int = 16,
+        mlp_ratio: float = 4.0,
+        num_classes: int = 1000,
+        learn_sigma: bool = True,
+        control_names: list[str] | None = None,
+    ) -> None:
+        """Build the backbone (defaults: DiT-XL/2 at 256², i.e. a 32x32 SD-VAE latent).
+
+        Args:
+            input_size: latent side length H = W the model is built for (image side / 8 for SD-VAE).
+            patch_size: patch side p; ``input_size`` must be divisible by it. Tokens T = (input_size / p)².
+            in_channels: latent channels C.
+            hidden_size: transformer width D; divisible by ``num_heads`` and by 4 (2-D sin-cos table).
+            depth: number of DiT blocks.
+            num_heads: attention heads.
+            mlp_ratio: MLP inner width as a multiple of D.
+            num_classes: number of real classes; the class table has one more row, the null class.
+            learn_sigma: predict the variance too (Improved DDPM), doubling the output channels to 2C.
+            control_names: names of the control scalars (``Cond.control_names``) to embed with a Fourier
+                :class:`~conditioning.embedders.ControlEmbedder` and add to the adaLN vector; None disables it
+                (the reference model).
+        """
+        super().__init__()
+        if input_size % patch_size:
+            raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}")
+        if hidden_size % num_heads or hidden_size % 4:
+            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
+        self.input_size = input_size
+        self.patch_size = patch_size
+        self.in_channels = in_channels
+        self.out_channels = 2 * in_channels if learn_sigma else in_channels
+        self.learn_sigma = learn_sigma
+        self.hidden_size = hidden_size
+        self.depth = depth
+        self.num_heads = num_heads
+        self.num_classes = num_classes
+        self.grid_size = input_size // patch_size
+
+        self.x_embedder = PatchEmbed(patch_size, in_channels, hidden_size)
+        self.t_embedder = TimestepEmbedder(hidden_size)  # DiT convention: cat[cos, sin], shift 0, t x 1000
+        self.y_embedder = ClassEmbedder(num_classes, hidden_size)
+        self.control_embedder = ControlEmbedder(control_names, hidden_size) if control_names else None
+        # A Parameter (not a buffer) as in the reference: it is saved under "pos_embed" and counted in the totals.
+        self.pos_embed = nn.Parameter(torch.zeros(1, self.grid_size**2, hidden_size), requires_grad=False)
+        self.blocks = nn.ModuleList([DiTBlock(hidden_size, num_heads, mlp_ratio) for _ in range(depth)])
+        self.final_layer = FinalLayer(hidden_size, patch_size, self.out_channels)
+        self.initialize_weights()
+
+    def initialize_weights(self) -> None:
+        """The reference's ``initialize_weights``, in the same order (so a seed gives the reference's weights)."""
+
+        def xavier_linear(module: nn.Module) -> None:
+            if isinstance(module, nn.Linear):
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+
+        self.apply(xavier_linear)
+        if not self.pos_embed.is_meta:  # a meta tensor has no storage to fill; meta builds only count and trace
+            table = get_2d_sincos_pos_embed(self.hidden_size, self.grid_size)
+            self.pos_embed.data.copy_(torch.from_numpy(table).float().unsqueeze(0))
+        # The patch projection is a Linear over flattened p x p x C patches, so initialise it like one.
+        # (Its bias keeps the Conv2d default, as in the reference.)
+        w = self.x_embedder.proj.weight.data
+        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        if self.control_embedder is not None:  # not in the reference: treated like the timestep MLP
+            nn.init.normal_(self.control_embedder.mlp[0].weight, std=0.02)
+            nn.init.normal_(self.control_embedder.mlp[2].weight, std=0.02)
+        # adaLN-Zero: zero modulation makes every block the identity at init, and a zero output layer makes the
+        # initial prediction exactly zero.
+        for block in self.blocks:
+            block.adaLN_modulation.reset_parameters()
+        self.final_layer.adaLN_modulation.reset_parameters()
+        nn.init.zeros_(self.final_layer.linear.weight)
+        nn.init.zeros_(self.final_layer.linear.bias)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
+        """Predict from a noisy latent.
+
+        Args:
+            x: (N, C, H, W) noisy latent with H = W = ``input_size``.
+            t: (N,) float diffusion time in [0, 1] (t = 1 is noise; DDPM step k is k / 1000).
+            cond: conditions; ``label`` is required (``semantic_null`` selects the null class), ``control`` is
+                required when the model was built with ``control_names`` and ignored otherwise.
+
+        Returns:
+            (N, out_channels, H, W): with ``learn_sigma`` the first C channels are the mean prediction (ε) and the
+            last C the variance interpolation values.
+        """
+        self._check_inputs(x, t)
+        x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
+        c = self.t_embedder(t) + self.y_embedder(cond)  # (N, D)
+        if self.control_embedder is not None:
+            c = c + self.control_embedder(cond)
+        for block in self.blocks:
+            x = block(x, c)  # (N, T, D)
+        x = self.final_layer(x, c)  # (N, T, p * p * out_channels)
+        return unpatchify(x, self.patch_size, self.out_channels, (self.grid_size, self.grid_size))
+
+    def _check_inputs(self, x: Tensor, t: Tensor) -> None:
+        expected = (self.in_channels, self.input_size, self.input_size)
+        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
+            raise ValueError(
+                f"DiT was built for inputs (N, {self.in_channels}, {self.input_size}, {self.input_size}), "
+                f"got {tuple(x.shape)}; set in_channels / input_size to the latent's shape"
+            )
+        if t.shape != (x.shape[0],):
+            raise ValueError(f"t must have shape (N,) = ({x.shape[0]},), got {tuple(t.shape)}")
+        if not t.is_floating_point():
+            raise ValueError(f"t must be float time in [0, 1] (step k is k / 1000), got dtype {t.dtype}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Sizes (Peebles & Xie 2023, Table 1; parameter counts pinned in tests/baselines/test_dit.py)
+# --------------------------------------------------------------------------------------------------------------------
+
+_WIDTHS = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
+
+SIZES: dict[str, dict[str, int]] = {
+    f"DiT-{name}/{p}": {"depth": depth, "hidden_size": hidden, "num_heads": heads, "patch_size": p}
+    for name, (depth, hidden, heads) in _WIDTHS.items()
+    for p in (2, 4, 8)
+}
+# Not in the paper: a size that trains on a CPU in minutes on 8x8 latents, for tests and the embedded suite.
+SIZES["DiT-tiny/2"] = {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 2}
+
+
+def dit_size(name: str) -> dict[str, int]:
+    """The ``DiT(...)`` keyword arguments of a named size, e.g. ``DiT(**dit_size("DiT-XL/2"))``.
+
+    Args:
+        name: a key of :data:`SIZES`, e.g. ``"DiT-XL/2"``.
+
+    Returns:
+        A fresh dict with ``depth``, ``hidden_size``, ``num_heads`` and ``patch_size``.
+    """
+    if name not in SIZES:
+        raise ValueError(f"unknown DiT size {name!r}; valid sizes: {', '.join(SIZES)}")
+    return dict(SIZES[name])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Reference weights: official checkpoints and diffusers' DiTTransformer2DModel
+# --------------------------------------------------------------------------------------------------------------------
+
+_TOP_KEYS = (
+    "pos_embed",
+    "x_embedder.proj.weight",
+    "x_embedder.proj.bias",
+    "t_embedder.mlp.0.weight",
+    "t_embedder.mlp.0.bias",
+    "t_embedder.mlp.2.weight",
+    "t_embedder.mlp.2.bias",
+    "y_embedder.embedding_table.weight",
+    "final_layer.linear.weight",
+    "final_layer.linear.bias",
+    "final_layer.adaLN_modulation.linear.weight",
+    "final_layer.adaLN_modulation.linear.bias",
+)
+_BLOCK_KEYS = tuple(
+    f"{layer}.{kind}"
+    for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.linear")
+    for kind in ("weight", "bias")
+)
+# Ours → diffusers, per block (the attention's fused qkv is handled separately: diffusers splits it in three).
+_DIFFUSERS_BLOCK = {
+    "attn.proj": "attn1.to_out.0",
+    "mlp.fc1": "ff.net.0.proj",
+    "mlp.fc2": "ff.net.2",
+    "adaLN_modulation.linear": "norm1.linear",
+}
+_DIFFUSERS_TOP = {
+    "x_embedder.proj": "pos_embed.proj",
+    "final_layer.adaLN_modulation.linear": "proj_out_1",
+    "final_layer.linear": "proj_out_2",
+}
+# diffusers keeps a copy of the time/class embedders in every block (block 0's also feeds the final layer).
+_DIFFUSERS_EMBED = {
+    "t_embedder.mlp.0": "norm1.emb.timestep_embedder.linear_1",
+    "t_embedder.mlp.2": "norm1.emb.timestep_embedder.linear_2",
+    "y_embedder.embedding_table": "norm1.emb.class_embedder.embedding_table",
+}
+
+
+def _depth_of(keys: list[str], prefix: str) -> int:
+    indices = [int(m.group(1)) for k in keys if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))]
+    return max(indices) + 1 if indices else 0
+
+
+def _check_keys(found: Mapping[str, Tensor], expected: set[str], what: str) -> None:
+    unknown, missing = sorted(set(found) - expected), sorted(expected - set(found))
+    if unknown or missing:
+        raise ValueError(
+            f"{what} does not match DiT: {len(unknown)} unknown key(s) {unknown[:20]}, "
+            f"{len(missing)} missing key(s) {missing[:20]}"
+        )
+
+
+def _expected_keys(depth: int, with_pos_embed: bool = True) -> set[str]:
+    keys = {k for k in _TOP_KEYS if with_pos_embed or k != "pos_embed"}
+    return keys | {f"blocks.{i}.{k}" for i in range(depth) for k in _BLOCK_KEYS}
+
+
+def load_official_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str, object]) -> dict[str, Tensor]:
+    """Read a facebookresearch/DiT checkpoint and return a state dict for :class:`DiT`.
+
+    The released files (``DiT-XL-2-256x256.pt``, ...) are plain state dicts of the EMA weights; training
+    checkpoints are ``{"model", "ema", "opt", "args"}``, from which ``"ema"`` is taken (else ``"model"``).
+    Files load with ``weights_only=True`` (``argparse.Namespace`` is allowed for the ``"args"`` entry).
+
+    Args:
+        path_or_state_dict: a checkpoint path, or an already loaded checkpoint / state dict.
+
+    Returns:
+        The state dict under our names (``adaLN_modulation.1`` → ``adaLN_modulation.linear``), checked to be a
+        complete DiT without control embedder; load it with ``model.load_state_dict(sd)``.
+    """
+    ckpt = path_or_state_dict
+    if isinstance(ckpt, str | os.PathLike):
+        # Training checkpoints carry their argparse.Namespace; allow just that class (safe_globals: torch >= 2.5).
+        safe_globals = getattr(torch.serialization, "safe_globals", None)
+        with safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext():
+            ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"expected a DiT checkpoint dict, got {type(ckpt).__name__}")
+    for wrapper in ("ema", "model"):
+        if isinstance(ckpt.get(wrapper), Mapping):
+            ckpt = ckpt[wrapper]
+            break
+    sd = {k.replace("adaLN_modulation.1.", "adaLN_modulation.linear."): v for k, v in ckpt.items()}
+    _check_keys(sd, _expected_keys(_depth_of(list(sd), "blocks")), "official DiT checkpoint")
+    return sd
+
+
+def diffusers_config(model: DiT) -> dict[str, object]:
+    """Keyword arguments of the ``diffusers.DiTTransformer2DModel`` with the same architecture as ``model``.
+
+    ``norm_eps=1e-6`` matches DiT's MLP-branch LayerNorm (diffusers defaults to 1e-5 there, and so do its converted
+    hub checkpoints). diffusers' timestep embedding uses ``downscale_freq_shift=1`` where the official DiT uses 0:
+    to reproduce a diffusers model's outputs set ``model.t_embedder.downscale_freq_shift = 1.0``; weights converted
+    from the official release are meant for 0, our default.
+    """
+    if model.control_embedder is not None:
+        raise ValueError(
+            "diffusers' DiTTransformer2DModel has no control embedder; build the DiT without control_names"
+        )
+    return {
+        "num_attention_heads": model.num_heads,
+        "attention_head_dim": model.hidden_size // model.num_heads,
+        "in_channels": model.in_channels,
+        "out_channels": model.out_channels,
+        "num_layers": model.depth,
+        "sample_size": model.input_size,
+        "patch_size": model.patch_size,
+        "num_embeds_ada_norm": model.num_classes,
+        "activation_fn": "gelu-approximate",
+        "attention_bias": True,
+        "norm_type": "ada_norm_zero",
+        "norm_elementwise_affine": False,
+        "norm_eps": 1e-6,
+    }
+
+
+def to_diffusers_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Convert a :class:`DiT` state dict to ``DiTTransformer2DModel`` names (see :func:`diffusers_config`).
+
+    The fixed ``pos_embed`` is dropped (diffusers recomputes it as a non-persistent buffer); the time and class
+    embedders are copied into every block, as diffusers stores them.
+    """
+    if any(k.startswith("control_embedder.") for k in sd):
+        raise ValueError("diffusers' DiTTransformer2DModel has no control embedder; this state dict has one")
+    depth = _depth_of(list(sd), "blocks")
+    _check_keys(sd, _expected_keys(depth), "DiT state dict")
+    out: dict[str, Tensor] = {}
+    for ours, theirs in _DIFFUSERS_TOP.items():
+        for kind in ("weight", "bias"):
+            out[f"{theirs}.{kind}"] = sd[f"{ours}.{kind}"]
+    for i in range(depth):
+        src, dst = f"blocks.{i}.", f"transformer_blocks.{i}."
+        for kind in ("weight", "bias"):
+            # Cloned so that the three tensors do not share storage (safetensors refuses shared tensors).
+            q, k, v = (part.clone() for part in sd[f"{src}attn.qkv.{kind}"].chunk(3, dim=0))
+            out.update({f"{dst}attn1.to_q.{kind}": q, f"{dst}attn1.to_k.{kind}": k, f"{dst}attn1.to_v.{kind}": v})
+            for ours, theirs in _DIFFUSERS_BLOCK.items():
+                out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
+        for ours, theirs in _DIFFUSERS_EMBED.items():
+            for kind in ("weight",) if ours.startswith("y_") else ("weight", "bias"):
+                out[f"{dst}{theirs}.{kind}"] = sd[f"{ours}.{kind}"].clone()
+    return out
+
+
+def from_diffusers_state_dict(sd: Mapping[str, Tensor], input_size: int | None = None) -> dict[str, Tensor]:
+    """Convert a ``DiTTransformer2DModel`` state dict to :class:`DiT` names.
+
+    Args:
+        sd: the diffusers state dict.
+        input_size: latent side the model is for (diffusers' ``sample_size``). When given, the fixed ``pos_embed``
+            (not stored by diffusers) is computed and included, so that ``load_state_dict`` can be strict;
+            otherwise it is omitted and the target model keeps its own.
+
+    Returns:
+        Our state dict. The per-block copies of the time / class embedders must be identical (they are in
+        converted checkpoints); a model whose copies diverged cannot be represented and raises.
+    """
+    depth = _depth_of(list(sd), "transformer_blocks")
+    expected = {f"{theirs}.{kind}" for theirs in _DIFFUSERS_TOP.values() for kind in ("weight", "bias")}
+    for i in range(depth):
+        dst = f"transformer_blocks.{i}."
+        expected |= {f"{dst}attn1.to_{n}.{kind}" for n in "qkv" for kind in ("weight", "bias")}
+        expected |= {f"{dst}{theirs}.{kind}" for theirs in _DIFFUSERS_BLOCK.values() for kind in ("weight", "bias")}
+        expected |= {f"{dst}{theirs}.weight" for theirs in _DIFFUSERS_EMBED.values()}
+        expected |= {f"{dst}{theirs}.bias" for ours, theirs in _DIFFUSERS_EMBED.items() if not ours.startswith("y_")}
+    _check_keys(sd, expected, "diffusers DiTTransformer2DModel state dict")
+
+    out: dict[str, Tensor] = {}
+    for ours, theirs in _DIFFUSERS_TOP.items():
+        for kind in ("weight", "bias"):
+            out[f"{ours}.{kind}"] = sd[f"{theirs}.{kind}"]
+    for i in range(depth):
+        src, dst = f"transformer_blocks.{i}.", f"blocks.{i}."
+        for kind in ("weight", "bias"):
+            qkv = [sd[f"{src}attn1.to_{n}.{kind}"] for n in "qkv"]
+            out[f"{dst}attn.qkv.{kind}"] = torch.cat(qkv, dim=0)
+            for ours, theirs in _DIFFUSERS_BLOCK.items():
+                out[f"{dst}{ours}.{kind}"] = sd[f"{src}{theirs}.{kind}"]
+    for ours, theirs in _DIFFUSERS_EMBED.items():
+        for kind in ("weight",) if ours.startswith("y_") else ("weight", "bias"):
+            first = sd[f"transformer_blocks.0.{theirs}.{kind}"]
+            for i in range(1, depth):
+                if not torch.equal(sd[f"transformer_blocks.{i}.{theirs}.{kind}"], first):
+                    raise ValueError(
+                        f"transformer_blocks.{i}.{theirs}.{kind} differs from block 0's copy; DiT shares one "
+                        "time/class embedder across blocks, so this diffusers model cannot be converted"
+                    )
+            out[f"{ours}.{kind}"] = first
+    if input_size is not None:
+        hidden, _, patch, _ = out["x_embedder.proj.weight"].shape
+        if input_size % patch:
+            raise ValueError(f"input_size={input_size} is not divisible by the checkpoint's patch size {patch}")
+        table = get_2d_sincos_pos_embed(hidden, input_size // patch)
+        out["pos_embed"] = torch.from_numpy(table).float().unsqueeze(0)
+    return out
+
+
+# ----------------------------------------------------------------------------------------- training recipe
+
+
+class DiTModule(DiffusionModule):
+    """DiT with its ImageNet training recipe as defaults (Peebles & Xie 2023, §3–4; DiT ``train.py``).
+
+    Recipe: DDPM with 1000 linear-β steps, ε-prediction with learned Σ (IDDPM hybrid loss), class label dropped
+    with p=0.1 for CFG, AdamW lr 1e-4 without weight decay or warm-up, EMA 0.9999, SD-VAE ft-EMA latents
+    (×0.18215, read from the VAE config), 250-step DDPM sampling with CFG 1.5. Any of these can be swapped from
+    YAML (e.g. ``objective: benchmark.objectives.RectifiedFlow`` with ``learn_sigma: false``).
+
+    Args:
+        size: A row of ``SIZES`` (``DiT-XL/2``, ``DiT-B/4``, ``DiT-tiny/2``, ...).
+        num_classes: Number of classes (linked from the data by the CLI).
+        resolution: Image resolution in pixels (linked from the data by the CLI).
+        learn_sigma: Predict the variance too (2C output channels); must match ``objective.learn_sigma``.
+        objective: Training objective.
+        sampler: Sampler used for sample grids and ``predict``.
+        guidance: Classifier-free guidance used when sampling; ``guided_channels: 3`` reproduces DiT's quirk.
+        conditioner: Batch → condition; its ``control_names`` (if any) also switch on the backbone's control
+            embedder (SDXL-style, added to the adaLN vector).
+        autoencoder: Frozen autoencoder.
+        optimizer: Optimizer factory (default AdamW lr 1e-4, wd 0).
+        lr_scheduler: Optional LR-scheduler factory (DiT uses none).
+        ema_decay: EMA decay (DiT: 0.9999).
+        ema_warmup: Ramp the EMA decay for short runs.
+        compile: ``torch.compile`` the backbone for training.
+    """
+
+    def __init__(
+        self,
+        size: str = "DiT-XL/2",
+        num_classes: int = 1000,
+        resolution: int = 256,
+        learn_sigma: bool = True,
+        objective: Objective = lazy_instance(DDPM, learn_sigma=True),
+        sampler: Sampler = lazy_instance(DDPMSampler, steps=250),
+        guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=1.5),
+        conditioner: Conditioner = lazy_instance(Conditioner, semantic="class", semantic_dropout=0.1),
+        autoencoder: Autoencoder = lazy_instance(Autoencoder, pretrained="stabilityai/sd-vae-ft-ema"),
+        optimizer: OptimizerCallable = default_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        ema_decay: float = 0.9999,
+        ema_warmup: bool = False,
+        compile: bool = False,
+    ) -> None:
+        conditioner, autoencoder = owned(conditioner), owned(autoencoder)
+        channels, height, _ = autoencoder.latent_shape(resolution)
+        backbone = DiT(
+            input_size=height,
+            in_channels=channels,
+            num_classes=num_classes,
+            learn_sigma=learn_sigma,
+            control_names=list(conditioner.control_names) or None,
+            **dit_size(size),
+        )
+        super().__init__(
+            backbone=backbone,
+            objective=objective,
+            sampler=sampler,
+            guidance=guidance,
+            conditioner=conditioner,
+            autoencoder=autoencoder,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            ema_decay=ema_decay,
+            ema_warmup=ema_warmup,
+            resolution=resolution,
+            compile=compile,
+        )
+        self.save_hyperparameters(ignore=["objective", "sampler", "guidance", "conditioner", "autoencoder"])

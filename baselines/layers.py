@@ -1,0 +1,158 @@
+"""Generic, conditioning-free transformer layers shared by the baselines.
+
+Parameter names follow timm's ``vision_transformer`` (``qkv``/``proj``, ``fc1``/``fc2``, ``proj`` of the patch
+embedding), which the DiT lineage builds on, so reference checkpoints load without renaming these layers.
+
+Legend: N batch, C channels, H x W spatial size, p patch size, T = (H/p)(W/p) tokens, D width, h heads.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["Attention", "Mlp", "PatchEmbed", "get_2d_sincos_pos_embed", "unpatchify"]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention: fused ``qkv`` Linear, ``scaled_dot_product_attention``, output ``proj``.
+
+    The ``qkv`` output is laid out (q | k | v), each head-major, as in timm, so that its three row blocks are the
+    separate ``to_q``/``to_k``/``to_v`` weights of diffusers.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        """Build the layer.
+
+        Args:
+            dim: token width D; must be divisible by ``num_heads``.
+            num_heads: number of heads h; head width is ``dim // num_heads``.
+            qkv_bias: whether the qkv projection has a bias (True in DiT).
+        """
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"Attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Attend.
+
+        Args:
+            x: (N, T, D) tokens.
+
+        Returns:
+            (N, T, D).
+        """
+        n, t, d = x.shape
+        qkv = self.qkv(x).view(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, h, T, D/h)
+        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, h, T, D/h)
+        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+
+
+class Mlp(nn.Module):
+    """Two-layer feed-forward network ``fc2(GELU_tanh(fc1(x)))`` (DiT uses the tanh approximation of GELU)."""
+
+    def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None) -> None:
+        """Build the layer.
+
+        Args:
+            in_features: input width.
+            hidden_features: inner width (``mlp_ratio * D`` in DiT).
+            out_features: output width; defaults to ``in_features``.
+        """
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = nn.GELU(approximate="tanh")
+        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Apply the MLP to (..., in_features) → (..., out_features)."""
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patches → tokens: a Conv2d with kernel = stride = patch, flattened row-major."""
+
+    def __init__(self, patch_size: int, in_channels: int, embed_dim: int, bias: bool = True) -> None:
+        """Build the layer.
+
+        Args:
+            patch_size: side p of a square patch.
+            in_channels: input channels C.
+            embed_dim: token width D.
+            bias: whether the projection has a bias (True in DiT).
+        """
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Patchify (N, C, H, W) → (N, T, D), tokens ordered row by row (T = (H/p)(W/p))."""
+        return self.proj(x).flatten(2).transpose(1, 2)
+
+
+def _sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
+    """(M,) positions → (M, embed_dim) as ``cat[sin(pos * omega), cos(pos * omega)]``, omega = 10000^(-i/half)."""
+    half = embed_dim // 2
+    omega = np.arange(half, dtype=np.float64)
+    omega /= half
+    omega = 1.0 / 10000**omega
+    angles = np.outer(positions.reshape(-1).astype(np.float64), omega)  # (M, half)
+    return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) -> np.ndarray:
+    """Fixed 2-D sin-cos position table in the MAE / DiT convention.
+
+    Tokens are row-major over a (gh, gw) grid. The *first* half of the channels encodes the column (x / width)
+    index and the second half the row (y / height) index, each as ``cat[sin, cos]`` with frequencies
+    ``10000^(-i / (embed_dim / 4))``. (MAE names the first half ``emb_h``, but it is fed the meshgrid's width
+    coordinate; this is the table stored in the official DiT checkpoints.) Computed in float64 with numpy, as the
+    reference does, and independent of torch's default device, so it also works while building on ``meta``.
+
+    Args:
+        embed_dim: width D; must be divisible by 4.
+        grid_size: tokens per side, or (rows, columns).
+
+    Returns:
+        (gh * gw, D) float64 array.
+    """
+    if embed_dim % 4:
+        raise ValueError(f"2-D sin-cos position embedding needs a width divisible by 4, got {embed_dim}")
+    gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    rows, cols = np.meshgrid(np.arange(gh, dtype=np.float32), np.arange(gw, dtype=np.float32), indexing="ij")
+    return np.concatenate([_sincos_1d(embed_dim // 2, cols), _sincos_1d(embed_dim // 2, rows)], axis=1)
+
+
+def unpatchify(x: Tensor, patch_size: int, channels: int, grid_size: tuple[int, int] | None = None) -> Tensor:
+    """Inverse of patchifying: (N, T, p*p*C) → (N, C, gh*p, gw*p); each token's features are laid out (p, p, C).
+
+    Args:
+        x: (N, T, p * p * C) per-token predictions.
+        patch_size: p.
+        channels: C.
+        grid_size: (gh, gw) with gh * gw = T; a square grid is assumed when omitted.
+
+    Returns:
+        (N, C, gh * p, gw * p).
+    """
+    n, t, f = x.shape
+    p = patch_size
+    if f != p * p * channels:
+        raise ValueError(
+            f"unpatchify got {f} features per token, expected patch_size^2 * channels = {p * p * channels}"
+        )
+    if grid_size is None:
+        side = int(round(t**0.5))
+        grid_size = (side, side)
+    gh, gw = grid_size
+    if gh * gw != t:
+        raise ValueError(f"unpatchify got {t} tokens, which is not a {gh} x {gw} grid")
+    x = x.reshape(n, gh, gw, p, p, channels)
+    x = torch.einsum("nhwpqc->nchpwq", x)
+    return x.reshape(n, channels, gh * p, gw * p)

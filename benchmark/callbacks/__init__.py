@@ -1,0 +1,5 @@
+"""Training callbacks: one per file, named after what it produces."""
+
+from benchmark.callbacks.samples import SampleGrid
+
+__all__ = ["SampleGrid"]

@@ -1,0 +1,96 @@
+"""Sample grids of EMA weights at fixed seeds and classes: the picture people look at first."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.utilities import rank_zero_only
+from torchvision.utils import make_grid, save_image
+
+log = logging.getLogger(__name__)
+
+
+class SampleGrid(pl.Callback):
+    """Write a PNG grid of EMA samples every ``every_n_steps`` training steps and at the end of training.
+
+    Row ``i`` shows class ``i`` (for class-conditional models), columns are fixed seeds, so grids from different
+    steps and runs are directly comparable. Files go to ``<log_dir>/samples/step_XXXXXXX.png`` and the grid is
+    also sent to the logger when it can show images (W&B, TensorBoard).
+
+    Args:
+        every_n_steps: Sampling period in optimizer steps; 0 samples only at the end of training.
+        num_classes: How many classes (rows) to show; ``None`` shows every class of the model, up to 16.
+        samples_per_class: Number of columns (seeds) per row.
+        seed: Seed of the sampling noise; the same seed gives the same starting noise at every step.
+        upscale: Nearest-neighbour upscaling factor of the saved PNG so that small images are visible.
+        use_ema: Sample with the EMA weights (the DiT protocol) rather than the raw weights.
+    """
+
+    def __init__(
+        self,
+        every_n_steps: int = 500,
+        num_classes: int | None = None,
+        samples_per_class: int = 8,
+        seed: int = 0,
+        upscale: int = 4,
+        use_ema: bool = True,
+    ) -> None:
+        if every_n_steps < 0 or samples_per_class < 1 or upscale < 1:
+            raise ValueError("every_n_steps must be >= 0, samples_per_class and upscale >= 1")
+        self.every_n_steps = every_n_steps
+        self.num_classes = num_classes
+        self.samples_per_class = samples_per_class
+        self.seed = seed
+        self.upscale = upscale
+        self.use_ema = use_ema
+        self.last_path: Path | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
+        step = trainer.global_step
+        if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
+            self._write(trainer, pl_module, f"step_{step:07d}")
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.global_step > 0:
+            self._write(trainer, pl_module, f"step_{trainer.global_step:07d}")
+
+    def labels(self, pl_module: pl.LightningModule) -> torch.Tensor | None:
+        if pl_module.conditioner.semantic != "class":
+            return None
+        total = getattr(pl_module.backbone, "num_classes", None) or 16
+        rows = min(self.num_classes or min(total, 16), total)
+        return torch.arange(rows).repeat_interleave(self.samples_per_class)
+
+    def render(self, pl_module: pl.LightningModule) -> torch.Tensor:
+        """The grid as a (3, H, W) float tensor in [0, 1]."""
+        labels = self.labels(pl_module)
+        rows = 4 if labels is None else labels.shape[0] // self.samples_per_class
+        # One noise per column, shared by every row: rows then differ only by their class.
+        generator = torch.Generator().manual_seed(self.seed)
+        columns = torch.randn((self.samples_per_class, *pl_module.latent_shape), generator=generator)
+        noise = columns.repeat(rows, 1, 1, 1)
+        images = pl_module.sample_images(labels=labels, num_samples=noise.shape[0], use_ema=self.use_ema, noise=noise)
+        images = (images.float().cpu() + 1) / 2
+        if self.upscale > 1:
+            images = F.interpolate(images, scale_factor=self.upscale, mode="nearest")
+        return make_grid(images, nrow=self.samples_per_class, padding=2, pad_value=1.0)
+
+    @rank_zero_only
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
+        grid = self.render(pl_module)
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / f"{name}.png"
+        save_image(grid, path)
+        self.last_path = path
+        log.info("sample grid written to %s", path)
+        for logger in trainer.loggers:
+            if isinstance(logger, WandbLogger):
+                logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
+            elif isinstance(logger, TensorBoardLogger):
+                logger.experiment.add_image("samples", grid, global_step=trainer.global_step)

@@ -1,0 +1,54 @@
+"""Counting the cost of a backbone forward with torch's FLOP counter (works on the meta device).
+
+Numbers are reported as **MACs** (multiply-accumulates = counted FLOPs / 2), the convention of DiT's "Gflops"
+column, so DiT-XL/2 at 256² reads 118.6 (reference/anchors.md §0).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+if TYPE_CHECKING:
+    from benchmark.module import DiffusionModule
+
+
+def dummy_inputs(module: DiffusionModule, batch_size: int = 1):
+    """(x_t, t, cond) for one backbone call at the module's resolution, on the backbone's device."""
+    device = next(module.backbone.parameters()).device
+    c, h, w = module.latent_shape
+    x = torch.zeros(batch_size, c, h, w, device=device)
+    t = torch.full((batch_size,), 0.5, device=device)
+    labels = torch.zeros(batch_size, dtype=torch.long, device=device)
+    control = None
+    if module.conditioner.control_names:
+        control = torch.zeros(batch_size, len(module.conditioner.control_names), device=device)
+    cond = module.conditioner.make(
+        labels=labels if module.conditioner.semantic == "class" else None,
+        control=control,
+        batch_size=batch_size,
+        device=device,
+    )
+    return x, t, cond
+
+
+def backbone_macs(module: DiffusionModule, batch_size: int = 1) -> int:
+    """Multiply-accumulates of one backbone forward per sample (FLOPs / 2)."""
+    x, t, cond = dummy_inputs(module, batch_size)
+    # The math SDPA backend decomposes attention into matmuls, which the counter always sees (fused CPU kernels
+    # are not in its table on every torch version).
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter, torch.no_grad():
+        module.backbone(x, t, cond)
+    return counter.get_total_flops() // 2 // batch_size
+
+
+def train_flops_per_sample(module: DiffusionModule, batch_size: int = 1) -> int:
+    """FLOPs (not MACs) of one forward + backward of the backbone per sample: the budget unit of a leaderboard."""
+    x, t, cond = dummy_inputs(module, batch_size)
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        module.backbone(x, t, cond).float().square().mean().backward()
+    module.backbone.zero_grad(set_to_none=True)
+    return counter.get_total_flops() // batch_size
