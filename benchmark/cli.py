@@ -69,10 +69,26 @@ def build_cli(args: ArgsType = None, run: bool = True) -> LDMBenchCLI:
     )
 
 
+class _DescribeCLI(LDMBenchCLI):
+    """Parses and instantiates model and data exactly like `fit`, but builds no Trainer."""
+
+    def instantiate_trainer(self, **kwargs):
+        return None
+
+
 def describe(args: list[str]) -> dict:
     """Build the configured model on the meta device (no weights, no data) and return its size and cost."""
     with torch.device("meta"):
-        cli = build_cli([*args, "--trainer.logger", "false"], run=False)
+        cli = _DescribeCLI(
+            DiffusionModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            auto_configure_optimizers=False,
+            save_config_callback=None,
+            args=args,
+            run=False,
+        )
     return cli.model.describe()
 
 

@@ -163,7 +163,10 @@ class DiffusionModule(pl.LightningModule):
         self.log("loss", loss.detach(), prog_bar=True, logger=False, batch_size=x0.shape[0])
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        # Right after the weights change, before any callback (e.g. ModelCheckpoint) sees the step, so a checkpoint
+        # of step k always holds the EMA of step k.
         self.ema.update(self.backbone)
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:

@@ -148,7 +148,7 @@ class RectifiedFlow(Objective):
 def linear_betas(
     num_timesteps: int, beta_start: float, beta_end: float, kind: Literal["linear", "scaled_linear"] = "linear"
 ) -> Tensor:
-    """β_1..β_T in float64.
+    """β_1..β_T in float64, always on the CPU (a schedule is a constant, even when a model is built on meta).
 
     ``linear`` is ADM/DiT's ``get_named_beta_schedule("linear")``: the DDPM endpoints (1e-4, 0.02) rescaled by
     1000 / T so that any T gives a similar curve. ``scaled_linear`` is LDM's ``make_beta_schedule("linear")``:
@@ -156,9 +156,9 @@ def linear_betas(
     """
     if kind == "linear":
         scale = 1000 / num_timesteps
-        return torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
+        return torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64, device="cpu")
     if kind == "scaled_linear":
-        return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64) ** 2
+        return torch.linspace(beta_start**0.5, beta_end**0.5, num_timesteps, dtype=torch.float64, device="cpu") ** 2
     raise ValueError(f"unknown beta schedule {kind!r}; expected 'linear' or 'scaled_linear'")
 
 
@@ -258,7 +258,7 @@ class DDPM(Objective):
         self.learn_sigma = learn_sigma
         self.sigma_small = sigma_small
         self.original_num_timesteps = num_timesteps
-        self._set_schedule(betas, torch.arange(num_timesteps))
+        self._set_schedule(betas, torch.arange(num_timesteps, device="cpu"))
 
     def _set_schedule(self, betas: Tensor, timestep_map: Tensor) -> None:
         """(Re)compute every schedule buffer from float64 betas (the DDPM/IDDPM closed forms)."""

@@ -20,6 +20,8 @@ from typing import Literal
 
 import torch
 from diffusers import AutoencoderKL
+from diffusers.utils import is_accelerate_available
+from huggingface_hub import constants as hf_constants
 from torch import nn
 
 __all__ = ["EMBEDDED_PREFIX", "Autoencoder", "embedded_weights_dir"]
@@ -65,39 +67,97 @@ def _looks_like_path(pretrained: str) -> bool:
     return pretrained.startswith(("/", "./", "../", "~")) or os.path.exists(os.path.expanduser(pretrained))
 
 
-def _load_autoencoder_kl(pretrained: str, subfolder: str | None, torch_dtype: torch.dtype) -> AutoencoderKL:
-    """Load an ``AutoencoderKL`` from an embedded name, a local folder or a hub id, with clear errors."""
+# Configs of well-known hub autoencoders, used only when the hub cannot be reached and the config is not cached, so
+# that a paper-scale config can still be parsed and described (sizes, FLOPs) offline. Weights always come from the hub
+# or a local folder. Values from each model's config.json on the hub.
+KNOWN_CONFIGS: dict[str, dict] = {
+    "stabilityai/sd-vae-ft-ema": {
+        "latent_channels": 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "scaling_factor": 0.18215,
+        "shift_factor": None,
+    },
+    "stabilityai/sd-vae-ft-mse": {
+        "latent_channels": 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "scaling_factor": 0.18215,
+        "shift_factor": None,
+    },
+    "stabilityai/sdxl-vae": {
+        "latent_channels": 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "scaling_factor": 0.13025,
+        "shift_factor": None,
+    },
+    "madebyollin/sdxl-vae-fp16-fix": {
+        "latent_channels": 4,
+        "block_out_channels": [128, 256, 512, 512],
+        "scaling_factor": 0.13025,
+        "shift_factor": None,
+    },
+}
+
+
+def _resolve_source(pretrained: str, subfolder: str | None) -> str:
+    """The folder or hub id that ``from_pretrained`` should read; local folders are checked here."""
     if pretrained.startswith(EMBEDDED_PREFIX):
-        source = str(embedded_weights_dir(pretrained))
-    elif _looks_like_path(pretrained):
-        source = os.path.expanduser(pretrained)
-        folder = Path(source) / (subfolder or "")
-        if not (folder / "config.json").is_file():
-            raise FileNotFoundError(
-                f"Autoencoder path {folder} has no config.json; expected a folder written by "
-                "AutoencoderKL.save_pretrained (config.json + diffusion_pytorch_model.safetensors)."
-            )
-    else:
-        source = pretrained
+        return str(embedded_weights_dir(pretrained))
+    if not _looks_like_path(pretrained):
+        return pretrained
+    source = os.path.expanduser(pretrained)
+    folder = Path(source) / (subfolder or "")
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(
+            f"Autoencoder path {folder} has no config.json; expected a folder written by "
+            "AutoencoderKL.save_pretrained (config.json + diffusion_pytorch_model.safetensors)."
+        )
+    return source
+
+
+def _hub_error(pretrained: str, subfolder: str | None, err: Exception) -> OSError:
+    # huggingface_hub reads HF_HUB_OFFLINE once, at import; check both it and the current environment.
+    env_offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
+    offline = env_offline or bool(hf_constants.HF_HUB_OFFLINE)
+    where = f"{pretrained!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
+    reason = (
+        "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
+        if offline
+        else "it could not be downloaded from the Hugging Face Hub and is not in the local cache"
+    )
+    return OSError(
+        f"Could not load the autoencoder {where}: {reason}. Either cache it once with network access "
+        f"(`hf download {pretrained}`, then HF_HUB_OFFLINE=1 works), or pass a local folder written by "
+        "AutoencoderKL.save_pretrained (config.json + diffusion_pytorch_model.safetensors), e.g. "
+        "`--model.autoencoder.pretrained /path/to/vae`. For the offline Shapes suite use "
+        f"'{EMBEDDED_PREFIX}shapes-vae'. Original error: {err}"
+    )
+
+
+def _load_config(pretrained: str, subfolder: str | None) -> dict:
+    """The autoencoder's config (no weights): from the folder, the hub cache, the hub, or `KNOWN_CONFIGS`."""
+    source = _resolve_source(pretrained, subfolder)
     try:
-        return AutoencoderKL.from_pretrained(source, subfolder=subfolder, torch_dtype=torch_dtype)
+        return dict(AutoencoderKL.load_config(source, subfolder=subfolder))
     except OSError as err:
         if source != pretrained:  # local folder: the diffusers message already names the bad file
             raise
-        offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-        where = f"{pretrained!r}" + (f" (subfolder {subfolder!r})" if subfolder else "")
-        reason = (
-            "HF_HUB_OFFLINE is set and it is not in the local Hugging Face cache"
-            if offline
-            else "it could not be downloaded from the Hugging Face Hub and is not in the local cache"
+        if pretrained in KNOWN_CONFIGS and subfolder is None:
+            return dict(KNOWN_CONFIGS[pretrained])
+        raise _hub_error(pretrained, subfolder, err) from err
+
+
+def _load_autoencoder_kl(pretrained: str, subfolder: str | None, torch_dtype: torch.dtype) -> AutoencoderKL:
+    """Load an ``AutoencoderKL`` from an embedded name, a local folder or a hub id, with clear errors."""
+    source = _resolve_source(pretrained, subfolder)
+    try:
+        # Without accelerate, diffusers falls back to a normal load anyway but warns on every call; ask for it directly.
+        return AutoencoderKL.from_pretrained(
+            source, subfolder=subfolder, torch_dtype=torch_dtype, low_cpu_mem_usage=is_accelerate_available()
         )
-        raise OSError(
-            f"Could not load the autoencoder {where}: {reason}. Either cache it once with network access "
-            f"(`hf download {pretrained}`, then HF_HUB_OFFLINE=1 works), or pass a local folder written by "
-            "AutoencoderKL.save_pretrained (config.json + diffusion_pytorch_model.safetensors), e.g. "
-            "`--model.autoencoder.pretrained /path/to/vae`. For the offline Shapes suite use "
-            f"'{EMBEDDED_PREFIX}shapes-vae'. Original error: {err}"
-        ) from err
+    except OSError as err:
+        if source != pretrained:
+            raise
+        raise _hub_error(pretrained, subfolder, err) from err
 
 
 class Autoencoder(nn.Module):
@@ -142,13 +202,32 @@ class Autoencoder(nn.Module):
         self.pretrained = pretrained
         self.subfolder = subfolder
         self.sample_posterior = sample_posterior
-        self.vae = _load_autoencoder_kl(pretrained, subfolder, _DTYPES[dtype])
-        self.vae.requires_grad_(False)
-        self.vae.eval()
-        # The encoder halves the resolution in every down block except the last (diffusers' Encoder).
-        if len(self.vae.config.down_block_types) != len(self.vae.config.block_out_channels):
+        self.torch_dtype = _DTYPES[dtype]
+        # Only the config is read here: enough for latent shapes, so a config can be parsed and a model described
+        # (even on the meta device, offline) without the weights. They load on first use (`vae`).
+        self.config = _load_config(pretrained, subfolder)
+        if len(self.config.get("down_block_types", self.config["block_out_channels"])) != len(
+            self.config["block_out_channels"]
+        ):
             raise ValueError(f"Inconsistent AutoencoderKL config in {pretrained!r}: block counts differ")
+        # Kept out of the module tree on purpose: the frozen weights are not part of checkpoints (they are reloaded
+        # from `pretrained`) and the LightningModule's `.to()` does not touch them; `encode`/`decode` move them.
+        self.__dict__["_vae"] = None
         self.train(False)
+
+    @property
+    def vae(self) -> AutoencoderKL:
+        """The frozen diffusers model, loaded on first access."""
+        if self.__dict__["_vae"] is None:
+            vae = _load_autoencoder_kl(self.pretrained, self.subfolder, self.torch_dtype)
+            self.__dict__["_vae"] = vae.requires_grad_(False).eval()
+        return self.__dict__["_vae"]
+
+    def _vae_on(self, device: torch.device) -> AutoencoderKL:
+        vae = self.vae
+        if vae.device != device:
+            vae.to(device)
+        return vae
 
     # ------------------------------------------------------------------------------------------------
     # Properties read from the loaded config (never hard-coded: each VAE family has its own values).
@@ -162,28 +241,28 @@ class Autoencoder(nn.Module):
     @property
     def latent_channels(self) -> int:
         """Number of latent channels (4 for SD-VAE and the Shapes VAE)."""
-        return int(self.vae.config.latent_channels)
+        return int(self.config["latent_channels"])
 
     @property
     def downsample_factor(self) -> int:
         """Spatial downsampling factor: 2 ** (number of encoder blocks - 1) (8 for SD-VAE, 4 for Shapes)."""
-        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return 2 ** (len(self.config["block_out_channels"]) - 1)
 
     @property
     def scaling_factor(self) -> float:
         """Multiplier that brings (shifted) latents to roughly unit variance, from the model config."""
-        return float(self.vae.config.scaling_factor)
+        return float(self.config["scaling_factor"])
 
     @property
     def shift_factor(self) -> float:
         """Offset subtracted from raw latents before scaling, from the model config (None there means 0)."""
-        shift = getattr(self.vae.config, "shift_factor", None)
+        shift = self.config.get("shift_factor")
         return 0.0 if shift is None else float(shift)
 
     @property
     def dtype(self) -> torch.dtype:
         """Dtype of the autoencoder weights."""
-        return self.vae.dtype
+        return self.torch_dtype
 
     def latent_shape(self, resolution: int) -> tuple[int, int, int]:
         """Shape ``(C, H, W)`` of the latent of a square image.
@@ -231,7 +310,8 @@ class Autoencoder(nn.Module):
         Returns:
             (B, C, H / f, W / f) latents in the dtype of ``image``.
         """
-        posterior = self.vae.encode(image.to(self.vae.dtype)).latent_dist
+        vae = self._vae_on(image.device)
+        posterior = vae.encode(image.to(self.torch_dtype)).latent_dist
         z = posterior.sample(generator=generator) if self.sample_posterior else posterior.mode()
         return ((z - self.shift_factor) * self.scaling_factor).to(image.dtype)
 
@@ -245,8 +325,9 @@ class Autoencoder(nn.Module):
         Returns:
             (B, 3, h * f, w * f) images clamped to [-1, 1], in the dtype of ``latent``.
         """
-        z = latent.to(self.vae.dtype) / self.scaling_factor + self.shift_factor
-        return self.vae.decode(z).sample.clamp(-1.0, 1.0).to(latent.dtype)
+        vae = self._vae_on(latent.device)
+        z = latent.to(self.torch_dtype) / self.scaling_factor + self.shift_factor
+        return vae.decode(z).sample.clamp(-1.0, 1.0).to(latent.dtype)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """Round trip ``decode(encode(image))``, handy for measuring reconstruction error.

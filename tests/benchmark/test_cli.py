@@ -68,7 +68,9 @@ def test_resume_continues_exactly(tmp_path, monkeypatch):
     resumed = torch.load(tmp_path / "runs/shapes/dit/checkpoints/last.ckpt", weights_only=True)
     assert resumed["global_step"] == straight["global_step"] == 6
     for key, value in straight["state_dict"].items():
-        torch.testing.assert_close(resumed["state_dict"][key], value, msg=f"{key} differs after resume")
+        torch.testing.assert_close(
+            resumed["state_dict"][key], value, msg=lambda m, key=key: f"{key} differs after resume: {m}"
+        )
     assert int(resumed["state_dict"]["ema.num_updates"]) == 6
     s_opt, r_opt = straight["optimizer_states"][0]["state"], resumed["optimizer_states"][0]["state"]
     for i in s_opt:
@@ -96,3 +98,10 @@ def test_help_documents_constructor_arguments(capsys):
     out = capsys.readouterr().out
     assert "A row of ``SIZES``" in out or "SIZES" in out
     assert "ema_decay" in out and "EMA decay" in out
+
+
+def test_bf16_mixed_precision_trains_on_cpu(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(["fit", "--config", SHAPES, *FAST, "--trainer.fast_dev_run=2", "--trainer.precision=bf16-mixed"])
+    grid = next(tmp_path.rglob("samples/*.png"))
+    assert grid.stat().st_size > 0

@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from huggingface_hub import constants as hf_constants
 
 from data.autoencoder import Autoencoder, embedded_weights_dir
 from data.shapes import Shapes
 
 # Measured when the shipped weights were trained (data/weights/shapes-vae/README.md): posterior-mean
 # reconstruction MSE on the first 64 val images, in [-1, 1] units. The test allows a 1.5x margin.
-MEASURED_VAL64_MSE = 0.0  # set from the trained weights
+MEASURED_VAL64_MSE = 0.00311  # PSNR 31.1 dB
 MSE_THRESHOLD = 1.5 * MEASURED_VAL64_MSE
 
 
@@ -108,7 +109,9 @@ def test_sample_posterior_is_stochastic_and_mean_is_not(val_images: torch.Tensor
 
 
 def test_frozen_and_always_eval(shapes_vae: Autoencoder, val_images: torch.Tensor) -> None:
-    assert all(not p.requires_grad for p in shapes_vae.parameters())
+    assert all(not p.requires_grad for p in shapes_vae.vae.parameters())
+    # The frozen weights are reloaded from `pretrained`, never stored in a model checkpoint.
+    assert not shapes_vae.state_dict() and not list(shapes_vae.parameters())
     parent = torch.nn.Sequential(shapes_vae)
     parent.train()
     assert not shapes_vae.training and not shapes_vae.vae.training
@@ -153,12 +156,22 @@ def test_subfolder_and_dtype(tmp_path: Path) -> None:
 def test_uncached_hub_id_offline_raises_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    # huggingface_hub reads these variables once, at import: patch its constants too, so the test can neither
+    # download (if the hub was imported before tests/conftest.py set HF_HUB_OFFLINE) nor hit a warm user cache.
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf" / "hub"))
+    # A well-known id still describes itself offline (config from KNOWN_CONFIGS) ...
+    known = Autoencoder("stabilityai/sd-vae-ft-ema")
+    assert known.latent_shape(256) == (4, 32, 32) and known.scaling_factor == 0.18215
+    # ... but its weights cannot come from nowhere: first use fails with the clear message.
     with pytest.raises(OSError) as info:
-        Autoencoder("stabilityai/sd-vae-ft-ema")
+        known.encode(torch.zeros(1, 3, 256, 256))
     message = str(info.value)
     assert "'stabilityai/sd-vae-ft-ema'" in message
     assert "HF_HUB_OFFLINE" in message
     assert "local folder" in message
+    with pytest.raises(OSError, match="someone/unknown-vae"):
+        Autoencoder("someone/unknown-vae")
 
 
 def test_missing_local_path_and_unknown_embedded_name(tmp_path: Path) -> None:
