@@ -267,6 +267,7 @@ SIZES: dict[str, dict[str, int]] = {
 }
 # Not in the paper: a size that trains on a CPU in minutes on 8x8 latents, for tests and the embedded suite.
 SIZES["DiT-tiny/2"] = {"depth": 4, "hidden_size": 128, "num_heads": 4, "patch_size": 2}
+SIZES["DiT-mini/2"] = {"depth": 6, "hidden_size": 192, "num_heads": 6, "patch_size": 2}
 
 
 def dit_size(name: str) -> dict[str, int]:
@@ -513,6 +514,8 @@ class DiTModule(DiffusionModule):
         ema_decay: EMA decay (DiT: 0.9999).
         ema_warmup: Ramp the EMA decay for short runs.
         compile: ``torch.compile`` the backbone for training.
+        init_from: Path of an official facebookresearch/DiT checkpoint (e.g. ``DiT-XL-2-256x256.pt``) loaded into
+            the backbone and its EMA, to fine-tune it or to evaluate it like any other entry.
     """
 
     def __init__(
@@ -531,6 +534,7 @@ class DiTModule(DiffusionModule):
         ema_decay: float = 0.9999,
         ema_warmup: bool = False,
         compile: bool = False,
+        init_from: str | None = None,
     ) -> None:
         conditioner, autoencoder = owned(conditioner), owned(autoencoder)
         channels, height, _ = autoencoder.latent_shape(resolution)
@@ -556,4 +560,8 @@ class DiTModule(DiffusionModule):
             resolution=resolution,
             compile=compile,
         )
-        self.save_hyperparameters(ignore=["objective", "sampler", "guidance", "conditioner", "autoencoder"])
+        if init_from is not None:
+            state = load_official_checkpoint(init_from)
+            self.backbone.load_state_dict(state)
+            self.ema.shadow.load_state_dict(state)
+        self.save_config()

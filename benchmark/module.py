@@ -14,6 +14,7 @@ A baseline subclasses it, builds its backbone from a few size arguments, and dec
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -95,7 +96,9 @@ class DiffusionModule(pl.LightningModule):
         self.compile = compile
         self._check_compatible()
         self.ema = BackboneEMA(backbone, decay=ema_decay, warmup=ema_warmup)
-        self._train_forward = backbone
+        # The module that training calls: the backbone, or its compiled wrapper. Kept out of the module tree so that
+        # the backbone's weights are not registered (and checkpointed) twice.
+        self.__dict__["_train_forward"] = backbone
 
     # ----------------------------------------------------------------------------------------------- set-up
     def _check_compatible(self) -> None:
@@ -116,7 +119,30 @@ class DiffusionModule(pl.LightningModule):
 
     def configure_model(self) -> None:
         if self.compile and self._train_forward is self.backbone:
-            self._train_forward = torch.compile(self.backbone)
+            self.__dict__["_train_forward"] = torch.compile(self.backbone)
+
+    COMPONENTS = (
+        "backbone",
+        "objective",
+        "sampler",
+        "guidance",
+        "conditioner",
+        "autoencoder",
+        "optimizer",
+        "lr_scheduler",
+    )
+
+    def save_config(self) -> None:
+        """Record the constructor arguments in ``hparams`` (and so in checkpoints), called by subclasses.
+
+        Built by the CLI, the arguments are the parsed config (``class_path`` dicts for every component): plain data
+        that loads with ``weights_only=True``, from which ``load_from_checkpoint`` rebuilds the exact model. Built in
+        Python, component objects are left out, since storing them would mean pickling code.
+        """
+        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+        ignore = [] if _given_hyperparameters.get() is not None else list(self.COMPONENTS)
+        self.save_hyperparameters(ignore=ignore, frame=inspect.currentframe().f_back)
 
     def configure_optimizers(self) -> Any:
         params = [p for p in self.backbone.parameters() if p.requires_grad]

@@ -105,3 +105,18 @@ def test_official_checkpoint_key_errors():
         load_official_checkpoint({**ema, "module.pos_embed": ema["pos_embed"]})
     with pytest.raises(ValueError, match=r"missing.*blocks\.1\.mlp\.fc2\.bias"):
         load_official_checkpoint({k: v for k, v in ema.items() if k != "blocks.1.mlp.fc2.bias"})
+
+
+def test_dit_module_initialises_from_an_official_checkpoint(tmp_path):
+    from baselines.dit import DiTModule
+    from data.autoencoder import Autoencoder
+
+    reference = DiTModule(size="DiT-tiny/2", num_classes=10, resolution=32, autoencoder=Autoencoder())
+    for p in reference.backbone.parameters():
+        torch.nn.init.normal_(p, std=0.02)
+    path = tmp_path / "DiT-tiny-2.pt"
+    torch.save(_official_names(reference.backbone.state_dict()), path)
+    loaded = DiTModule(size="DiT-tiny/2", num_classes=10, resolution=32, autoencoder=Autoencoder(), init_from=str(path))
+    for name, value in reference.backbone.state_dict().items():
+        torch.testing.assert_close(loaded.backbone.state_dict()[name], value)
+        torch.testing.assert_close(loaded.ema.shadow.state_dict()[name], value)

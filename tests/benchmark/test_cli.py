@@ -105,3 +105,34 @@ def test_bf16_mixed_precision_trains_on_cpu(tmp_path, monkeypatch):
     main(["fit", "--config", SHAPES, *FAST, "--trainer.fast_dev_run=2", "--trainer.precision=bf16-mixed"])
     grid = next(tmp_path.rglob("samples/*.png"))
     assert grid.stat().st_size > 0
+
+
+def test_cli_checkpoint_rebuilds_the_model_with_weights_only(tmp_path, monkeypatch):
+    from baselines.dit import DiTModule
+
+    monkeypatch.chdir(tmp_path)
+    _fit(tmp_path, "--trainer.max_steps=2")
+    path = tmp_path / "runs/shapes/dit/checkpoints/last.ckpt"
+    state = torch.load(path, weights_only=True)
+    assert not any(k.startswith(("autoencoder.", "_train_forward.")) for k in state["state_dict"])
+    model = DiTModule.load_from_checkpoint(path, weights_only=True)
+    assert model.autoencoder.pretrained == "embedded:shapes-vae" and model.latent_shape == (4, 8, 8)
+    assert model.guidance.semantic_scale == 3.0 and type(model.sampler).__name__ == "DDPMSampler"
+    torch.testing.assert_close(
+        model.ema.shadow.final_layer.linear.weight, state["state_dict"]["ema.shadow.final_layer.linear.weight"]
+    )
+
+
+def test_predict_writes_pngs_and_an_adm_npz(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.chdir(tmp_path)
+    writer = tmp_path / "writer.yaml"
+    writer.write_text(
+        "trainer:\n  callbacks:\n    - class_path: benchmark.callbacks.ImageWriter\n"
+        f"      init_args: {{output_dir: {tmp_path / 'generated'}}}\n"
+    )
+    main(["predict", "--config", SHAPES, "--config", str(writer), *FAST, "--trainer.limit_predict_batches=1"])
+    arr = np.load(tmp_path / "generated/samples.npz")["arr_0"]
+    assert arr.shape == (8, 32, 32, 3) and arr.dtype == np.uint8
+    assert len(list((tmp_path / "generated").glob("*.png"))) == 8

@@ -11,6 +11,9 @@ from conditioning.conditioner import CONTROL_NAMES, Conditioner
 from data.autoencoder import Autoencoder
 from data.shapes import Shapes
 
+# The tests call training_step outside a Trainer on purpose; Lightning warns that self.log has nowhere to go.
+pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
+
 
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory):
