@@ -43,6 +43,16 @@ TRAINER_DEFAULTS = {
 }
 
 
+CLI_KWARGS = {
+    "model_class": DiffusionModule,
+    "datamodule_class": LightningDataModule,
+    # Any subclass by class_path: baselines and users' own modules alike, with no registry.
+    "subclass_mode_model": True,
+    "subclass_mode_data": True,
+    "auto_configure_optimizers": False,  # each recipe's optimizer is a constructor argument of its module
+}
+
+
 class LDMBenchCLI(LightningCLI):
     """LightningCLI that links the values the data determines into the model instead of repeating them."""
 
@@ -56,11 +66,7 @@ class LDMBenchCLI(LightningCLI):
 def build_cli(args: ArgsType = None, run: bool = True) -> LDMBenchCLI:
     torch.set_float32_matmul_precision("high")  # TF32 on Ampere+ GPUs (DiT#22: +60%); no effect on CPUs
     return LDMBenchCLI(
-        DiffusionModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,  # each recipe's optimizer is a constructor argument of its module
+        **CLI_KWARGS,
         save_config_kwargs={"overwrite": True},
         trainer_defaults=TRAINER_DEFAULTS,
         seed_everything_default=0,
@@ -80,11 +86,7 @@ def describe(args: list[str]) -> dict:
     """Build the configured model on the meta device (no weights, no data) and return its size and cost."""
     with torch.device("meta"):
         cli = _DescribeCLI(
-            DiffusionModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
+            **CLI_KWARGS,
             save_config_callback=None,
             args=args,
             run=False,
