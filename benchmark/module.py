@@ -28,6 +28,7 @@ from benchmark.guidance import ClassifierFreeGuidance
 from benchmark.objectives import Objective
 from benchmark.samplers import Sampler
 from conditioning.conditioner import Conditioner
+from conditioning.text import TextEncoder
 from conditioning.types import Cond
 from data.autoencoder import Autoencoder
 
@@ -65,7 +66,8 @@ class DiffusionModule(pl.LightningModule):
         ema_warmup: Ramp the EMA decay as ``min(decay, (1+n)/(10+n))``; useful for short runs.
         resolution: Image resolution in pixels (usually linked from the data).
         compile: ``torch.compile`` the backbone's forward for training (the sampling loop stays eager).
-        max_grad_norm: Not applied here; use ``trainer.gradient_clip_val``. Kept out on purpose.
+        text_encoder: Frozen text encoder for caption conditioning (``conditioner.semantic: caption``); its weights
+            load on first use and are never part of checkpoints.
     """
 
     def __init__(
@@ -82,9 +84,11 @@ class DiffusionModule(pl.LightningModule):
         ema_warmup: bool = False,
         resolution: int = 256,
         compile: bool = False,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.text_encoder = owned(text_encoder)
         self.objective = owned(objective)
         self.sampler = owned(sampler)
         self.guidance = owned(guidance)
@@ -177,7 +181,7 @@ class DiffusionModule(pl.LightningModule):
         with torch.random.fork_rng(devices=devices, device_type=self.device.type):
             torch.manual_seed(self.step_seed())
             x0 = self.encode(batch)
-            cond = self.conditioner(batch, train=True)
+            cond = self.conditioner(batch, train=True, text_encoder=self.text_encoder)
             losses = self.objective.loss(self._train_forward, x0, cond)
         loss = losses["loss"]
         if not torch.isfinite(loss):
@@ -198,7 +202,7 @@ class DiffusionModule(pl.LightningModule):
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         """EMA loss at fixed noise and time (seeded by the batch index), comparable across steps and runs."""
         x0 = self.encode(batch)
-        cond = self.conditioner(batch, train=False)
+        cond = self.conditioner(batch, train=False, text_encoder=self.text_encoder)
         generator = torch.Generator(device=x0.device).manual_seed(10_000 + batch_idx)
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
@@ -239,6 +243,7 @@ class DiffusionModule(pl.LightningModule):
         self,
         labels: Tensor | None = None,
         control: Mapping[str, Tensor] | Tensor | None = None,
+        captions: list[str] | None = None,
         num_samples: int | None = None,
         seed: int = 0,
         use_ema: bool = True,
@@ -249,11 +254,20 @@ class DiffusionModule(pl.LightningModule):
         if labels is not None:
             labels = labels.to(self.device)
             num_samples = labels.shape[0]
+        elif captions is not None:
+            num_samples = len(captions)
         if num_samples is None:
             raise ValueError("pass labels or num_samples")
         if control is None and self.conditioner.control_names:
             control = self.default_control(num_samples)
-        cond = self.conditioner.make(labels=labels, control=control, batch_size=num_samples, device=self.device)
+        cond = self.conditioner.make(
+            labels=labels,
+            control=control,
+            captions=captions,
+            batch_size=num_samples,
+            device=self.device,
+            text_encoder=self.text_encoder,
+        )
         latents = self.sample_latents(cond, seed=seed, use_ema=use_ema, progress=progress, noise=noise)
         return self.autoencoder.decode(latents).clamp(-1, 1)
 
@@ -270,7 +284,7 @@ class DiffusionModule(pl.LightningModule):
 
     def predict_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         """Generate one image per batch element, conditioned on its class and control metadata."""
-        cond = self.conditioner(batch, train=False)
+        cond = self.conditioner(batch, train=False, text_encoder=self.text_encoder)
         latents = self.sample_latents(cond, seed=batch_idx)
         return self.autoencoder.decode(latents).clamp(-1, 1)
 

@@ -2,6 +2,7 @@
 
 from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder, timestep_frequencies
 from conditioning.modulation import AdaLNZero, FinalAdaLN, ShiftScale, modulate
+from conditioning.text import TextEncoder
 from conditioning.types import Cond, Mod
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "FinalAdaLN",
     "Mod",
     "ShiftScale",
+    "TextEncoder",
     "TimestepEmbedder",
     "modulate",
     "timestep_frequencies",

@@ -9,12 +9,15 @@ The embedders that consume a field own its null value (the class table's null ro
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from torch import Tensor, nn
 
 from conditioning.types import Cond
+
+if TYPE_CHECKING:
+    from conditioning.text import TextEncoder
 
 CONTROL_NAMES: tuple[str, ...] = ("orig_h", "orig_w", "crop_top", "crop_left", "crop_h", "crop_w", "flip")
 """The control scalars every DataModule records, in column order (see `data.transforms`)."""
@@ -70,13 +73,21 @@ class Conditioner(nn.Module):
         self.semantic_dropout = semantic_dropout
         self.control_dropout = control_dropout
 
-    def forward(self, batch: Mapping[str, Any], train: bool, generator: torch.Generator | None = None) -> Cond:
+    def forward(
+        self,
+        batch: Mapping[str, Any],
+        train: bool,
+        generator: torch.Generator | None = None,
+        text_encoder: TextEncoder | None = None,
+    ) -> Cond:
         """Build the condition of ``batch``; with ``train`` the groups are dropped at their probabilities."""
         cond = self.make(
             labels=batch.get("class_label"),
+            captions=batch.get("caption"),
             control=batch.get("control"),
             batch_size=_batch_size(batch),
             device=_batch_device(batch),
+            text_encoder=text_encoder,
         )
         if not train:
             return cond
@@ -91,21 +102,29 @@ class Conditioner(nn.Module):
         control: Mapping[str, Tensor] | Tensor | None = None,
         batch_size: int | None = None,
         device: torch.device | str | None = None,
+        captions: list[str] | None = None,
+        text_encoder: TextEncoder | None = None,
     ) -> Cond:
-        """Build an undropped `Cond` from explicit values (used for sampling at chosen classes/controls)."""
+        """Build an undropped `Cond` from explicit values (used for sampling at chosen classes/controls/captions)."""
         label = control_tensor = None
+        text: dict[str, Tensor | None] = {}
         if self.semantic == "class":
             if labels is None:
                 raise KeyError("the conditioner is class-conditional but the batch has no 'class_label'")
             label = labels.long()
         elif self.semantic == "caption":
-            raise NotImplementedError("caption conditioning needs a text encoder; it arrives with the text suite")
+            if captions is None:
+                raise KeyError("the conditioner is caption-conditional but the batch has no 'caption'")
+            if text_encoder is None:
+                raise ValueError("semantic='caption' needs the module's text_encoder; none is configured")
+            tokens, mask, pooled = text_encoder.encode(list(captions), device=device)
+            text = {"tokens": tokens, "token_mask": mask, "pooled": pooled}
         if self.control_names:
             if control is None:
                 raise KeyError(f"the model is conditioned on {list(self.control_names)} but the batch has no 'control'")
             control_tensor = control if isinstance(control, Tensor) else control_matrix(control, self.control_names)
-        cond = Cond(label=label, control=control_tensor, control_names=self.control_names)
-        if label is None and control_tensor is None:
+        cond = Cond(label=label, control=control_tensor, control_names=self.control_names, **text)
+        if label is None and control_tensor is None and not text:
             if batch_size is None:
                 raise ValueError("an unconditional Cond needs batch_size")
             # Unconditional: carry the batch size through the (all-False) masks.

@@ -66,3 +66,29 @@ def test_cond_drop_and_cat():
     assert both.semantic_null.tolist() == [False, False, True, True]
     partial = c.drop(control=torch.tensor([True, False]))
     assert partial.control_null.tolist() == [True, False]
+
+
+class _FakeTextEncoder:
+    """Stands in for conditioning.text.TextEncoder: one token per word, width 3, pooled = mean."""
+
+    def encode(self, captions, device=None):
+        n, length = len(captions), 5
+        mask = torch.zeros(n, length, dtype=torch.bool)
+        for i, caption in enumerate(captions):
+            mask[i, : min(len(caption.split()), length)] = True
+        tokens = torch.randn(n, length, 3) * mask[..., None]
+        return tokens, mask, tokens.mean(1)
+
+
+def test_caption_conditioning_uses_the_text_encoder():
+    batch = {"image": torch.zeros(2, 3, 8, 8), "caption": ["a red star", "a blue heart on white"]}
+    cond = Conditioner(semantic="caption", semantic_dropout=1.0)(batch, train=True, text_encoder=_FakeTextEncoder())
+    assert cond.tokens.shape == (2, 5, 3) and cond.pooled.shape == (2, 3)
+    assert cond.token_mask.sum(1).tolist() == [3, 5]
+    assert cond.semantic_null.all() and cond.label is None
+    with pytest.raises(ValueError, match="text_encoder"):
+        Conditioner(semantic="caption")(batch, train=False)
+    with pytest.raises(KeyError, match="caption"):
+        Conditioner(semantic="caption")(
+            {"image": torch.zeros(1, 3, 8, 8)}, train=False, text_encoder=_FakeTextEncoder()
+        )
