@@ -70,31 +70,12 @@ def _looks_like_path(pretrained: str) -> bool:
 # Configs of well-known hub autoencoders, used only when the hub cannot be reached and the config is not cached, so
 # that a paper-scale config can still be parsed and described (sizes, FLOPs) offline. Weights always come from the hub
 # or a local folder. Values from each model's config.json on the hub.
+_SD_FAMILY = {"latent_channels": 4, "block_out_channels": [128, 256, 512, 512], "shift_factor": None}
 KNOWN_CONFIGS: dict[str, dict] = {
-    "stabilityai/sd-vae-ft-ema": {
-        "latent_channels": 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "scaling_factor": 0.18215,
-        "shift_factor": None,
-    },
-    "stabilityai/sd-vae-ft-mse": {
-        "latent_channels": 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "scaling_factor": 0.18215,
-        "shift_factor": None,
-    },
-    "stabilityai/sdxl-vae": {
-        "latent_channels": 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "scaling_factor": 0.13025,
-        "shift_factor": None,
-    },
-    "madebyollin/sdxl-vae-fp16-fix": {
-        "latent_channels": 4,
-        "block_out_channels": [128, 256, 512, 512],
-        "scaling_factor": 0.13025,
-        "shift_factor": None,
-    },
+    "stabilityai/sd-vae-ft-ema": {**_SD_FAMILY, "scaling_factor": 0.18215},
+    "stabilityai/sd-vae-ft-mse": {**_SD_FAMILY, "scaling_factor": 0.18215},
+    "stabilityai/sdxl-vae": {**_SD_FAMILY, "scaling_factor": 0.13025},
+    "madebyollin/sdxl-vae-fp16-fix": {**_SD_FAMILY, "scaling_factor": 0.13025},
 }
 
 
