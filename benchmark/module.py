@@ -134,6 +134,7 @@ class DiffusionModule(pl.LightningModule):
         "autoencoder",
         "optimizer",
         "lr_scheduler",
+        "text_encoder",
     )
 
     def save_config(self) -> None:
