@@ -14,8 +14,9 @@ A baseline subclasses it, builds its backbone from a few size arguments, and dec
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import lightning.pytorch as pl
@@ -170,17 +171,23 @@ class DiffusionModule(pl.LightningModule):
         # After `seed_everything(s)` this is `s`, so a resumed run gets the same base seed as the original one.
         self._seed_base = torch.initial_seed() % (2**31)
 
+    @contextlib.contextmanager
+    def seeded(self, seed: int) -> Iterator[None]:
+        """Run a block with the global RNGs (CPU and this module's GPU) seeded by ``seed``, restored afterwards."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            torch.manual_seed(seed)
+            yield
+
     def step_seed(self) -> int:
         """Seed of all randomness of the current training step (condition dropout, t, noise, posterior sample)."""
         base = getattr(self, "_seed_base", 0)
         return (base * 1_000_003 + self.global_step * 7919 + self.global_rank) % (2**63 - 1)
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        # The step's randomness is a pure function of (seed, step, rank), drawn in a forked RNG: a run resumed from
-        # a checkpoint then continues exactly as the uninterrupted run would have, with no RNG state to save.
-        devices = [self.device] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
-            torch.manual_seed(self.step_seed())
+        # The step's randomness is a pure function of (seed, step, rank): a run resumed from a checkpoint then
+        # continues exactly as the uninterrupted run would have, with no RNG state to save.
+        with self.seeded(self.step_seed()):
             x0 = self.encode(batch)
             cond = self.conditioner(batch, train=True, text_encoder=self.text_encoder)
             losses = self.objective.loss(self._train_forward, x0, cond)
@@ -202,12 +209,11 @@ class DiffusionModule(pl.LightningModule):
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
         """EMA loss at fixed noise and time (seeded by the batch index), comparable across steps and runs."""
-        x0 = self.encode(batch)
-        cond = self.conditioner(batch, train=False, text_encoder=self.text_encoder)
-        generator = torch.Generator(device=x0.device).manual_seed(10_000 + batch_idx)
-        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = torch.rand(x0.shape[0], generator=generator, device=x0.device)
-        losses = self.objective.loss(self.ema.shadow, x0, cond, noise=noise, t=t)
+        with self.seeded(10_000 + batch_idx):
+            x0 = self.encode(batch)  # the posterior sample is seeded too
+            cond = self.conditioner(batch, train=False, text_encoder=self.text_encoder)
+            noise, t = torch.randn_like(x0), torch.rand(x0.shape[0], device=x0.device)
+            losses = self.objective.loss(self.ema.shadow, x0, cond, noise=noise, t=t)
         self.log_dict({f"val/{k}": v for k, v in losses.items()}, batch_size=x0.shape[0], sync_dist=True)
         return losses["loss"]
 
@@ -270,7 +276,7 @@ class DiffusionModule(pl.LightningModule):
             text_encoder=self.text_encoder,
         )
         latents = self.sample_latents(cond, seed=seed, use_ema=use_ema, progress=progress, noise=noise)
-        return self.autoencoder.decode(latents).clamp(-1, 1)
+        return self.autoencoder.decode(latents)  # already clamped to [-1, 1]
 
     def default_control(self, n: int) -> dict[str, Tensor]:
         """Control metadata of an un-augmented sample: the whole square image at the training resolution, no flip."""
@@ -287,7 +293,7 @@ class DiffusionModule(pl.LightningModule):
         """Generate one image per batch element, conditioned on its class and control metadata."""
         cond = self.conditioner(batch, train=False, text_encoder=self.text_encoder)
         latents = self.sample_latents(cond, seed=batch_idx)
-        return self.autoencoder.decode(latents).clamp(-1, 1)
+        return self.autoencoder.decode(latents)  # already clamped to [-1, 1]
 
     # ------------------------------------------------------------------------------------------- describe
     def describe(self) -> dict[str, Any]:

@@ -28,6 +28,7 @@ _CONTROL_FIELDS = {  # batch["control"] key -> the columns it fills
     "crop_size": ("crop_h", "crop_w"),
     "flip": ("flip",),
 }
+_SOURCE_OF = {column: key for key, columns in _CONTROL_FIELDS.items() for column in columns}
 
 
 def control_matrix(control: Mapping[str, Tensor], names: Sequence[str]) -> Tensor:
@@ -41,7 +42,8 @@ def control_matrix(control: Mapping[str, Tensor], names: Sequence[str]) -> Tenso
             columns[column] = value[:, i]
     missing = [n for n in names if n not in columns]
     if missing:
-        raise KeyError(f"batch['control'] lacks {missing}; it has columns {sorted(columns)}")
+        sources = sorted({_SOURCE_OF.get(n, n) for n in missing})
+        raise KeyError(f"batch['control'] lacks {missing} (from {sources}); it has columns {sorted(columns)}")
     return torch.stack([columns[n] for n in names], dim=1)
 
 

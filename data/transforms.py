@@ -24,17 +24,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from conditioning.conditioner import CONTROL_NAMES  # noqa: F401  (re-exported: the column order is the contract)
-
-_CONTROL_COLUMNS: tuple[tuple[str, int | None], ...] = (
-    ("orig_size", 0),
-    ("orig_size", 1),
-    ("crop_coords", 0),
-    ("crop_coords", 1),
-    ("crop_size", 0),
-    ("crop_size", 1),
-    ("flip", None),
-)
+from conditioning.conditioner import CONTROL_NAMES, control_matrix  # the column order is the conditioning contract
 
 
 @dataclass(frozen=True)
@@ -87,11 +77,11 @@ def control_to_tensor(control: Mapping[str, Tensor]) -> Tensor:
     Raises:
         KeyError: If a required control entry is missing.
     """
-    missing = sorted({key for key, _ in _CONTROL_COLUMNS} - set(control))
-    if missing:
-        raise KeyError(f"control dict lacks {missing}; it has {sorted(control)}")
-    columns = [control[key] if col is None else control[key][..., col] for key, col in _CONTROL_COLUMNS]
-    return torch.stack([c.to(torch.float32) for c in columns], dim=-1)
+    single = "flip" in control and control["flip"].dim() == 0
+    if single:  # one sample: give every entry a batch dimension of 1
+        control = {key: value[None] for key, value in control.items()}
+    packed = control_matrix(control, CONTROL_NAMES)
+    return packed[0] if single else packed
 
 
 # uint8 -> [-1, 1] lookup table, computed with the same float32 ops as ``x.float() / 127.5 - 1``; a table lookup is
