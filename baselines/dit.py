@@ -496,13 +496,14 @@ class DiTModule(DiffusionModule):
     Recipe: DDPM with 1000 linear-β steps, ε-prediction with learned Σ (IDDPM hybrid loss), class label dropped
     with p=0.1 for CFG, AdamW lr 1e-4 without weight decay or warm-up, EMA 0.9999, SD-VAE ft-EMA latents
     (×0.18215, read from the VAE config), 250-step DDPM sampling with CFG 1.5. Any of these can be swapped from
-    YAML (e.g. ``objective: benchmark.objectives.RectifiedFlow`` with ``learn_sigma: false``).
+    YAML (e.g. ``objective: benchmark.objectives.RectifiedFlow`` with ``sampler: benchmark.samplers.EulerSampler``).
 
     Args:
         size: A row of ``SIZES`` (``DiT-XL/2``, ``DiT-B/4``, ``DiT-tiny/2``, ...).
         num_classes: Number of classes (linked from the data by the CLI).
         resolution: Image resolution in pixels (linked from the data by the CLI).
-        learn_sigma: Predict the variance too (2C output channels); must match ``objective.learn_sigma``.
+        learn_sigma: Predict the variance too (2C output channels). None (default) follows
+            ``objective.learn_sigma``; an explicit value must agree with it.
         objective: Training objective.
         sampler: Sampler used for sample grids and ``predict``.
         guidance: Classifier-free guidance used when sampling; ``guided_channels: 3`` reproduces DiT's quirk.
@@ -523,7 +524,7 @@ class DiTModule(DiffusionModule):
         size: str = "DiT-XL/2",
         num_classes: int = 1000,
         resolution: int = 256,
-        learn_sigma: bool = True,
+        learn_sigma: bool | None = None,
         objective: Objective = lazy_instance(DDPM, learn_sigma=True),
         sampler: Sampler = lazy_instance(DDPMSampler, steps=250),
         guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=1.5),
@@ -536,7 +537,9 @@ class DiTModule(DiffusionModule):
         compile: bool = False,
         init_from: str | None = None,
     ) -> None:
-        conditioner, autoencoder = owned(conditioner), owned(autoencoder)
+        conditioner, autoencoder, objective = owned(conditioner), owned(autoencoder), owned(objective)
+        if learn_sigma is None:
+            learn_sigma = objective.learn_sigma
         channels, height, _ = autoencoder.latent_shape(resolution)
         backbone = DiT(
             input_size=height,

@@ -2,7 +2,7 @@
 
 Each item is one filled shape of a named colour on a plain background of another named colour, drawn on a square
 canvas of random original size, then random-resized-cropped and maybe flipped. The class label is the shape kind;
-the caption describes the FINAL image ("a large red triangle at the top left on a blue background"); the control
+the caption describes the FINAL image ("a large red triangle on a blue background"); the control
 metadata (original size, crop box, flip) is the geometry of the real augmentation, so models conditioned on it can
 learn what it means, as with SDXL micro-conditioning on real photos.
 
@@ -28,9 +28,14 @@ _SPLITS = {"train": 0, "val": 1}
 _SUPERSAMPLE = 4  # render at 4x the output resolution, then area-average: clean antialiased edges
 _MIN_VISIBLE = 0.75  # a crop must keep at least this fraction of the shape's bounding box
 _CROP_TRIES = 10  # crops drawn before falling back to the whole canvas
-_SHAPE_SIDE = (0.25, 0.6)  # shape bounding-box side as a fraction of the canvas side
-_SIZE_WORDS = ((0.15, "small"), (0.3, "medium"), (math.inf, "large"))  # upper bounds on final bbox area fraction
-_ROWS, _COLS = ("top", "", "bottom"), ("left", "", "right")
+# Object-centric, like ImageNet photos: a large shape near the canvas centre. This is what makes the embedded suite
+# learnable in minutes: with sides of 0.25-0.6 placed anywhere and crops down to 35% of the area, tiny DiT still drew
+# blobs after 5000 steps; with these values it draws recognisable shapes after about 1000 (measured; issue 2 note).
+_SHAPE_SIDE = (0.55, 0.8)  # shape bounding-box side as a fraction of the canvas side
+_CENTRE_SPREAD = 0.3  # the bbox centre ranges over this middle fraction of the positions that keep it on the canvas
+# Upper bounds on the visible bbox's area as a fraction of the final image: about a third of the items each. Captions
+# name no position: with _CENTRE_SPREAD the shape is in the middle third of 3998 of 4000 items checked.
+_SIZE_WORDS = ((0.46, "small"), (0.58, "medium"), (math.inf, "large"))
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -71,7 +76,7 @@ def _heart() -> np.ndarray:
 
 def _crescent() -> np.ndarray:
     """A disc minus a disc shifted right: a crescent that opens to the right."""
-    c, r = 0.5, 0.8  # inner disc centre (c, 0) and radius; outer disc is the unit disc
+    c, r = 0.6, 0.75  # inner disc centre (c, 0) and radius; outer disc is the unit disc
     x = (1 - r * r + c * c) / (2 * c)  # the circles intersect at (x, +-y)
     y = math.sqrt(1 - x * x)
     outer = _arc(0, 0, 1, math.atan2(y, x), 2 * math.pi - math.atan2(y, x), 40)
@@ -79,6 +84,7 @@ def _crescent() -> np.ndarray:
     return np.concatenate([outer, inner])
 
 
+# The asymmetric kinds have thick strokes (arrow shaft 35%, L arms 40% of the side) so that they survive 8x8 latents.
 _POLYGONS: dict[str, list[tuple[float, float]] | np.ndarray] = {
     "circle": _arc(0, 0, 1, 0, 2 * math.pi, 64),
     "square": [(-1, -1), (1, -1), (1, 1), (-1, 1)],
@@ -88,9 +94,9 @@ _POLYGONS: dict[str, list[tuple[float, float]] | np.ndarray] = {
     "cross": [(-0.3, -1), (0.3, -1), (0.3, -0.3), (1, -0.3), (1, 0.3), (0.3, 0.3), (0.3, 1), (-0.3, 1), (-0.3, 0.3)]
     + [(-1, 0.3), (-1, -0.3), (-0.3, -0.3)],
     "heart": _heart(),
-    "arrow": [(-1, -0.3), (0.1, -0.3), (0.1, -1), (1, 0), (0.1, 1), (0.1, 0.3), (-1, 0.3)],
+    "arrow": [(-1, -0.35), (-0.2, -0.35), (-0.2, -1), (1, 0), (-0.2, 1), (-0.2, 0.35), (-1, 0.35)],
     "crescent": _crescent(),
-    "L shape": [(-1, -1), (-0.4, -1), (-0.4, 0.4), (1, 0.4), (1, 1), (-1, 1)],
+    "L shape": [(-1, -1), (-0.2, -1), (-0.2, 0.2), (1, 0.2), (1, 1), (-1, 1)],
 }
 _UNIT_SHAPES = {name: _normalise(np.asarray(points, dtype=np.float64)) for name, points in _POLYGONS.items()}
 
@@ -135,11 +141,6 @@ def _visible_fraction(scene: _Scene, crop: CropBox) -> float:
     return (fx1 - fx0) * crop.width * (fy1 - fy0) * crop.height / scene.side**2
 
 
-def _bin(fraction: float) -> int:
-    # Strict inequalities on both sides keep the bins mirror-symmetric (x < 1/3 <=> 1 - x > 2/3).
-    return 0 if fraction < 1 / 3 else 2 if fraction > 2 / 3 else 1
-
-
 class Shapes(Dataset):
     """Procedural coloured shapes with class labels, captions and real crop/flip control metadata.
 
@@ -162,7 +163,7 @@ class Shapes(Dataset):
         resolution: int = 32,
         length: int = 100_000,
         seed: int = 0,
-        min_scale: float = 0.35,
+        min_scale: float = 0.8,
         max_canvas_factor: float = 2.0,
         augment: bool = True,
     ) -> None:
@@ -224,6 +225,7 @@ class Shapes(Dataset):
         colour = (background + 1 + int(rng.integers(n_colours - 1))) % n_colours  # never the background colour
         u_side, u_x, u_y = rng.random(3)
         side = canvas * (_SHAPE_SIDE[0] + (_SHAPE_SIDE[1] - _SHAPE_SIDE[0]) * u_side)
+        u_x, u_y = 0.5 + _CENTRE_SPREAD * (u_x - 0.5), 0.5 + _CENTRE_SPREAD * (u_y - 0.5)
         return _Scene(
             canvas=canvas,
             background=self.COLOUR_NAMES[background],
@@ -257,14 +259,10 @@ class Shapes(Dataset):
         fx0, fy0, fx1, fy1 = _visible_box(scene, crop)
         area = (fx1 - fx0) * (fy1 - fy0)
         size = next(word for bound, word in _SIZE_WORDS if area < bound)
-        row, col = _bin((fy0 + fy1) / 2), _bin((fx0 + fx1) / 2)
-        if flip:
-            col = 2 - col  # mirror symbolically: exact, unlike re-binning mirrored floats
-        position = " ".join(word for word in (_ROWS[row], _COLS[col]) if word) or "centre"
         kind = self.CLASS_NAMES[scene.kind]
         name = _CAPTION_NAMES.get(kind, kind).format(dir="left" if flip else "right")
         article = "an" if scene.background[0] in "aeiou" else "a"
-        return f"a {size} {scene.colour} {name} at the {position} on {article} {scene.background} background"
+        return f"a {size} {scene.colour} {name} on {article} {scene.background} background"
 
 
 class ShapesDataModule(ResumableDataModule):
@@ -281,6 +279,8 @@ class ShapesDataModule(ResumableDataModule):
         val_length: Items in the validation split, also used for test and predict.
         seed: Dataset seed (item content) and training shuffle seed.
         augment: Random-resized-crop and flip; if False whole canvases, never flipped.
+        min_scale: Smallest random-resized-crop area as a fraction of the canvas; lower it for stronger crops
+            (more varied control metadata, slower learning).
     """
 
     def __init__(
@@ -292,11 +292,12 @@ class ShapesDataModule(ResumableDataModule):
         val_length: int = 512,
         seed: int = 0,
         augment: bool = True,
+        min_scale: float = 0.8,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
-        self.train_set = Shapes("train", resolution, train_length, seed=seed, augment=augment)
-        self.val_set = Shapes("val", resolution, val_length, seed=seed, augment=augment)
+        self.train_set = Shapes("train", resolution, train_length, seed=seed, min_scale=min_scale, augment=augment)
+        self.val_set = Shapes("val", resolution, val_length, seed=seed, min_scale=min_scale, augment=augment)
 
     @property
     def num_classes(self) -> int:

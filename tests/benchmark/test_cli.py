@@ -117,7 +117,9 @@ def test_cli_checkpoint_rebuilds_the_model_with_weights_only(tmp_path, monkeypat
     assert not any(k.startswith(("autoencoder.", "_train_forward.")) for k in state["state_dict"])
     model = DiTModule.load_from_checkpoint(path, weights_only=True)
     assert model.autoencoder.pretrained == "embedded:shapes-vae" and model.latent_shape == (4, 8, 8)
-    assert model.guidance.semantic_scale == 3.0 and type(model.sampler).__name__ == "DDPMSampler"
+    # Every component comes back as the YAML configured it, not as DiTModule's defaults (DDPM, DDPM-250, CFG 1.5).
+    assert model.guidance.semantic_scale == 3.0 and type(model.sampler).__name__ == "EulerSampler"
+    assert type(model.objective).__name__ == "RectifiedFlow" and model.backbone.out_channels == 4
     torch.testing.assert_close(
         model.ema.shadow.final_layer.linear.weight, state["state_dict"]["ema.shadow.final_layer.linear.weight"]
     )

@@ -75,7 +75,8 @@ def test_sampling_is_seeded_and_shaped(tiny_vae):
 def test_objective_and_backbone_must_agree_on_sigma(tiny_vae):
     with pytest.raises(ValueError, match="learn_sigma"):
         _module(tiny_vae, learn_sigma=False, objective=DDPM(learn_sigma=True))
-    flow = _module(tiny_vae, learn_sigma=False, objective=RectifiedFlow(), sampler=EulerSampler(steps=2))
+    flow = _module(tiny_vae, objective=RectifiedFlow(), sampler=EulerSampler(steps=2))  # learn_sigma follows
+    assert flow.backbone.out_channels == 4 and _module(tiny_vae).backbone.out_channels == 8
     assert torch.isfinite(flow.training_step(_batch(), 0))
     assert flow.sample_images(labels=torch.tensor([1])).shape == (1, 3, 32, 32)
 

@@ -79,6 +79,23 @@ def test_ddpm_schedule_matches_adm_linear():
         DDPM(num_timesteps=10)
 
 
+@pytest.mark.parametrize("shift", [0.25, 2.0])
+def test_ddpm_shift_divides_snr_at_every_step(shift):
+    def snr(d: DDPM) -> torch.Tensor:
+        acp = d._alphas_cumprod64
+        return acp / (1 - acp)
+
+    plain, shifted = DDPM(), DDPM(shift=shift)
+    assert torch.allclose(snr(shifted), snr(plain) / shift**2, rtol=1e-9)
+    assert ((shifted.betas > 0) & (shifted.betas < 1)).all()
+    # Respacing keeps the shifted marginals at the kept steps.
+    keep = torch.tensor(space_timesteps(1000, 25))
+    assert torch.allclose(shifted.respace(25)._alphas_cumprod64, shifted._alphas_cumprod64[keep])
+    assert torch.equal(DDPM(shift=1.0).betas, plain.betas)
+    with pytest.raises(ValueError, match="shift"):
+        DDPM(shift=0.0)
+
+
 def test_ddpm_q_sample_and_inverse():
     ddpm, x0 = DDPM(), torch.randn(N, C, H, W)
     noise = torch.randn_like(x0)

@@ -14,9 +14,10 @@ from huggingface_hub import constants as hf_constants
 from data.autoencoder import Autoencoder, embedded_weights_dir
 from data.shapes import Shapes
 
-# Measured when the shipped weights were trained (data/weights/shapes-vae/README.md): posterior-mean
-# reconstruction MSE on the first 64 val images, in [-1, 1] units. The test allows a 1.5x margin.
-MEASURED_VAL64_MSE = 0.00311  # PSNR 31.1 dB
+# Posterior-mean reconstruction MSE of the shipped weights on the first 64 val images of the current Shapes, in
+# [-1, 1] units (data/weights/shapes-vae/README.md; 0.00311 on the Shapes the weights were trained on). The test
+# allows a 1.5x margin.
+MEASURED_VAL64_MSE = 0.00378  # PSNR 30.3 dB
 MSE_THRESHOLD = 1.5 * MEASURED_VAL64_MSE
 
 
