@@ -164,6 +164,19 @@ def test_datamodule_batch_contract_and_properties():
     assert control_to_tensor(batch["control"]).shape == (8, 7)
 
 
+def test_datamodule_min_scale_reaches_both_splits_and_crops():
+    def smallest_crop_fraction(shapes: Shapes) -> float:
+        fractions = []
+        for i in range(100):
+            control = shapes[i]["control"]
+            fractions.append((control["crop_size"].prod() / control["orig_size"].prod()).item())
+        return min(fractions)
+
+    strong = ShapesDataModule(resolution=RES, train_length=100, val_length=100, min_scale=0.4)
+    assert strong.train_set.min_scale == strong.val_set.min_scale == 0.4
+    assert smallest_crop_fraction(strong.train_set) < 0.7 < smallest_crop_fraction(ShapesDataModule().train_set)
+
+
 def test_val_loader_is_fixed_order_and_complete():
     dm = ShapesDataModule(resolution=RES, batch_size=8, train_length=64, val_length=20)
     batches = list(dm.val_dataloader())
