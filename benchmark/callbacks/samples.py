@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
+from PIL import Image, ImageDraw, ImageFont
+from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid, save_image
+
+_PADDING = 2  # make_grid's padding between cells, in pixels
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class SampleGrid(pl.Callback):
         seed: Seed of the sampling noise; the same seed gives the same starting noise at every step.
         upscale: Nearest-neighbour upscaling factor of the saved PNG so that small images are visible.
         use_ema: Sample with the EMA weights (the DiT protocol) rather than the raw weights.
+        label_rows: Write each row's class name in a left margin, when the DataModule has ``class_names``.
     """
 
     def __init__(
@@ -39,6 +44,7 @@ class SampleGrid(pl.Callback):
         seed: int = 0,
         upscale: int = 4,
         use_ema: bool = True,
+        label_rows: bool = True,
     ) -> None:
         if every_n_steps < 0 or samples_per_class < 1 or upscale < 1:
             raise ValueError("every_n_steps must be >= 0, samples_per_class and upscale >= 1")
@@ -48,6 +54,7 @@ class SampleGrid(pl.Callback):
         self.seed = seed
         self.upscale = upscale
         self.use_ema = use_ema
+        self.label_rows = label_rows
         self.last_path: Path | None = None
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
@@ -78,11 +85,22 @@ class SampleGrid(pl.Callback):
         images = (images.float().cpu() + 1) / 2
         if self.upscale > 1:
             images = F.interpolate(images, scale_factor=self.upscale, mode="nearest")
-        return make_grid(images, nrow=self.samples_per_class, padding=2, pad_value=1.0)
+        return make_grid(images, nrow=self.samples_per_class, padding=_PADDING, pad_value=1.0)
+
+    def row_names(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str] | None:
+        """The class name of each row, or None when rows are not classes or the data does not name them."""
+        labels = self.labels(pl_module)
+        names = getattr(trainer.datamodule, "class_names", None) if self.label_rows else None
+        if labels is None or not names:
+            return None
+        return [str(names[int(k)]) for k in labels[:: self.samples_per_class]]
 
     @rank_zero_only
     def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
         grid = self.render(pl_module)
+        names = self.row_names(trainer, pl_module)
+        if names is not None:
+            grid = label_rows(grid, names)
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / f"{name}.png"
@@ -94,3 +112,20 @@ class SampleGrid(pl.Callback):
                 logger.log_image(key="samples", images=[str(path)], step=trainer.global_step)
             elif isinstance(logger, TensorBoardLogger):
                 logger.experiment.add_image("samples", grid, global_step=trainer.global_step)
+
+
+def label_rows(grid: torch.Tensor, names: list[str]) -> torch.Tensor:
+    """Prefix a (3, H, W) grid in [0, 1] with a white margin holding one name per row, vertically centred."""
+    image = to_pil_image(grid.clamp(0, 1))
+    font = ImageFont.load_default()
+    measure = ImageDraw.Draw(image)
+    width = max(int(measure.textlength(name, font=font)) for name in names) + 3 * _PADDING
+    canvas = Image.new("RGB", (image.width + width, image.height), "white")
+    canvas.paste(image, (width, 0))
+    draw = ImageDraw.Draw(canvas)
+    row_height = (image.height - _PADDING) / len(names)
+    for row, name in enumerate(names):
+        top, bottom = draw.textbbox((0, 0), name, font=font)[1::2]  # no anchors: the bitmap fallback font lacks them
+        centre = _PADDING + (row + 0.5) * row_height
+        draw.text((_PADDING, centre - (top + bottom) / 2), name, fill="black", font=font)
+    return pil_to_tensor(canvas).float() / 255
