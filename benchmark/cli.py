@@ -34,9 +34,6 @@ from benchmark.module import DiffusionModule  # noqa: E402
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 # lightning 2.6 + torch 2.14: an internal deprecation, not ours (see reference/ecosystem.md §1.2).
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
-# `describe` hands LightningCLI the arguments after the word "describe" while sys.argv still holds the whole command
-# line; that is intended, so the "both args and command line arguments" warning says nothing useful there.
-warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from the command.*")
 
 TRAINER_DEFAULTS = {
     "logger": lazy_instance(CSVLogger, save_dir="runs"),
@@ -87,7 +84,10 @@ class _DescribeCLI(LDMBenchCLI):
 
 def describe(args: list[str]) -> dict:
     """Build the configured model on the meta device (no weights, no data) and return its size and cost."""
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        # `describe` passes the arguments after the word "describe" while sys.argv still holds the whole command
+        # line; that is intended, so LightningCLI's "both args and command line arguments" warning is noise here.
+        warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
         cli = _DescribeCLI(
             **CLI_KWARGS,
             save_config_callback=None,

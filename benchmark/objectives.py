@@ -177,14 +177,18 @@ def space_timesteps(num_timesteps: int, steps: int) -> list[int]:
     return taken
 
 
+def betas_from_alphas_cumprod(alphas_cumprod: Tensor) -> Tensor:
+    """The β of a chain with the given ᾱ: β_i = 1 − ᾱ_i / ᾱ_{i−1}, with ᾱ_{−1} = 1."""
+    return 1.0 - alphas_cumprod / torch.cat([alphas_cumprod.new_ones(1), alphas_cumprod[:-1]])
+
+
 def shift_betas(betas: Tensor, shift: float) -> Tensor:
     """The β whose ᾱ has the signal-to-noise ratio of ``betas``'s divided by ``shift²`` at every step (float64)."""
     if shift == 1.0:
         return betas
     alphas_cumprod = torch.cumprod(1.0 - betas, 0)
     snr = alphas_cumprod / (1.0 - alphas_cumprod) / shift**2
-    shifted = snr / (1.0 + snr)
-    return 1.0 - shifted / torch.cat([shifted.new_ones(1), shifted[:-1]])
+    return betas_from_alphas_cumprod(snr / (1.0 + snr))
 
 
 def normal_kl(mean1: Tensor, logvar1: Tensor, mean2: Tensor, logvar2: Tensor) -> Tensor:
@@ -321,8 +325,7 @@ class DDPM(Objective):
         ``timestep_map`` records the original k, which the backbone must see (IDDPM ``_WrappedModel``).
         """
         keep = torch.tensor(space_timesteps(self.num_timesteps, steps))
-        acp = self._alphas_cumprod64[keep]
-        betas = 1.0 - acp / torch.cat([acp.new_ones(1), acp[:-1]])
+        betas = betas_from_alphas_cumprod(self._alphas_cumprod64[keep])
         respaced = copy.deepcopy(self)
         respaced._set_schedule(betas, self.timestep_map[keep.to(self.timestep_map.device)])
         return respaced

@@ -89,9 +89,9 @@ class SampleGrid(pl.Callback):
 
     def row_names(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> list[str] | None:
         """The class name of each row, or None when rows are not classes or the data does not name them."""
-        labels = self.labels(pl_module)
         names = getattr(trainer.datamodule, "class_names", None) if self.label_rows else None
-        if labels is None or not names:
+        labels = self.labels(pl_module) if names else None
+        if labels is None:
             return None
         return [str(names[int(k)]) for k in labels[:: self.samples_per_class]]
 
@@ -118,14 +118,13 @@ def label_rows(grid: torch.Tensor, names: list[str]) -> torch.Tensor:
     """Prefix a (3, H, W) grid in [0, 1] with a white margin holding one name per row, vertically centred."""
     image = to_pil_image(grid.clamp(0, 1))
     font = ImageFont.load_default()
-    measure = ImageDraw.Draw(image)
-    width = max(int(measure.textlength(name, font=font)) for name in names) + 3 * _PADDING
+    width = max(int(font.getlength(name)) for name in names) + 3 * _PADDING
     canvas = Image.new("RGB", (image.width + width, image.height), "white")
     canvas.paste(image, (width, 0))
     draw = ImageDraw.Draw(canvas)
     row_height = (image.height - _PADDING) / len(names)
     for row, name in enumerate(names):
-        top, bottom = draw.textbbox((0, 0), name, font=font)[1::2]  # no anchors: the bitmap fallback font lacks them
+        top, bottom = font.getbbox(name)[1::2]  # centre by hand: the bitmap fallback font has no text anchors
         centre = _PADDING + (row + 0.5) * row_height
         draw.text((_PADDING, centre - (top + bottom) / 2), name, fill="black", font=font)
     return pil_to_tensor(canvas).float() / 255
