@@ -1,6 +1,6 @@
 """`DiffusionModule`: the LightningModule every entry of the benchmark is.
 
-It owns the pieces of a latent-diffusion training recipe as separate, injectable objects (DESIGN.md §3):
+It owns the pieces of a latent-diffusion training recipe as separate, injectable objects:
 
 - a frozen **autoencoder** (image ↔ latent, scaling read from its config),
 - a **conditioner** (batch → `Cond`, with independent semantic / control CFG dropout),
@@ -9,7 +9,8 @@ It owns the pieces of a latent-diffusion training recipe as separate, injectable
 - an **EMA** of the backbone only, used for sampling and validation and saved in checkpoints,
 - optimizer / LR-scheduler callables, so a recipe's optimizer is a constructor default that ``--help`` shows.
 
-A baseline subclasses it, builds its backbone from a few size arguments, and declares its recipe as defaults.
+A baseline subclasses it, declares its own arguments and its recipe as defaults, and builds its backbone in
+`DiffusionModule.build_backbone`.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ Text-to-image recipes differ mostly in *which* encoder they use and *which* of i
   *penultimate* hidden state (77 tokens) and their projected pooled vector (``text_embeds``); the two token
   sequences are concatenated along the width and zero-padded to T5's width, then concatenated with T5-XXL's
   final hidden state along the sequence; the two pooled vectors are concatenated into the 2048-d "vector" input
-  (together with the timestep embedding). Three instances of this class, combined by the caller.
+  (together with the timestep embedding). Three instances of this class, named in
+  ``conditioning.conditioner.Conditioner(text_encoders=...)``, which combines them this way.
 * **SDXL** (Podell et al., 2023): the *penultimate* hidden state of CLIP-L and of OpenCLIP bigG (concatenated
   along the width), plus bigG's projected pooled vector, added to the timestep embedding together with the
   size / crop embeddings (``hidden_state="penultimate"``).
