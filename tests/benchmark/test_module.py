@@ -140,6 +140,18 @@ def test_describe_counts_the_backbone(tiny_vae):
     info = _module(tiny_vae).describe()
     assert info["params"] == sum(p.numel() for p in _module(tiny_vae).backbone.parameters())
     assert info["tokens"] == 16 and info["latent_shape"] == [4, 8, 8] and info["gmacs_per_forward"] > 0
+    # One denoiser pass: forward + backward is about 3x the forward's 2 x MACs FLOPs (a few loss ops on top).
+    assert info["train_gflops_per_image"] == pytest.approx(6 * info["gmacs_per_forward"], rel=0.05)
+    assert info["autoencoder_gflops_per_image"] > 0 and info["text_gflops_per_image"] == 0
+
+
+def test_train_flops_count_every_denoiser_pass_on_a_real_module(tiny_vae):
+    from benchmark.flops import train_gflops_per_image
+
+    one = train_gflops_per_image(_module(tiny_vae))
+    two = TwoPassDiT(size="DiT-tiny/2", num_classes=10, resolution=32, autoencoder=Autoencoder(tiny_vae))
+    assert train_gflops_per_image(two) == pytest.approx(2 * one, rel=0.02)
+    assert all(p.grad is None for p in two.backbone.parameters())  # counting leaves no gradients behind
 
 
 class TwoPassDiT(DiTModule):
