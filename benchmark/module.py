@@ -211,6 +211,10 @@ class DiffusionModule(pl.LightningModule):
         """The clean latent of a batch: precomputed ``latent`` if present, else the autoencoder's encoding."""
         if "latent" in batch:
             return batch["latent"]
+        if "latent_mean" in batch:  # a latent cache's posterior moments: sampled here, in the step's seeded RNG
+            from data.latent_cache import sample_latent
+
+            return sample_latent(self.autoencoder, batch["latent_mean"], batch["latent_std"])
         if "image" not in batch:
             raise KeyError(f"a batch needs 'image' or 'latent'; it has {sorted(batch)}")
         return self.autoencoder.encode(batch["image"])
