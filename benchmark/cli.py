@@ -102,6 +102,11 @@ def main(args: ArgsType = None) -> None:
     if argv and argv[0] == "describe":
         print(json.dumps(describe(argv[1:]), indent=2))
         return
+    if argv and argv[0] == "leaderboard":  # run / render / eval a suite (benchmark.leaderboard.command)
+        from benchmark.leaderboard.command import main as leaderboard_main
+
+        leaderboard_main(argv[1:])
+        return
     build_cli(args)
 
 
