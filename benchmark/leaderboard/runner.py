@@ -11,6 +11,7 @@ ranks, and rank 0 alone writes rows, grids and READMEs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import gc
@@ -18,6 +19,8 @@ import json
 import resource
 import time
 import traceback
+import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -68,7 +71,8 @@ def parse_entry(config: dict[str, Any]) -> dict[str, Any]:
         def instantiate_classes(self) -> None:  # parse and validate only
             pass
 
-    cli = _ParseOnly(**CLI_KWARGS, args=copy.deepcopy(config), run=False, save_config_callback=None)
+    with _quiet_cli():
+        cli = _ParseOnly(**CLI_KWARGS, args=copy.deepcopy(config), run=False, save_config_callback=None)
     return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
 
 
@@ -119,7 +123,17 @@ def instantiate(config: dict[str, Any]) -> Any:
     """Build the LightningCLI (model, datamodule, trainer) for a config dict, without running anything."""
     from benchmark.cli import build_cli
 
-    return build_cli(copy.deepcopy(config), run=False)
+    with _quiet_cli():
+        return build_cli(copy.deepcopy(config), run=False)
+
+
+@contextlib.contextmanager
+def _quiet_cli() -> Iterator[None]:
+    # The runner passes configs as dicts while sys.argv holds the `leaderboard ...` command line: intended, so
+    # LightningCLI's "both args and command line arguments" warning is noise here.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
+        yield
 
 
 # ----------------------------------------------------------------------------------------------- evaluation
@@ -273,7 +287,8 @@ def run_job(
         cli = instantiate(config)
         module, datamodule, trainer = cli.model, cli.datamodule, cli.trainer
         budget_cb = ComputeBudget(train_flops=budget.train_flops, images=budget.images, seconds=budget.seconds)
-        trainer.callbacks.append(budget_cb)
+        # First, so that a checkpoint written at a step already holds that step's images in the budget's counters.
+        trainer.callbacks.insert(0, budget_cb)
         trainer.callbacks.extend(callbacks or [])
         protocol = make_protocol(protocol_fields)
         done_file, final = run_dir / _TRAIN_DONE, run_dir / _FINAL
