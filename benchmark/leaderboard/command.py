@@ -31,6 +31,9 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("suite")
     render.add_argument("--results", help="folder holding results.jsonl (default: the suite folder)")
     render.add_argument("--no-check", action="store_true", help="do not recompute keys to mark stale rows")
+    render.add_argument(
+        "--describe", action="store_true", help="fill params / GMACs of entries not run yet from their configs"
+    )
 
     ev = sub.add_parser("eval", help="add a row for an existing checkpoint or official weight file")
     ev.add_argument("suite")
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> None:
     elif args.action == "render":
         from benchmark.leaderboard.render import render_suite
 
-        render_suite(args.suite, results_dir=args.results, check_keys=not args.no_check)
+        render_suite(args.suite, results_dir=args.results, check_keys=not args.no_check, describe=args.describe)
     else:
         from benchmark.leaderboard.runner import eval_checkpoint
 

@@ -174,7 +174,7 @@ def render_suite(
     *,
     results_dir: str | Path | None = None,
     check_keys: bool = True,
-    describe: bool = True,
+    describe: bool = False,
 ) -> str:
     """Write ``README.md``, ``results.csv`` and the plot of a suite from its ``results.jsonl``; return the README.
 
@@ -346,7 +346,7 @@ def readme_lines(
                 name,
                 f"{_same(g, 'objective')}, {_same(g, 'eval_sampler')}",
                 fmt_params(_mean(g, "params")),
-                fmt_num(_mean(g, "gmacs_per_forward")),
+                fmt_num(_mean(g, "gmacs_per_forward"), 4),
                 fmt_num(_mean(g, "train_gflops_per_image")),
                 fmt_flops(_mean(g, "budget_train_flops") or _mean(g, "train_flops")),
                 fmt_num(_mean(g, "images_seen")),
@@ -368,7 +368,7 @@ def readme_lines(
         info = described.get(name, {})
         status = _status_text([r for r in rows if r["entry"] == name])
         table.append(
-            ["", name, _recipe_of(info), fmt_params(info.get("params")), fmt_num(info.get("gmacs_per_forward"))]
+            ["", name, _recipe_of(info), fmt_params(info.get("params")), fmt_num(info.get("gmacs_per_forward"), 4)]
             + [""] * 3
             + [status]
             + [""] * (len(header) - 9)
@@ -382,7 +382,7 @@ def readme_lines(
             "(`=k`): their difference is smaller than the seed-to-seed spread.",
             "",
         ]
-    else:
+    elif groups:
         lines += ["One seed per entry: no spread is measured, so ranks do not show ties (`--seeds 0,1` adds one).", ""]
     lines += _target_lines(suite, groups)
     if plot is not None:
@@ -422,7 +422,8 @@ def _rank_number(rank: str | None) -> int:
 def _recipe_of(info: dict[str, Any]) -> str:
     if not info:
         return ""
-    return f"{info.get('objective', '')}, {info.get('sampler', '')}".strip(", ")
+    sampler = str(info.get("sampler", "")).removesuffix("Sampler")
+    return f"{info.get('objective', '')}, {sampler}".strip(", ")
 
 
 def _status_text(rows: list[dict[str, Any]]) -> str:

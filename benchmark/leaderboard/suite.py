@@ -72,6 +72,8 @@ class Preset:
         checkpoint_every: Optimizer steps between checkpoints (what a killed run resumes from).
         protocol: Fields of the evaluation protocol that this preset overrides (e.g. fewer samples).
         eval_every: Optimizer steps between in-training evaluations (metric-vs-compute curves); 0 = none.
+        eval_num_samples: Samples of each in-training evaluation (with guidance only; the final one uses the
+            protocol's number).
         grid_samples_per_class: Columns of the sample grid saved per entry; 0 = no grid.
     """
 
@@ -81,6 +83,7 @@ class Preset:
     checkpoint_every: int = 100
     protocol: dict[str, Any] = field(default_factory=dict)
     eval_every: int = 0
+    eval_num_samples: int = 100
     grid_samples_per_class: int = 4
 
 
@@ -175,7 +178,15 @@ def _entry_names(root: Path, raw: dict[str, Any]) -> list[str]:
 
 
 def _preset(name: str, raw: dict[str, Any]) -> Preset:
-    known = {"budget_scale", "seeds", "checkpoint_every", "protocol", "eval_every", "grid_samples_per_class"}
+    known = {
+        "budget_scale",
+        "seeds",
+        "checkpoint_every",
+        "protocol",
+        "eval_every",
+        "eval_num_samples",
+        "grid_samples_per_class",
+    }
     unknown = set(raw) - known
     if unknown:
         raise ValueError(f"preset {name!r}: unknown keys {sorted(unknown)}; valid: {sorted(known)}")
@@ -192,6 +203,7 @@ def _preset(name: str, raw: dict[str, Any]) -> Preset:
         checkpoint_every=int(raw.get("checkpoint_every", 100)),
         protocol=dict(raw.get("protocol") or {}),
         eval_every=int(raw.get("eval_every", 0)),
+        eval_num_samples=int(raw.get("eval_num_samples", 100)),
         grid_samples_per_class=int(raw.get("grid_samples_per_class", 4)),
     )
 
