@@ -87,3 +87,22 @@ def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch):
     status = {r["entry"]: r["status"] for r in rows}
     assert status["dit"] == "diverged" and status["dit_ddpm"] == "ok"
     assert "diverged" in (tmp_path / "README.md").read_text()
+
+
+def test_eval_adds_a_marked_row_for_an_existing_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from benchmark.leaderboard.runner import eval_checkpoint, instantiate, training_config
+    from benchmark.leaderboard.suite import load_suite
+
+    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 7.0, "fd_shapes_noguidance": 9.0})
+    suite = load_suite(SHAPES)
+    (entry,) = suite.entries(["dit"])
+    module = instantiate(training_config(entry, 0, tmp_path / "x", suite.preset("smoke"), progress=False)).model
+    ckpt = tmp_path / "some.ckpt"
+    torch.save({"state_dict": module.state_dict(), "global_step": 123}, ckpt)
+    row = eval_checkpoint(SHAPES, "dit", ckpt, preset="smoke", output=tmp_path)
+    assert row["status"] == "ok" and row["source"] == "checkpoint" and row["steps"] == 123
+    assert row["metric"] == 7.0 and row["metric_noguidance"] == 9.0
+    readme = (tmp_path / "README.md").read_text()
+    assert "## Other rows" in readme and "checkpoint" in readme and "some.ckpt" in readme
