@@ -456,6 +456,8 @@ def _target_lines(suite: Suite, groups: dict[str, list[dict[str, Any]]]) -> list
         text = fmt_flops(sum(hits) / len(hits)) if hits else "not reached"
         fraction = f"{sum(hits) / len(hits) / budget:.0%}" if hits and budget else ""
         table.append([name, text, fraction, f"{len(hits)}/{len(g)}"])
+    if not table:
+        return lines + ["No rows yet.", ""]
     lines += md_table(["entry", "FLOPs to target", "of the budget", "seeds reaching it"], table) + [""]
     return lines
 
