@@ -93,8 +93,7 @@ def training_config(entry: Entry, seed: int, run_dir: Path, preset: Preset, prog
     for key in ("val_check_interval", "check_val_every_n_epoch", "max_epochs", "max_time", "min_steps"):
         trainer.pop(key, None)
     trainer.update(
-        max_steps=-1,
-        max_epochs=-1,
+        max_steps=-1,  # the budget sets the step limit (and the progress bar's total) when training starts
         limit_val_batches=0,
         num_sanity_val_steps=0,
         enable_progress_bar=progress,
@@ -455,7 +454,13 @@ def run_suite(
     budget = suite.budget_for(preset_obj)
     protocol = suite.protocol_for(preset_obj)
     jobs = plan(suite, preset_obj, entries, seeds, out)
-    existing = {(r.get("entry"), r.get("seed"), r.get("key")) for r in res.read_rows(results_file)}
+    # A `failed` row (an error that may not come back: a missing file, a killed worker) is retried; `diverged` and
+    # `oom` rows are results of the entry under this budget and hardware, and stay.
+    existing = {
+        (r.get("entry"), r.get("seed"), r.get("key"))
+        for r in res.read_rows(results_file)
+        if r.get("status") != "failed"
+    }
     todo = [j for j in jobs if force or (j.entry.name, j.seed, j.key) not in existing]
     console.rule(f"[bold]leaderboard {suite.name}[/] · preset {preset_obj.name}")
     console.print(
