@@ -4,6 +4,7 @@
     ldmbench fit --config ... --ckpt_path last        # resume: weights, optimizer, EMA, step, data position
     ldmbench validate|test|predict --config ... --ckpt_path path/to.ckpt
     ldmbench describe --config leaderboards/imagenet-256/dit_xl_2.yaml   # params / GMACs as JSON, no data
+    ldmbench evaluate --config ... --ckpt_path C [--protocol P.yaml] [--output metrics.json]   # metrics table + JSON
 
 Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so any importable subclass of
 `DiffusionModule` / `LightningDataModule` works without registering it anywhere.
@@ -101,6 +102,11 @@ def main(args: ArgsType = None) -> None:
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     if argv and argv[0] == "describe":
         print(json.dumps(describe(argv[1:]), indent=2))
+        return
+    if argv and argv[0] == "evaluate":
+        from benchmark.evaluation.command import evaluate_command
+
+        evaluate_command(argv[1:])
         return
     build_cli(args)
 
