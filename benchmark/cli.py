@@ -4,6 +4,7 @@
     ldmbench fit --config ... --ckpt_path last        # resume: weights, optimizer, EMA, step, data position
     ldmbench validate|test|predict --config ... --ckpt_path path/to.ckpt
     ldmbench describe --config leaderboards/imagenet-256/dit_xl_2.yaml   # params / GMACs as JSON, no data
+    ldmbench evaluate --config ... --ckpt_path C [--protocol P.yaml] [--output metrics.json]   # metrics table + JSON
 
 Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so any importable subclass of
 `DiffusionModule` / `LightningDataModule` works without registering it anywhere.
@@ -110,6 +111,11 @@ def main(args: ArgsType = None) -> None:
         from benchmark.leaderboard.command import main as leaderboard_main
 
         leaderboard_main(argv[1:])
+        return
+    if argv and argv[0] == "evaluate":
+        from benchmark.evaluation.command import evaluate_command
+
+        evaluate_command(argv[1:])
         return
     build_cli(args)
 

@@ -14,10 +14,11 @@ background colour. From it come, for generated Shapes images:
 - ``clip_score``: 100 × the mean positive cosine of image and caption embeddings (torchmetrics' definition), for
   caption-conditioned entries.
 
-The vision tower was trained on 32-pixel images and on 64-pixel ones (with interpolated position embeddings), so
-both resolutions are read natively; other sizes are resized to 32 pixels first. The model is registered as the
-torch-fidelity feature extractor ``"shapes-clip"`` (features ``pool``, ``embeds``), so torch-fidelity computes the
-same ``fd_shapes`` from two image sets.
+The vision tower reads 32-pixel images. Larger images are area-averaged down to 32 pixels first (an exact 2x2 box
+average at 64 pixels, which is how the training images themselves were made from 64-pixel renders), other sizes
+resized with an antialiased bilinear filter; the weights README states the accuracy at 32 and at 64 pixels.
+The model is registered as the torch-fidelity feature extractor ``"shapes-clip"`` (features ``pool``,
+``embeds``), so torch-fidelity computes the same ``fd_shapes`` from two image sets.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ EMBEDDED_NAME = "embedded:shapes-clip"
 ASYMMETRIC_KINDS = ("arrow", "crescent", "L shape")
 """Kinds that are not mirror-symmetric: a horizontal flip changes the direction they face."""
 HEADS = ("class", "direction", "size", "colour", "background")
-NATIVE_SIZES = (32, 64)
 _FEATURE_BATCH = 512
 
 
@@ -81,24 +81,26 @@ class ShapesCLIP(nn.Module):
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def preprocess(self, images: Tensor) -> tuple[Tensor, bool]:
-        """uint8 (N, 3, H, W) -> float in [-1, 1] at a native size, and whether position embeddings interpolate."""
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 (N, 3, H, W) -> float in [-1, 1] at the tower's size (32 px)."""
         if images.dtype != torch.uint8:
             raise TypeError(f"ShapesCLIP reads uint8 images in [0, 255], got {images.dtype}")
         x = images.to(self.device, torch.float32) / 127.5 - 1
-        size = x.shape[-1]
-        if size not in NATIVE_SIZES:
-            x = F.interpolate(x, size=(32, 32), mode="bilinear", antialias=True, align_corners=False)
-            size = 32
-        return x, size != self.model.config.vision_config.image_size
+        size, native = x.shape[-1], self.model.config.vision_config.image_size
+        if size != native:
+            if size % native == 0 and x.shape[-2] == size:
+                x = F.avg_pool2d(x, size // native)
+            else:
+                x = F.interpolate(x, size=(native, native), mode="bilinear", antialias=True, align_corners=False)
+        return x
 
     @torch.no_grad()
     def image_outputs(self, images: Tensor) -> dict[str, Tensor]:
         """``pool`` (N, D) pooled vision feature, ``embeds`` (N, P) projected embedding, and every head's logits."""
         out: dict[str, list[Tensor]] = {}
         for lo in range(0, images.shape[0], _FEATURE_BATCH):
-            x, interpolate = self.preprocess(images[lo : lo + _FEATURE_BATCH])
-            pool = self.model.vision_model(pixel_values=x, interpolate_pos_encoding=interpolate).pooler_output
+            x = self.preprocess(images[lo : lo + _FEATURE_BATCH])
+            pool = self.model.vision_model(pixel_values=x).pooler_output
             result = {"pool": pool, "embeds": self.model.visual_projection(pool)}
             result.update({name: head(pool) for name, head in self.heads.items()})
             for key, value in result.items():
@@ -118,7 +120,8 @@ class ShapesCLIP(nn.Module):
     def text_embeds(self, captions: list[str]) -> Tensor:
         """(N, P) projected caption embeddings."""
         batch = self.tokenizer(list(captions), padding=True, truncation=True, return_tensors="pt")
-        return self.model.get_text_features(input_ids=batch["input_ids"].to(self.device)).float().cpu()
+        pooled = self.model.text_model(input_ids=batch["input_ids"].to(self.device)).pooler_output
+        return self.model.text_projection(pooled).float().cpu()
 
     def clip_score(self, images: Tensor, captions: list[str]) -> float:
         """100 × mean(max(cos(image, caption), 0)) over matched pairs (torchmetrics' CLIPScore definition)."""

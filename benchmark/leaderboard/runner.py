@@ -154,36 +154,6 @@ def evaluate_module(module: Any, protocol: Any, datamodule: Any, device: torch.d
     return dict(evaluate(module, protocol, datamodule, device=device, progress=False))
 
 
-class CurveEvaluation(Callback):
-    """Evaluate every ``every_n_steps`` optimizer steps during training, for the metric-against-compute curve.
-
-    Uses the suite's protocol with fewer samples and guidance only, and logs ``curve/<metric>`` (one CSV row per
-    evaluation, at its step). Every rank calls it, so under DDP each evaluation uses all ranks.
-
-    Args:
-        protocol: The suite's protocol object.
-        every_n_steps: Optimizer steps between evaluations.
-        num_samples: Samples per evaluation.
-        metric: The metric to log.
-    """
-
-    def __init__(self, protocol: Any, every_n_steps: int, num_samples: int, metric: str) -> None:
-        changes = {"num_samples": min(num_samples, protocol.num_samples), "no_guidance": False}
-        self.protocol = protocol.replace(**changes) if hasattr(protocol, "replace") else protocol
-        self.every_n_steps = every_n_steps
-        self.metric = metric
-        self._last_step = -1
-
-    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
-        step = trainer.global_step
-        if step == self._last_step or step % self.every_n_steps or trainer.should_stop:
-            return  # within gradient accumulation, off-period, or the final step (evaluated in full afterwards)
-        self._last_step = step
-        metrics = evaluate_module(pl_module, self.protocol, trainer.datamodule, pl_module.device)
-        if metrics.get(self.metric) is not None:
-            pl_module.log(f"curve/{self.metric}", float(metrics[self.metric]), on_step=True, on_epoch=False)
-
-
 def eval_sampler_name(module: Any, protocol: Any) -> str:
     """The sampler the protocol uses for this entry, e.g. ``Euler-50`` (the entry's own one without a protocol)."""
     sampler = module.sampler
@@ -321,8 +291,17 @@ def run_job(
         trainer.callbacks.extend(callbacks or [])
         protocol = make_protocol(protocol_fields)
         if protocol is not None and preset.eval_every > 0:
-            curve_cb = CurveEvaluation(protocol, preset.eval_every, preset.eval_num_samples, suite.metric)
-            trainer.callbacks.insert(1, curve_cb)  # after the budget (which decides should_stop), before checkpoints
+            # In-training evaluations for the metric-against-compute curve: guided only, fewer samples; the final
+            # evaluation below is the full protocol. Logged as eval/<metric> at its step.
+            from benchmark.callbacks.evaluation import Evaluation
+
+            curve_cb = Evaluation(
+                protocol.replace(no_guidance=False),
+                every_n_steps=preset.eval_every,
+                num_samples=min(preset.eval_num_samples, protocol.num_samples),
+                at_end=False,
+            )
+            trainer.callbacks.insert(1, curve_cb)
         done_file, final = run_dir / _TRAIN_DONE, run_dir / _FINAL
         if done_file.is_file() and final.is_file():
             # Training finished before a kill during evaluation: evaluate the final weights again.
