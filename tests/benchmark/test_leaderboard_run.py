@@ -1,5 +1,6 @@
 """The leaderboard runner end to end on the Shapes suite: the smoke preset, and a run killed and resumed."""
 
+import math
 import signal
 from pathlib import Path
 
@@ -106,3 +107,22 @@ def test_eval_adds_a_marked_row_for_an_existing_checkpoint(tmp_path, monkeypatch
     assert row["metric"] == 7.0 and row["metric_noguidance"] == 9.0
     readme = (tmp_path / "README.md").read_text()
     assert "## Other rows" in readme and "checkpoint" in readme and "some.ckpt" in readme
+
+
+def test_smoke_preset_end_to_end(tmp_path):
+    """The CI preset on the Shapes suite's two DiT recipes: train, evaluate for real, write rows, README and CSV."""
+    entries = ["dit", "dit_ddpm"]
+    rows = run_suite(SHAPES, preset="smoke", entries=entries, output=tmp_path, progress=False)
+    assert [r["entry"] for r in rows] == entries
+    for row in rows:
+        assert row["status"] == "ok", row.get("traceback")
+        assert row["steps"] == 2 and row["images_seen"] == 128 and row["stopped_by"] == "train_flops"
+        assert row["train_flops"] >= row["budget_train_flops"] > row["train_flops"] / 2
+        assert math.isfinite(row["metric"]) and math.isfinite(row["metric_noguidance"])
+        assert 0.0 <= row["class_accuracy"] <= 1.0 and row["sampling_images_per_s"] > 0
+        assert row["metrics"]["num_samples"] == 20 and row["eval_sampler"] in ("Euler-4", "DDIM-4")
+        assert row["commit"] and row["versions"]["torch"] and row["hardware"]
+        assert (tmp_path / row["grid"]).stat().st_size > 0
+    readme = (tmp_path / "README.md").read_text()
+    assert "| dit |" in readme and "| dit_ddpm |" in readme and "preset `smoke`" in readme
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 3
