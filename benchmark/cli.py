@@ -5,6 +5,7 @@
     ldmbench validate|test|predict --config ... --ckpt_path path/to.ckpt
     ldmbench describe --config leaderboards/imagenet-256/dit_xl_2.yaml   # params / GMACs as JSON, no data
     ldmbench cache-latents --config leaderboards/shapes/dit.yaml [--output DIR]   # latents of the train split
+    ldmbench evaluate --config ... --ckpt_path C [--protocol P.yaml] [--output metrics.json]   # metrics table + JSON
 
 Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so any importable subclass of
 `DiffusionModule` / `LightningDataModule` works without registering it anywhere.
@@ -111,6 +112,16 @@ def main(args: ArgsType = None) -> None:
         from benchmark.cache_cli import cache_latents
 
         cache_latents(argv[1:])
+        return
+    if argv and argv[0] == "leaderboard":  # run / render / eval a suite (benchmark.leaderboard.command)
+        from benchmark.leaderboard.command import main as leaderboard_main
+
+        leaderboard_main(argv[1:])
+        return
+    if argv and argv[0] == "evaluate":
+        from benchmark.evaluation.command import evaluate_command
+
+        evaluate_command(argv[1:])
         return
     build_cli(args)
 

@@ -63,8 +63,9 @@ class TextEncoder(nn.Module):
         """Describe the encoder; nothing is read from disk or the hub until first use.
 
         Args:
-            pretrained: Hugging Face hub id (e.g. ``"openai/clip-vit-large-patch14"``, ``"google/t5-v1_1-xxl"``)
-                or a local folder written by ``save_pretrained`` holding both the model and its tokenizer.
+            pretrained: Hugging Face hub id (e.g. ``"openai/clip-vit-large-patch14"``, ``"google/t5-v1_1-xxl"``),
+                a local folder written by ``save_pretrained`` holding both the model and its tokenizer, or
+                ``"embedded:shapes-clip"`` (the Shapes CLIP shipped with ldmbench; use ``max_length=16``).
                 With ``HF_HUB_OFFLINE=1`` a hub id must already be in the local Hugging Face cache.
             kind: Encoder family. ``"clip"`` loads ``CLIPTextModelWithProjection`` (or ``CLIPTextModel`` if the
                 checkpoint has no text projection) and returns a pooled vector; ``"t5"`` loads
@@ -262,8 +263,13 @@ class TextEncoder(nn.Module):
         return tokenizer, model
 
     def _from_pretrained(self, cls, what: str, **kwargs):
+        source = self.pretrained
+        if source.startswith("embedded:"):  # weights shipped in data/weights/ (e.g. embedded:shapes-clip)
+            from data.autoencoder import embedded_weights_dir
+
+            source = str(embedded_weights_dir(source))
         try:
-            return cls.from_pretrained(self.pretrained, **kwargs)
+            return cls.from_pretrained(source, **kwargs)
         except OSError as e:
             offline = os.environ.get("HF_HUB_OFFLINE", "unset")
             raise OSError(

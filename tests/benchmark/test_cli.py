@@ -9,7 +9,11 @@ from benchmark.cli import describe, main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = str(ROOT / "leaderboards/shapes/dit.yaml")
-ALL_YAMLS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "leaderboards").rglob("*.yaml"))
+ALL_YAMLS = sorted(
+    str(p.relative_to(ROOT))
+    for p in (ROOT / "leaderboards").rglob("*.yaml")
+    if p.name not in ("suite.yaml", "protocol.yaml")
+)
 
 # A fast variant of the Shapes entry: few steps, tiny batch, no workers, no progress bar, checkpoint dir in tmp.
 FAST = [

@@ -1,0 +1,55 @@
+"""Evaluation: one protocol for every entry, sampled reproducibly and measured with stated feature extractors.
+
+    from benchmark.evaluation import EvalProtocol, evaluate
+    metrics = evaluate(module, EvalProtocol(num_samples=1000, guidance_scale=1.5), datamodule)
+
+`evaluate(module, protocol, datamodule=None, *, device=None, progress=True, ckpt_path=None, stats_root=None)`
+samples the entry under the protocol's sampler, steps, guidance and seeds (`EvalProtocol.apply` overrides the
+entry's own settings while it runs) and returns one flat dict. Its keys are stable; with guidance the protocol
+also measures without it (scale 1.0), and those keys carry the suffix ``_noguidance``:
+
+=============================  =========================================================================================
+``fd_shapes``                  Fréchet distance of the embedded Shapes CLIP's pooled image features, generated vs the
+                               reference Shapes images (feature extractor ``shapes-clip``). Lower is better. Not FID.
+``fid``                        Fréchet Inception distance (torch-fidelity ``inception-v3-compat``, 2048-d pool
+                               features) against the reference statistics (feature extractor ``inception-v3-compat``).
+``inception_score``            Inception score (10 splits), when ``protocol.inception_score``.
+``precision`` / ``recall``     Improved precision / recall (k = 3, Inception pool features), when
+                               ``protocol.precision_recall``.
+``class_accuracy``             Fraction of samples whose shape kind (read by the Shapes CLIP's class head) is the class
+                               asked for; for caption entries, the kind the caption names. Shapes only.
+``flip_obeyed``                Fraction of asymmetric-kind samples (arrow, crescent, L shape) facing the way the flip
+                               control asked; 0.5 is chance. Entries conditioned on control metadata only.
+``clip_score``                 100 × mean positive cosine of image and caption embeddings (caption entries; the Shapes
+                               CLIP, or the CLIP named in the protocol for real data).
+``sampling_images_per_s``      Generated images per second under the protocol (with guidance; all ranks together).
+``num_samples``                Images generated per guidance setting.
+``guidance_scale``             The semantic guidance scale of the keys without suffix.
+``eval_seconds``               Wall time of the whole evaluation (reference statistics included on a cache miss).
+``protocol`` / ``protocol_id`` The protocol's fields and its stable hash (`EvalProtocol.id`).
+``checkpoint`` /               The checkpoint file, its SHA-256 and training step (when known), and the code's commit
+``checkpoint_sha256`` /        (``git rev-parse HEAD``, ``-dirty`` if tracked files changed).
+``checkpoint_step`` /
+``commit``
+=============================  =========================================================================================
+
+Sample ``i`` of a set draws all its randomness from ``torch.Generator().manual_seed(seed * 1_000_003 + i)`` and its
+class is ``protocol.labels(K)[i] = i % K``, so a set does not depend on the batch size or the number of ranks; under
+``torch.distributed`` every rank generates a disjoint slice and the slices are gathered once.
+"""
+
+from benchmark.evaluation.evaluate import evaluate
+from benchmark.evaluation.frechet import frechet_distance, load_npz_stats, stats_from_features
+from benchmark.evaluation.generate import GeneratedSet, generate
+from benchmark.evaluation.protocol import EvalProtocol, sample_seed
+
+__all__ = [
+    "EvalProtocol",
+    "GeneratedSet",
+    "evaluate",
+    "frechet_distance",
+    "generate",
+    "load_npz_stats",
+    "sample_seed",
+    "stats_from_features",
+]

@@ -1,0 +1,100 @@
+"""``ldmbench evaluate``: evaluate a checkpoint under a protocol, print a table and write the metrics JSON.
+
+    ldmbench evaluate --config leaderboards/shapes/dit.yaml --ckpt_path runs/shapes/dit/checkpoints/last.ckpt \\
+        [--protocol leaderboards/shapes/protocol.yaml] [--output metrics.json] [--device cpu]
+
+The model and data are built from the config exactly as ``fit`` builds them (any further ``--model.*`` / ``--data.*``
+override works too), the checkpoint's weights (EMA included) are loaded, and `benchmark.evaluation.evaluate` runs.
+Without ``--protocol`` a Shapes config uses ``leaderboards/shapes/protocol.yaml`` and any other data
+``EvalProtocol(feature_extractor="inception-v3-compat", reference="data:val")``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.evaluation.protocol import EvalProtocol
+
+__all__ = ["default_protocol", "evaluate_command", "load_weights", "print_table"]
+
+log = logging.getLogger(__name__)
+SHAPES_PROTOCOL = Path(__file__).resolve().parents[2] / "leaderboards" / "shapes" / "protocol.yaml"
+
+
+def default_protocol(datamodule: Any) -> EvalProtocol:
+    """The suite protocol for this data: the Shapes protocol for Shapes, FID against the val split otherwise."""
+    from data.shapes import ShapesDataModule
+
+    if isinstance(datamodule, ShapesDataModule) and SHAPES_PROTOCOL.exists():
+        return EvalProtocol.from_yaml(SHAPES_PROTOCOL)
+    return EvalProtocol(name="fid", feature_extractor="inception-v3-compat", reference="data:val")
+
+
+def load_weights(module: torch.nn.Module, ckpt_path: str) -> int | None:
+    """Load a Lightning checkpoint's ``state_dict`` (backbone and EMA) into ``module``; returns its global step."""
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception:  # noqa: BLE001  (older checkpoints may hold pickled objects in their hyper-parameters)
+        log.warning("%s does not load with weights_only=True; loading it fully (trust only your own files)", ckpt_path)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    if unexpected or [k for k in missing if not k.startswith(("autoencoder.", "text_encoder."))]:
+        raise RuntimeError(f"{ckpt_path} does not fit this config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    return ckpt.get("global_step")
+
+
+def print_table(metrics: dict[str, Any]) -> None:
+    """A two-column table of the scalar metrics (rich if installed, plain text otherwise)."""
+    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items() if k != "protocol"]
+    try:
+        from rich.console import Console
+        from rich.table import Table
+    except ImportError:
+        for key, value in rows:
+            print(f"{key:30s} {value}")
+        return
+    table = Table(title=f"evaluation ({metrics.get('protocol', {}).get('name', '')} / {metrics.get('protocol_id')})")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key, value in rows:
+        table.add_row(key, value)
+    Console().print(table)
+
+
+def evaluate_command(argv: list[str]) -> dict[str, Any]:
+    """Run ``ldmbench evaluate`` with the arguments after the word ``evaluate``; returns the metrics."""
+    from benchmark.cli import CLI_KWARGS, _DescribeCLI
+    from benchmark.evaluation import evaluate
+
+    parser = argparse.ArgumentParser(prog="ldmbench evaluate", add_help=False)
+    parser.add_argument("--ckpt_path", default=None)
+    parser.add_argument("--protocol", default=None)
+    parser.add_argument("--output", default=None)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--stats_root", default=None)
+    ours, rest = parser.parse_known_args(argv)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
+        cli = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=rest, run=False)
+    module, datamodule = cli.model, cli.datamodule
+    if ours.ckpt_path:
+        load_weights(module, ours.ckpt_path)
+    else:
+        log.warning("no --ckpt_path: evaluating the untrained model")
+    protocol = EvalProtocol.from_yaml(ours.protocol) if ours.protocol else default_protocol(datamodule)
+    metrics = evaluate(
+        module, protocol, datamodule, device=ours.device, ckpt_path=ours.ckpt_path, stats_root=ours.stats_root
+    )
+    print_table(metrics)
+    if ours.output:
+        Path(ours.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(ours.output).write_text(json.dumps(metrics, indent=2, default=str))
+        print(f"metrics written to {ours.output}")
+    return metrics

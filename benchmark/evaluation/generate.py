@@ -1,0 +1,179 @@
+"""Generating an evaluation set: every sample a pure function of (protocol seed, global index).
+
+Sample ``i`` draws its starting noise, and any noise a stochastic sampler injects along the way, from its own
+generator ``torch.Generator().manual_seed(seed * 1_000_003 + i)``. Its class is ``protocol.labels(K)[i]`` (or its
+caption ``protocol.caption_list()[i]``). So the set is the same whatever the batch size, and whatever the number of
+ranks: under ``torch.distributed`` rank ``r`` of ``W`` generates the contiguous slice ``[r*N//W, (r+1)*N//W)`` and
+the slices are gathered once, in index order, without padding or repeats.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+from benchmark.evaluation.protocol import EvalProtocol, sample_seed, shapes_val_descriptions
+
+if TYPE_CHECKING:
+    from benchmark.module import DiffusionModule
+
+__all__ = ["GeneratedSet", "generate", "rank_slice", "to_uint8"]
+
+
+@dataclass
+class GeneratedSet:
+    """A generated evaluation set, in global index order.
+
+    Attributes:
+        images: (N, 3, H, W) uint8.
+        labels: (N,) long class of each sample: the class asked for, or the kind its Shapes caption names; else None.
+        captions: N captions for caption-conditioned entries, else None.
+        control: (N,) float flip flag each sample was asked for (0 = as drawn, 1 = mirrored), or None.
+        seconds: Wall time of the generation (the slowest rank's, under DDP).
+    """
+
+    images: Tensor
+    labels: Tensor | None
+    captions: list[str] | None
+    control: Tensor | None
+    seconds: float
+
+    @property
+    def images_per_s(self) -> float:
+        return self.images.shape[0] / max(self.seconds, 1e-9)
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Images in [-1, 1] to uint8 [0, 255] on the CPU (the format torch-fidelity reads)."""
+    return ((images.float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def rank_slice(n: int, rank: int, world: int) -> range:
+    """The contiguous, disjoint slice of ``range(n)`` that rank ``rank`` of ``world`` generates."""
+    return range(rank * n // world, (rank + 1) * n // world)
+
+
+def _dist() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+@contextlib.contextmanager
+def per_sample_noise(generators: list[torch.Generator]) -> Iterator[None]:
+    """Within the block, noise a stochastic sampler injects is drawn row by row from the samples' own generators.
+
+    The samplers draw their per-step noise through ``benchmark.samplers._randn_like(x, generator)`` for the whole
+    batch; replacing it makes row ``j`` come from ``generators[j]``, so an ancestral (DDPM) sample does not depend
+    on which other samples share its batch.
+    """
+    import benchmark.samplers as samplers
+
+    original = getattr(samplers, "_randn_like", None)
+
+    def randn_like(x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        if x.shape[0] != len(generators):  # not a batch of our samples (should not happen): keep the old rule
+            return original(x, generator)
+        rows = [torch.randn(x.shape[1:], generator=g, dtype=x.dtype) for g in generators]
+        return torch.stack(rows).to(x.device)
+
+    if original is None:  # the samplers no longer draw through this hook; deterministic samplers are unaffected
+        yield
+        return
+    samplers._randn_like = randn_like
+    try:
+        yield
+    finally:
+        samplers._randn_like = original
+
+
+@torch.no_grad()
+def generate(
+    module: DiffusionModule,
+    protocol: EvalProtocol,
+    guidance_scale: float,
+    *,
+    num_samples: int | None = None,
+    progress: bool = False,
+) -> GeneratedSet:
+    """Generate the protocol's set with the entry (all ranks take part; every rank gets the whole set).
+
+    Args:
+        module: The entry (on its device).
+        protocol: Sampler, steps, seeds, labels.
+        guidance_scale: Semantic guidance scale of this set.
+        num_samples: Overrides ``protocol.num_samples``.
+        progress: Show a progress bar over batches (rank 0).
+    """
+    from tqdm.auto import tqdm
+
+    n = protocol.num_samples if num_samples is None else num_samples
+    rank, world = _dist()
+    indices = rank_slice(n, rank, world)
+    semantic = getattr(module.conditioner, "semantic", "none")
+    num_classes = int(getattr(module, "num_classes", None) or getattr(module.backbone, "num_classes", 0) or 0)
+    all_labels = protocol.replace(num_samples=n).labels(num_classes) if semantic == "class" else None
+    all_captions = protocol.replace(num_samples=n).caption_list(module.resolution) if semantic == "caption" else None
+    flips = _requested_flips(n, protocol.seed) if getattr(module.conditioner, "control_names", ()) else None
+    measured_labels = all_labels
+    if all_captions is not None and protocol.captions == "shapes-val":
+        # The kind and direction each caption names: what class accuracy and flip obeyed check. A flip control, if
+        # the model has one, asks for the same direction as the caption.
+        items = shapes_val_descriptions(n, module.resolution)
+        measured_labels = torch.tensor([item["label"] for item in items])
+        if flips is not None:
+            flips = torch.tensor([item["flip"] for item in items])
+
+    chunks: list[Tensor] = []
+    start = time.perf_counter()
+    with protocol.apply(module, guidance_scale):
+        batches = range(indices.start, indices.stop, protocol.batch_size)
+        for lo in tqdm(batches, desc=f"sampling (cfg {guidance_scale:g})", disable=not progress or rank != 0):
+            hi = min(lo + protocol.batch_size, indices.stop)
+            generators = [torch.Generator().manual_seed(sample_seed(protocol.seed, i)) for i in range(lo, hi)]
+            noise = torch.stack([torch.randn(module.latent_shape, generator=g) for g in generators])
+            control = None
+            if flips is not None:
+                control = module.default_control(hi - lo)
+                control["flip"] = flips[lo:hi].to(module.device)
+            with per_sample_noise(generators):
+                images = module.sample_images(
+                    labels=None if all_labels is None else all_labels[lo:hi],
+                    captions=None if all_captions is None else all_captions[lo:hi],
+                    control=control,
+                    num_samples=hi - lo,
+                    use_ema=protocol.use_ema,
+                    noise=noise,
+                )
+            chunks.append(to_uint8(images))
+    c, h, w = 3, module.resolution, module.resolution
+    local = torch.cat(chunks) if chunks else torch.zeros(0, c, h, w, dtype=torch.uint8)
+    seconds = time.perf_counter() - start
+    images, seconds = _gather(local, seconds, world)
+    return GeneratedSet(images=images, labels=measured_labels, captions=all_captions, control=flips, seconds=seconds)
+
+
+def _requested_flips(n: int, seed: int) -> Tensor:
+    """(n,) float: whether sample ``i`` asks for a horizontal flip, a fair coin hashed from (seed, i).
+
+    About half the samples are mirrored, as in the augmented training data, and the coin is independent of the
+    balanced labels (an alternating pattern would tie the flip to the class when the number of classes is even).
+    """
+    bits = [(sample_seed(seed, i) * 0x9E3779B97F4A7C15 >> 40) & 1 for i in range(n)]
+    return torch.tensor(bits, dtype=torch.float32)
+
+
+def _gather(local: Tensor, seconds: float, world: int) -> tuple[Tensor, float]:
+    """Concatenate every rank's slice in rank (= index) order, once; the time is the slowest rank's."""
+    if world == 1:
+        return local, seconds
+    gathered: list[tuple[Tensor, float] | None] = [None] * world
+    dist.all_gather_object(gathered, (local.cpu(), seconds))
+    return torch.cat([g[0] for g in gathered]), max(g[1] for g in gathered)

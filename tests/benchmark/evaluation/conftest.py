@@ -1,0 +1,37 @@
+"""Shared fixtures: a tiny DiT on a tiny random VAE (fast), and the reference-statistics cache in a tmp folder."""
+
+import pytest
+from diffusers import AutoencoderKL
+
+from baselines.dit import DiTModule
+from benchmark.objectives import DDPM
+from benchmark.samplers import DDPMSampler
+from data.autoencoder import Autoencoder
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae")
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    ).save_pretrained(path)
+    return str(path)
+
+
+def tiny_dit(vae: str, **kwargs) -> DiTModule:
+    return DiTModule(size="DiT-tiny/2", num_classes=10, resolution=32, autoencoder=Autoencoder(vae), **kwargs)
+
+
+def tiny_ddpm_dit(vae: str) -> DiTModule:
+    return tiny_dit(vae, objective=DDPM(), sampler=DDPMSampler(steps=10))
+
+
+@pytest.fixture(autouse=True)
+def _stats_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("LDMBENCH_CACHE", str(tmp_path / "ldmbench-cache"))
