@@ -63,14 +63,22 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from baselines.dit import FinalLayer
 from baselines.layers import Attention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from benchmark.guidance import ClassifierFreeGuidance
+from benchmark.module import DiffusionModule
+from benchmark.objectives import DDPM, Objective
+from benchmark.samplers import DDPMSampler, Sampler
+from conditioning.conditioner import Conditioner
 from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder
 from conditioning.modulation import AdaLNZero, modulate
 from conditioning.types import Cond
@@ -78,6 +86,7 @@ from conditioning.types import Cond
 __all__ = [
     "SIZES",
     "MDTBlock",
+    "MDTModule",
     "MDTv2",
     "RelativePositionBias",
     "RelPosAttention",
@@ -425,7 +434,7 @@ SIZES: dict[str, dict[str, int]] = {
     "MDTv2-L/2": {"depth": 24, "hidden_size": 1024, "num_heads": 16, "patch_size": 2, "decode_layer": 4},
     "MDTv2-XL/2": {"depth": 28, "hidden_size": 1152, "num_heads": 16, "patch_size": 2, "decode_layer": 4},
     # Not in the paper: trains on a CPU on 8x8 latents; 1 + 1 encoder, 1 side, 2 decoder blocks.
-    "MDTv2-tiny/2": {"depth": 4, "hidden_size": 96, "num_heads": 4, "patch_size": 2, "decode_layer": 2},
+    "MDTv2-tiny/2": {"depth": 4, "hidden_size": 88, "num_heads": 4, "patch_size": 2, "decode_layer": 2},
 }
 
 
@@ -552,3 +561,97 @@ def load_official_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str
             continue
         out[key.replace("adaLN_modulation.1.", "adaLN_modulation.linear.")] = value
     return out
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training recipe
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class MDTModule(DiffusionModule):
+    """MDTv2 with its ImageNet recipe as defaults (``train_util.py``, ``run_ddp_master.sh``, ``image_sample.py``).
+
+    Recipe: DDPM with 1000 linear-β steps and learned Σ (IDDPM hybrid loss) as DiT; every step adds the loss of a
+    masked pass (ratio r ~ U[0.3, 0.5], one r per step) to the loss of the full pass, at the same t; class label
+    dropped with p=0.1; Adan lr 3e-4, no weight decay, gradient norm 1 (AdamW fallback, see
+    :func:`mdt_optimizer`); EMA 0.9999; DDPM-250 sampling with CFG 3.8 under the power-cosine schedule.
+
+    Args:
+        size: A row of ``SIZES`` (``MDTv2-XL/2``, ``MDTv2-S/2``, ``MDTv2-tiny/2``, ...).
+        learn_sigma: Predict the variance too. None (default) follows ``objective.learn_sigma``.
+        mask_ratio: (lo, hi) of the uniform mask-ratio draw of the masked pass (the reference: 0.3 + 0.2·U).
+        share_noise: The masked pass reuses the full pass's noise (True) or draws its own (False, the reference).
+        init_from: Path of an official sail-sg/MDT checkpoint (e.g. ``mdt_xl2_v2_ckpt.pt``) loaded into the
+            backbone and its EMA.
+        objective: Training objective (MDTv2: DDPM with learned Σ).
+        sampler: Sampler for sample grids and ``predict`` (MDTv2: 250 DDPM steps).
+        guidance: Classifier-free guidance when sampling (MDTv2: 3.8 with the power-cosine schedule).
+        conditioner: Batch → condition (class labels dropped with p=0.1); its ``control_names`` switch on the
+            backbone's control embedder.
+        optimizer: Optimizer factory (MDTv2: Adan lr 3e-4, see :func:`mdt_optimizer`).
+        **kwargs: The remaining `DiffusionModule` arguments (``resolution``, ``num_classes``, ``ema_decay``, ...).
+    """
+
+    def __init__(
+        self,
+        size: str = "MDTv2-XL/2",
+        learn_sigma: bool | None = None,
+        mask_ratio: tuple[float, float] = (0.3, 0.5),
+        share_noise: bool = True,
+        init_from: str | None = None,
+        objective: Objective = lazy_instance(DDPM, learn_sigma=True),
+        sampler: Sampler = lazy_instance(DDPMSampler, steps=250),
+        guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=3.8),
+        conditioner: Conditioner = lazy_instance(Conditioner, semantic="class", semantic_dropout=0.1),
+        optimizer: OptimizerCallable = mdt_optimizer,
+        **kwargs: Any,
+    ) -> None:
+        lo, hi = mask_ratio
+        if not 0.0 < lo <= hi < 1.0:
+            raise ValueError(f"mask_ratio must be (lo, hi) with 0 < lo <= hi < 1, got {mask_ratio}")
+        self.size, self.learn_sigma = size, learn_sigma
+        self.mask_ratio, self.share_noise = (float(lo), float(hi)), share_noise
+        super().__init__(
+            objective=objective,
+            sampler=sampler,
+            guidance=guidance,
+            conditioner=conditioner,
+            optimizer=optimizer,
+            **kwargs,
+        )
+        if init_from is not None:
+            state = load_official_checkpoint(init_from)
+            self.backbone.load_state_dict(state)
+            self.ema.shadow.load_state_dict(state)
+
+    def build_backbone(self) -> nn.Module:
+        """The MDTv2 of ``size`` for this module's latents, classes, learn_sigma and control metadata."""
+        channels, height, _ = self.latent_shape
+        return MDTv2(
+            input_size=height,
+            in_channels=channels,
+            num_classes=self.num_classes,
+            learn_sigma=self.objective.learn_sigma if self.learn_sigma is None else self.learn_sigma,
+            control_names=list(self.conditioner.control_names) or None,
+            **mdt_size(self.size),
+        )
+
+    def training_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
+        """Full-sequence loss plus masked loss at the same t (and noise), summed as ``train_util.py`` does.
+
+        Returns ``loss`` (the sum), the full pass's components under their own names and the masked pass's with
+        a ``mask_`` prefix (``mask_loss``, ``mask_mse``, ...), and the drawn ``mask_ratio``.
+        """
+        x0 = self.encode(batch)
+        cond = self.conditioner(batch, train=True)
+        t = self.objective.sample_time(x0.shape[0], device=x0.device)
+        noise = torch.randn_like(x0)
+        full = self.objective.loss(self._train_forward, x0, cond, noise=noise, t=t)
+        lo, hi = self.mask_ratio
+        ratio = lo + (hi - lo) * torch.rand(()).item()  # drawn in the step's seeded RNG, like t and the noise
+        masked_noise = noise if self.share_noise else torch.randn_like(x0)
+        masked = self.objective.loss(self._train_forward, x0, cond, noise=masked_noise, t=t, mask_ratio=ratio)
+        losses = {**full, **{f"mask_{k}": v for k, v in masked.items()}}
+        losses["loss"] = full["loss"] + masked["loss"]
+        losses["mask_ratio"] = torch.tensor(ratio)
+        return losses

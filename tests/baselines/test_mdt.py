@@ -132,12 +132,12 @@ def test_encoder_sees_fewer_tokens_and_decoder_the_full_sequence_when_masked():
     x, t, cond = _inputs()
     model(x, t, cond, mask_ratio=0.4)
     keep = int(16 * 0.6)  # 9 of the 16 tokens of an 8x8 latent with patch 2
-    assert calls["in"][0][0][0].shape == (3, keep, 96) and calls["out"][0][0][0].shape == (3, keep, 96)
-    assert calls["side"][0][0][0].shape == (3, 16, 96)  # the side-interpolater restores the full sequence
-    assert calls["dec"][0][0][0].shape == (3, 16, 96)
+    assert calls["in"][0][0][0].shape == (3, keep, 88) and calls["out"][0][0][0].shape == (3, keep, 88)
+    assert calls["side"][0][0][0].shape == (3, 16, 88)  # the side-interpolater restores the full sequence
+    assert calls["dec"][0][0][0].shape == (3, 16, 88)
     calls.clear()
     model(x, t, cond)  # inference: nothing masked, no side-interpolater
-    assert calls["in"][0][0][0].shape == (3, 16, 96) and "side" not in calls
+    assert calls["in"][0][0][0].shape == (3, 16, 88) and "side" not in calls
     for h in handles:
         h.remove()
 
@@ -179,7 +179,7 @@ def test_skips_are_wired_as_in_the_reference():
 
 def test_side_interpolater_only_replaces_the_masked_tokens():
     model = _random_weights(MDTv2(**TINY))
-    n, t, d = 2, 16, 96
+    n, t, d = 2, 16, 88
     kept = torch.randn(n, 10, d)
     ids_shuffle = torch.stack([torch.randperm(t) for _ in range(n)])
     ids_restore = torch.argsort(ids_shuffle, dim=1)
@@ -267,7 +267,7 @@ def test_meta_construction_and_materialisation():
 # ----------------------------------------------------------------------------------------- official checkpoints
 
 
-def _official_state_dict(depth=4, decode=2, d=96, heads=4, g=4, p=2, c=4, classes=10, seed=0):
+def _official_state_dict(depth=4, decode=2, d=88, heads=4, g=4, p=2, c=4, classes=10, seed=0):
     """A random state dict in the layout of sail-sg/MDT's ``MDTv2`` (names of its modules, written out here)."""
     gen = torch.Generator().manual_seed(seed)
 
