@@ -25,12 +25,8 @@ Every block is a DiT block (adaLN-Zero on ``c = t_emb + y_emb``) whose attention
 position bias (BEiT's table of (2g - 1)² + 3 entries per head for a g x g grid); masked passes gather the bias of
 the kept tokens. MDTv2-XL/2 at 256² has 742,263,904 parameters and costs 129.49 GMACs per unmasked forward.
 
-Training (:class:`MDTModule`): one diffusion loss on the full sequence plus one with a mask ratio r ~ U[0.3, 0.5],
-at the same t, summed (``train_util.py``: ``loss = losses["loss"].mean() + losses_mask["loss"].mean()``).
-Recipe: DDPM with learned Σ as DiT, Adan lr 3e-4 (XL; 5e-4 for S in ``run.sh``), weight decay 0, gradient norm
-clipped to 1 inside Adan, EMA 0.9999, batch 256; sampling DDPM-250 with CFG 3.8 under the power-cosine schedule
-``scale(t) = 1 + (s - 1) · ½(1 - cos(π (1 - t)^4))`` (t = 1 noise). ``decode_layer`` is 4 for B, L and XL and 6
-for S (``run.sh``); the side-interpolater is always one block.
+Training (:class:`MDTModule`) sums a full-sequence loss and a masked one (r ~ U[0.3, 0.5]) at the same t.
+``decode_layer`` is 4 for B, L and XL and 6 for S (``run.sh``); the side-interpolater is always one block.
 
 Differences from the reference:
 
@@ -45,13 +41,11 @@ Differences from the reference:
   ``training_losses`` call); ``MDTModule(share_noise=False)`` restores the reference's draw.
 - The reference's ε-MSE carries a Min-SNR-5 weight ``min(SNR, 5) / SNR`` (its ``gaussian_diffusion.py``); the
   suite's DDPM objective is unweighted, so this entry is too (the weight belongs to the objective, not the model).
-- Adan is used when the ``adan`` package (sail-sg/Adan) is installed; otherwise the recipe falls back to AdamW
-  with the same learning rate and weight decay, and says so in a warning.
-- Attention runs through ``scaled_dot_product_attention`` with the relative bias as an additive float mask (the
-  same math as the reference's explicit softmax). The masked bias is gathered through the relative-index table of
-  the kept tokens, not by repeating the full (N, h, T, T) bias.
-- ``relative_position_index`` is a non-persistent buffer (derived from the grid); the importer checks it and drops
-  it. State-dict names are otherwise the reference's except ``adaLN_modulation.1`` → ``adaLN_modulation.linear``.
+- Adan when the ``adan`` package (sail-sg/Adan) is installed, else AdamW at the same lr and weight decay (warned).
+- Attention is ``scaled_dot_product_attention`` with the relative bias as an additive float mask (the reference's
+  math); a masked pass gathers the bias through the kept tokens' relative indices. ``relative_position_index`` is
+  a non-persistent buffer, which the importer checks and drops; the other state-dict names are the reference's
+  except ``adaLN_modulation.1`` → ``adaLN_modulation.linear``.
 - ``forward_with_cfg`` is not here: guidance (including the power-cosine schedule and guidance on 3 of 4 channels,
   which MDT inherits from DiT) is ``benchmark/guidance.py``'s.
 
@@ -103,10 +97,9 @@ __all__ = [
 
 
 def relative_position_index(grid_size: int) -> np.ndarray:
-    """BEiT's (T, T) index into a table of (2g - 1)² relative offsets (the 3 extra rows are for class tokens).
+    """BEiT's (T, T) index of row-major tokens on a g x g grid: offset (dy, dx) ↦ (dy + g - 1)(2g - 1) + dx + g - 1.
 
-    Tokens are row-major on a g x g grid; the offset (dy, dx) of token i from token j maps to
-    ``(dy + g - 1) * (2g - 1) + (dx + g - 1)``.
+    The table has (2g - 1)² + 3 rows: BEiT's 3 extra rows (class-token pairs) exist but are never indexed.
     """
     rows, cols = np.meshgrid(np.arange(grid_size), np.arange(grid_size), indexing="ij")
     coords = np.stack([rows.reshape(-1), cols.reshape(-1)])  # (2, T)
@@ -115,15 +108,14 @@ def relative_position_index(grid_size: int) -> np.ndarray:
 
 
 class RelativePositionBias(nn.Module):
-    """A learned bias per head and relative offset, added to the attention logits (BEiT, as used by MDT)."""
+    """A learned bias per head and relative offset, added to the attention logits (BEiT, as used by MDT).
+
+    Args:
+        grid_size: tokens per side g of the square grid.
+        num_heads: attention heads h (one bias per head).
+    """
 
     def __init__(self, grid_size: int, num_heads: int) -> None:
-        """Build the table.
-
-        Args:
-            grid_size: tokens per side g of the square grid.
-            num_heads: attention heads h (one bias per head).
-        """
         super().__init__()
         self.grid_size = grid_size
         self.relative_position_bias_table = nn.Parameter(torch.zeros((2 * grid_size - 1) ** 2 + 3, num_heads))
@@ -149,16 +141,15 @@ class RelativePositionBias(nn.Module):
 
 
 class RelPosAttention(Attention):
-    """Self-attention (``baselines.layers.Attention``) plus a per-layer relative position bias on the logits."""
+    """Self-attention (``baselines.layers.Attention``) plus a per-layer relative position bias on the logits.
+
+    Args:
+        dim: token width D.
+        num_heads: heads h; must divide D.
+        grid_size: tokens per side of the full grid (the bias table's extent).
+    """
 
     def __init__(self, dim: int, num_heads: int, grid_size: int) -> None:
-        """Build the layer.
-
-        Args:
-            dim: token width D.
-            num_heads: heads h; must divide D.
-            grid_size: tokens per side of the full grid (the bias table's extent).
-        """
         super().__init__(dim, num_heads, qkv_bias=True)
         self.rel_pos_bias = RelativePositionBias(grid_size, num_heads)
 
@@ -172,18 +163,17 @@ class RelPosAttention(Attention):
 
 
 class MDTBlock(nn.Module):
-    """A DiT block (adaLN-Zero) with relative-position attention and an optional long-skip fusion in front."""
+    """A DiT block (adaLN-Zero) with relative-position attention and an optional long-skip fusion in front.
+
+    Args:
+        hidden_size: width D.
+        num_heads: attention heads.
+        grid_size: tokens per side of the full grid.
+        mlp_ratio: MLP inner width as a multiple of D.
+        skip: fuse a skip input first, ``x = skip_linear(cat[x, skip])`` (a Linear 2D → D).
+    """
 
     def __init__(self, hidden_size: int, num_heads: int, grid_size: int, mlp_ratio: float = 4.0, skip: bool = False):
-        """Build the block.
-
-        Args:
-            hidden_size: width D.
-            num_heads: attention heads.
-            grid_size: tokens per side of the full grid.
-            mlp_ratio: MLP inner width as a multiple of D.
-            skip: fuse a skip input first, ``x = skip_linear(cat[x, skip])`` (a Linear 2D → D).
-        """
         super().__init__()
         # Registration order is the reference's (norm1, attn, norm2, mlp, adaLN_modulation, skip_linear).
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -231,8 +221,7 @@ class MDTv2(nn.Module):
         """Build the backbone (defaults: MDTv2-XL/2 at 256², i.e. a 32x32 SD-VAE latent).
 
         Args:
-            input_size: latent side H = W the model is built for; the position tables and relative-bias grids
-                are sized for it.
+            input_size: latent side H = W; the position tables and relative-bias grids are sized for it.
             patch_size: patch side p; divides ``input_size``.
             in_channels: latent channels C.
             hidden_size: width D; divisible by ``num_heads`` and by 4 (2-D sin-cos initialisation).
@@ -253,16 +242,10 @@ class MDTv2(nn.Module):
         half_depth = (depth - decode_layer) // 2
         if decode_layer < 0 or half_depth < 1:
             raise ValueError(f"need 0 <= decode_layer < depth - 1, got depth={depth}, decode_layer={decode_layer}")
-        self.input_size = input_size
-        self.patch_size = patch_size
-        self.in_channels = in_channels
+        self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.hidden_size = hidden_size
-        self.depth = depth
-        self.decode_layer = decode_layer
-        self.num_heads = num_heads
-        self.num_classes = num_classes
+        self.learn_sigma, self.num_classes = learn_sigma, num_classes
+        self.hidden_size, self.depth, self.decode_layer, self.num_heads = hidden_size, depth, decode_layer, num_heads
         self.grid_size = g = input_size // patch_size
         self.num_tokens = g * g
 
@@ -326,11 +309,7 @@ class MDTv2(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ masking
     def random_masking(self, x: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """Keep a random ``int(T * (1 - mask_ratio))`` tokens of each sample (MAE's argsort-of-noise shuffle).
-
-        Args:
-            x: (N, T, D) tokens.
-            mask_ratio: fraction of tokens to drop, in (0, 1).
+        """Keep a random ``int(T * (1 - mask_ratio))`` of each sample's (N, T, D) tokens (MAE's shuffle by argsort).
 
         Returns:
             ``(x_kept (N, K, D), mask (N, T) with 1 where dropped, ids_restore (N, T), ids_keep (N, K))``.
@@ -352,16 +331,13 @@ class MDTv2(nn.Module):
         """Restore the full sequence: mask tokens fill the gaps, one block predicts them, kept tokens pass through.
 
         Args:
-            x: (N, K, D) encoder output for the kept tokens (in shuffled order).
-            c: (N, D) conditioning vector.
-            mask: (N, T), 1 where a token was dropped.
-            ids_restore: (N, T) permutation back to grid order.
+            x: (N, K, D) encoder output of the kept tokens (shuffled order); c: (N, D) conditioning vector.
+            mask: (N, T), 1 where a token was dropped; ids_restore: (N, T) permutation back to grid order.
 
         Returns:
             (N, T, D), with ``decoder_pos_embed`` added.
         """
-        n, k, d = x.shape
-        t = ids_restore.shape[1]
+        (n, k, d), t = x.shape, ids_restore.shape[1]
         x = torch.cat([x, self.mask_token.to(x.dtype).expand(n, t - k, d)], dim=1)
         x = torch.gather(x, 1, ids_restore[:, :, None].expand(n, t, d)) + self.decoder_pos_embed  # (N, T, D)
         interpolated = x
@@ -373,13 +349,10 @@ class MDTv2(nn.Module):
 
     # ------------------------------------------------------------------------------------------------ forward
     def forward(self, x: Tensor, t: Tensor, cond: Cond, mask_ratio: float = 0.0) -> Tensor:
-        """Predict from a noisy latent.
+        """Predict from a noisy latent ``x`` (N, C, H, W) at time ``t`` (N,) in [0, 1] (1 = noise, DDPM k = k/1000).
 
         Args:
-            x: (N, C, H, W) noisy latent with H = W = ``input_size``.
-            t: (N,) float diffusion time in [0, 1] (t = 1 is noise; DDPM step k is k / 1000).
-            cond: conditions; ``label`` is required (``semantic_null`` selects the null class), ``control`` when
-                the model was built with ``control_names``.
+            cond: ``label`` (``semantic_null`` selects the null class); ``control`` if built with ``control_names``.
             mask_ratio: fraction of tokens hidden from the encoder (training's mask latent modelling); 0, the
                 default and the inference setting, runs the unmasked model and skips the side-interpolater.
 
@@ -416,10 +389,7 @@ class MDTv2(nn.Module):
     def _check_inputs(self, x: Tensor, t: Tensor) -> None:
         expected = (self.in_channels, self.input_size, self.input_size)
         if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"MDTv2 was built for inputs (N, {self.in_channels}, {self.input_size}, {self.input_size}), "
-                f"got {tuple(x.shape)}; set in_channels / input_size to the latent's shape"
-            )
+            raise ValueError(f"MDTv2 was built for inputs (N, *{expected}), got {tuple(x.shape)}: check input_size")
         if t.shape != (x.shape[0],) or not t.is_floating_point():
             raise ValueError(f"t must be float time in [0, 1] of shape ({x.shape[0]},), got {t.dtype} {tuple(t.shape)}")
 
@@ -439,14 +409,7 @@ SIZES: dict[str, dict[str, int]] = {
 
 
 def mdt_size(name: str) -> dict[str, int]:
-    """The ``MDTv2(...)`` keyword arguments of a named size, e.g. ``MDTv2(**mdt_size("MDTv2-XL/2"))``.
-
-    Args:
-        name: a key of :data:`SIZES`.
-
-    Returns:
-        A fresh dict with ``depth``, ``hidden_size``, ``num_heads``, ``patch_size`` and ``decode_layer``.
-    """
+    """A fresh dict of the ``MDTv2(...)`` keyword arguments of the size ``name``, a key of :data:`SIZES`."""
     if name not in SIZES:
         raise ValueError(f"unknown MDTv2 size {name!r}; valid sizes: {', '.join(SIZES)}")
     return dict(SIZES[name])
@@ -455,9 +418,8 @@ def mdt_size(name: str) -> dict[str, int]:
 def mdt_optimizer(params: Iterable, lr: float = 3e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
     """The MDTv2 optimizer: Adan (sail-sg/Adan) at lr 3e-4, no weight decay, gradient norm clipped to 1 inside it.
 
-    Falls back, with a warning, to AdamW at the same learning rate and weight decay when the ``adan`` package is
-    not installed (``pip install git+https://github.com/sail-sg/Adan.git``); clip gradients with the trainer's
-    ``gradient_clip_val: 1.0`` to keep Adan's clipping.
+    Without the ``adan`` package (``pip install git+https://github.com/sail-sg/Adan.git``) it warns and returns
+    AdamW at the same lr and weight decay; the trainer's ``gradient_clip_val: 1.0`` then keeps Adan's clipping.
 
     Args:
         params: the parameters to optimise.
@@ -479,29 +441,19 @@ def mdt_optimizer(params: Iterable, lr: float = 3e-4, weight_decay: float = 0.0)
 # Official checkpoints (sail-sg/MDT releases: plain state dicts such as ``mdt_xl2_v2_ckpt.pt``)
 # --------------------------------------------------------------------------------------------------------------------
 
-_TOP_KEYS = (
-    "pos_embed",
-    "decoder_pos_embed",
-    "mask_token",
-    "x_embedder.proj.weight",
-    "x_embedder.proj.bias",
-    "t_embedder.mlp.0.weight",
-    "t_embedder.mlp.0.bias",
-    "t_embedder.mlp.2.weight",
-    "t_embedder.mlp.2.bias",
-    "y_embedder.embedding_table.weight",
-    "final_layer.linear.weight",
-    "final_layer.linear.bias",
-    "final_layer.adaLN_modulation.1.weight",
-    "final_layer.adaLN_modulation.1.bias",
+# Names of the reference's modules; "adaLN_modulation.1" is the Linear of its Sequential(SiLU, Linear).
+_TOP_KEYS = tuple(
+    "pos_embed decoder_pos_embed mask_token y_embedder.embedding_table.weight x_embedder.proj.weight "
+    "x_embedder.proj.bias t_embedder.mlp.0.weight t_embedder.mlp.0.bias t_embedder.mlp.2.weight t_embedder.mlp.2.bias "
+    "final_layer.linear.weight final_layer.linear.bias final_layer.adaLN_modulation.1.weight "
+    "final_layer.adaLN_modulation.1.bias".split()
 )
-_BLOCK_KEYS = (
-    "attn.rel_pos_bias.relative_position_bias_table",
-    "attn.rel_pos_bias.relative_position_index",
-    *(f"{layer}.{kind}" for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2") for kind in ("weight", "bias")),
-    "adaLN_modulation.1.weight",
-    "adaLN_modulation.1.bias",
-)
+_BLOCK_KEYS = ["attn.rel_pos_bias.relative_position_bias_table", "attn.rel_pos_bias.relative_position_index"]
+_BLOCK_KEYS += [
+    f"{m}.{kind}"
+    for m in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1")
+    for kind in ("weight", "bias")
+]
 _GROUPS = {"en_inblocks": False, "en_outblocks": True, "de_blocks": True, "sideblocks": False}  # name: has skip
 
 
@@ -509,26 +461,23 @@ def _official_keys(counts: Mapping[str, int]) -> set[str]:
     keys = set(_TOP_KEYS)
     for group, skip in _GROUPS.items():
         for i in range(counts[group]):
-            keys |= {f"{group}.{i}.{k}" for k in _BLOCK_KEYS}
-            if skip:
-                keys |= {f"{group}.{i}.skip_linear.weight", f"{group}.{i}.skip_linear.bias"}
+            names = _BLOCK_KEYS + (["skip_linear.weight", "skip_linear.bias"] if skip else [])
+            keys |= {f"{group}.{i}.{k}" for k in names}
     return keys
 
 
 def load_official_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str, object]) -> dict[str, Tensor]:
     """Read a sail-sg/MDT checkpoint and return a state dict for :class:`MDTv2`.
 
-    The released ``mdt_xl2_v2_ckpt.pt`` is a plain state dict (EMA weights), and so are the training loop's
-    ``model*.pt`` / ``ema_*.pt``. A ``module.`` (DDP) or ``_orig_mod.`` (``torch.compile``) prefix is stripped, and an
-    ``{"ema": ...}`` / ``{"model": ...}`` wrapper is unwrapped (EMA first). Files load with ``weights_only=True``.
+    The released ``mdt_xl2_v2_ckpt.pt`` (EMA weights) and the training loop's ``model*.pt`` / ``ema_*.pt`` are plain
+    state dicts; a ``module.`` / ``_orig_mod.`` prefix is stripped and an ``{"ema"|"model": ...}`` wrapper unwrapped.
 
     Args:
-        path_or_state_dict: a checkpoint path, or an already loaded checkpoint / state dict.
+        path_or_state_dict: a checkpoint path (loaded with ``weights_only=True``), or a loaded state dict.
 
     Returns:
         The state dict under our names (``adaLN_modulation.1`` → ``adaLN_modulation.linear``; the derived
-        ``relative_position_index`` buffers are checked against the grid and dropped). Load it with
-        ``model.load_state_dict(sd)`` into an ``MDTv2`` of the same size (``decode_layer`` is read off the keys).
+        ``relative_position_index`` buffers are checked against the grid and dropped), for an ``MDTv2`` of that size.
     """
     ckpt = path_or_state_dict
     if isinstance(ckpt, str | os.PathLike):
@@ -571,10 +520,7 @@ def load_official_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str
 class MDTModule(DiffusionModule):
     """MDTv2 with its ImageNet recipe as defaults (``train_util.py``, ``run_ddp_master.sh``, ``image_sample.py``).
 
-    Recipe: DDPM with 1000 linear-β steps and learned Σ (IDDPM hybrid loss) as DiT; every step adds the loss of a
-    masked pass (ratio r ~ U[0.3, 0.5], one r per step) to the loss of the full pass, at the same t; class label
-    dropped with p=0.1; Adan lr 3e-4, no weight decay, gradient norm 1 (AdamW fallback, see
-    :func:`mdt_optimizer`); EMA 0.9999; DDPM-250 sampling with CFG 3.8 under the power-cosine schedule.
+    Every step adds the loss of a masked pass (one ratio r ~ U[0.3, 0.5] per step) to the loss of the full pass.
 
     Args:
         size: A row of ``SIZES`` (``MDTv2-XL/2``, ``MDTv2-S/2``, ``MDTv2-tiny/2``, ...).
@@ -637,11 +583,8 @@ class MDTModule(DiffusionModule):
         )
 
     def training_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
-        """Full-sequence loss plus masked loss at the same t (and noise), summed as ``train_util.py`` does.
-
-        Returns ``loss`` (the sum), the full pass's components under their own names and the masked pass's with
-        a ``mask_`` prefix (``mask_loss``, ``mask_mse``, ...), and the drawn ``mask_ratio``.
-        """
+        """Full-sequence loss plus masked loss at the same t (and noise), summed as ``train_util.py`` does: ``loss``,
+        the full pass's terms, the masked pass's as ``mask_<term>``, and the drawn ``mask_ratio``."""
         x0 = self.encode(batch)
         cond = self.conditioner(batch, train=True)
         t = self.objective.sample_time(x0.shape[0], device=x0.device)

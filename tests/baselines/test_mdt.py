@@ -5,8 +5,12 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.mdt import SIZES, MDTv2, RelPosAttention, load_official_checkpoint, mdt_size
+from baselines.dit import DiTModule
+from baselines.mdt import SIZES, MDTModule, MDTv2, RelPosAttention, load_official_checkpoint, mdt_optimizer, mdt_size
+from benchmark.objectives import DDPM, RectifiedFlow
+from benchmark.samplers import DDIMSampler, EulerSampler
 from conditioning import Cond
+from data.autoencoder import Autoencoder
 
 # Exact counts of the reference models.py (sail-sg/MDT 7d26c21, MDTv2_*_2 with mask_ratio set) at 256² (32x32
 # latent), 1000 classes, learned Σ, decode_layer 6 for S (run.sh) and 4 otherwise. L/2 is not in the reference's
@@ -347,3 +351,92 @@ def test_importer_rejects_other_layouts():
     with pytest.raises(ValueError, match="relative index"):
         load_official_checkpoint(official)
     assert math.isclose(len(_official_state_dict()), 14 + 5 * 12 + 3 * 2)
+
+
+# ----------------------------------------------------------------------------------------- training recipe
+
+
+def _module(cls=MDTModule, size="MDTv2-tiny/2", **kwargs):
+    kwargs.setdefault("objective", RectifiedFlow())
+    ddpm = isinstance(kwargs["objective"], DDPM)
+    kwargs.setdefault("sampler", DDIMSampler(steps=2) if ddpm else EulerSampler(steps=2))
+    vae = Autoencoder(pretrained="embedded:shapes-vae")
+    return cls(size=size, num_classes=10, resolution=32, autoencoder=vae, **kwargs)
+
+
+def _latent_batch(n=4):
+    return {"latent": torch.randn(n, 4, 8, 8), "class_label": torch.arange(n) % 10}
+
+
+class _Recorder:
+    """Stands in for the module's training forward and records each call's inputs."""
+
+    def __init__(self, backbone):
+        self.backbone, self.calls = backbone, []
+
+    def __call__(self, x, t, cond, **kwargs):
+        self.calls.append((x, t, kwargs))
+        return self.backbone(x, t, cond, **kwargs)
+
+
+@pytest.mark.parametrize("share_noise", [True, False])
+def test_training_loss_sums_a_full_and_a_masked_pass_at_the_same_time(share_noise):
+    module = _module(share_noise=share_noise, objective=DDPM(learn_sigma=True))
+    recorder = _Recorder(module.backbone)
+    module.__dict__["_train_forward"] = recorder
+    with module.seeded(7):
+        losses = module.training_loss(_latent_batch())
+    (x_full, t_full, kw_full), (x_mask, t_mask, kw_mask) = recorder.calls
+    assert kw_full == {} and 0.3 <= kw_mask["mask_ratio"] <= 0.5
+    assert torch.equal(t_full, t_mask)
+    assert torch.equal(x_full, x_mask) == share_noise  # same t and noise give the same x_t
+    assert float(losses["mask_ratio"]) == pytest.approx(kw_mask["mask_ratio"])
+    torch.testing.assert_close(losses["loss"], losses["mse"] + losses["vb"] + losses["mask_mse"] + losses["mask_vb"])
+    with module.seeded(7):  # the step's randomness (t, noise, ratio, token subset) is a function of the seed
+        again = module.training_loss(_latent_batch())
+    assert torch.equal(again["loss"], losses["loss"])
+
+
+def test_training_flops_of_both_passes_match_the_dit_entry():
+    """The Shapes entries' sizes: MDTv2-tiny/2 (both passes) against DiT-tiny/2, both with rectified flow."""
+
+    def train_flops(module):
+        batch = _latent_batch(1)
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+            with module.seeded(0):
+                module.training_loss(batch)["loss"].backward()
+        return counter.get_total_flops()
+
+    mdt, dit = train_flops(_module()), train_flops(_module(DiTModule, "DiT-tiny/2"))
+    assert 0.75 <= mdt / dit <= 1.25
+    single = _module()
+    x, t, cond = torch.zeros(1, 4, 8, 8), torch.full((1,), 0.5), Cond(label=torch.zeros(1, dtype=torch.long))
+    with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+        single.backbone(x, t, cond).square().mean().backward()
+    assert mdt > 1.8 * counter.get_total_flops()  # the masked pass is counted too
+
+
+def test_every_parameter_of_the_module_gets_a_gradient():
+    module = _module()
+    with module.seeded(0):
+        module.training_loss(_latent_batch())["loss"].backward()
+    assert not [n for n, p in module.backbone.named_parameters() if p.grad is None]
+
+
+def test_optimizer_falls_back_to_adamw_without_adan(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "adan", None)  # makes `from adan import Adan` fail
+    with pytest.warns(UserWarning, match="AdamW"):
+        opt = mdt_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == 3e-4 and opt.defaults["weight_decay"] == 0
+
+
+def test_module_loads_an_official_checkpoint(tmp_path):
+    path = tmp_path / "mdt_ckpt.pt"
+    official = _official_state_dict()
+    torch.save(official, path)
+    module = _module(objective=DDPM(learn_sigma=True), init_from=str(path))
+    for model in (module.backbone, module.ema.shadow):
+        assert torch.equal(model.pos_embed, official["pos_embed"])
+        assert torch.equal(model.de_blocks[0].skip_linear.weight, official["de_blocks.0.skip_linear.weight"])
+    with pytest.raises(ValueError, match="mask_ratio"):
+        _module(mask_ratio=(0.5, 0.3))
