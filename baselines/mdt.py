@@ -46,8 +46,8 @@ Differences from the reference:
   math); a masked pass gathers the bias through the kept tokens' relative indices. ``relative_position_index`` is
   a non-persistent buffer, which the importer checks and drops; the other state-dict names are the reference's
   except ``adaLN_modulation.1`` → ``adaLN_modulation.linear``.
-- ``forward_with_cfg`` is not here: guidance (including the power-cosine schedule and guidance on 3 of 4 channels,
-  which MDT inherits from DiT) is ``benchmark/guidance.py``'s.
+- ``forward_with_cfg`` is not here: guidance (the power-cosine schedule, and guidance on 3 of 4 channels, which MDT
+  inherits from DiT) is ``benchmark/guidance.py``'s.
 
 Legend: N batch, C latent channels, H x W latent, p patch, T = HW/p² tokens, K kept tokens, D width, h heads.
 """
@@ -377,10 +377,8 @@ class MDTv2(nn.Module):
             skips.append(x)
         for blk in self.en_outblocks:  # U-Net order: the last encoder-in output meets the first encoder-out block
             x = blk(x, c, skip=skips.pop(), ids_keep=ids_keep)
-        if ids_keep is not None:
-            x = self.side_interpolater(x, c, mask, ids_restore)  # (N, T, D)
-        else:
-            x = x + self.decoder_pos_embed
+        # Masked: the side-interpolater restores all T tokens. Unmasked: only the decoder's position table is added.
+        x = self.side_interpolater(x, c, mask, ids_restore) if ids_keep is not None else x + self.decoder_pos_embed
         for blk in self.de_blocks:
             x = blk(x, c, skip=tokens)
         x = self.final_layer(x, c)  # (N, T, p * p * out_channels)
@@ -547,7 +545,9 @@ class MDTModule(DiffusionModule):
         init_from: str | None = None,
         objective: Objective = lazy_instance(DDPM, learn_sigma=True),
         sampler: Sampler = lazy_instance(DDPMSampler, steps=250),
-        guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=3.8),
+        guidance: ClassifierFreeGuidance = lazy_instance(
+            ClassifierFreeGuidance, semantic_scale=3.8, schedule="power_cosine", schedule_power=4.0
+        ),
         conditioner: Conditioner = lazy_instance(Conditioner, semantic="class", semantic_dropout=0.1),
         optimizer: OptimizerCallable = mdt_optimizer,
         **kwargs: Any,
