@@ -1,7 +1,7 @@
 """Counting the cost of a backbone forward with torch's FLOP counter (works on the meta device).
 
 Numbers are reported as **MACs** (multiply-accumulates = counted FLOPs / 2), the convention of DiT's "Gflops"
-column, so DiT-XL/2 at 256² reads 118.6 (reference/anchors.md §0).
+column, so DiT-XL/2 at 256² reads 118.6, the figure the DiT paper reports.
 """
 
 from __future__ import annotations

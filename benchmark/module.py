@@ -1,6 +1,6 @@
 """`DiffusionModule`: the LightningModule every entry of the benchmark is.
 
-It owns the pieces of a latent-diffusion training recipe as separate, injectable objects (DESIGN.md §3):
+It owns the pieces of a latent-diffusion training recipe as separate, injectable objects:
 
 - a frozen **autoencoder** (image ↔ latent, scaling read from its config),
 - a **conditioner** (batch → `Cond`, with independent semantic / control CFG dropout),

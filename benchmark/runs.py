@@ -103,15 +103,16 @@ def versions(entry_dir: Path) -> list[int]:
 
 
 def newest_checkpoint(root: str | os.PathLike, entry: str) -> Path | None:
-    """The checkpoint ``--ckpt_path last`` resumes: ``last.ckpt`` of the newest version of the entry that has one."""
+    """The checkpoint ``--ckpt_path last`` resumes: the most recently written one of the entry's newest version.
+
+    That is ``last.ckpt`` after a step-interval save and the time-interval checkpoint when that one is younger.
+    """
     entry_dir = Path(root) / entry
     for version in reversed(versions(entry_dir)):
         folder = entry_dir / f"version_{version}" / "checkpoints"
-        if (folder / "last.ckpt").is_file():
-            return folder / "last.ckpt"
-        others = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
-        if others:
-            return others[-1]
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
+        if found:
+            return found[-1]
     return None
 
 

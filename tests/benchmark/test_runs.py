@@ -53,11 +53,15 @@ def test_entry_names_differ_by_model_class_and_config():
 
 
 def test_newest_run_with_a_checkpoint_is_resumed(tmp_path):
-    for version, files in {0: ["last.ckpt"], 1: ["step=2.ckpt"], 3: [], 10: ["last.ckpt"]}.items():
+    for version, files in {0: ["last.ckpt"], 1: ["step=2.ckpt"], 3: [], 10: ["last.ckpt", "latest-by-time.ckpt"]}.items():
         folder = tmp_path / "e" / f"version_{version}" / "checkpoints"
         folder.mkdir(parents=True)
-        for name in files:
+        for age, name in enumerate(files):
             (folder / name).write_bytes(b"")
+            os.utime(folder / name, (1000 + age, 1000 + age))
+    # The newest version, and in it the most recently written file (here the time-interval one).
+    assert newest_checkpoint(tmp_path, "e") == tmp_path / "e/version_10/checkpoints/latest-by-time.ckpt"
+    os.utime(tmp_path / "e/version_10/checkpoints/last.ckpt", (2000, 2000))
     assert newest_checkpoint(tmp_path, "e") == tmp_path / "e/version_10/checkpoints/last.ckpt"
     assert newest_checkpoint(tmp_path, "other") is None
     root, entry, version = run_of_checkpoint(tmp_path / "e/version_10/checkpoints/last.ckpt")
