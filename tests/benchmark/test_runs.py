@@ -53,7 +53,12 @@ def test_entry_names_differ_by_model_class_and_config():
 
 
 def test_newest_run_with_a_checkpoint_is_resumed(tmp_path):
-    for version, files in {0: ["last.ckpt"], 1: ["step=2.ckpt"], 3: [], 10: ["last.ckpt", "latest-by-time.ckpt"]}.items():
+    for version, files in {
+        0: ["last.ckpt"],
+        1: ["step=2.ckpt"],
+        3: [],
+        10: ["last.ckpt", "latest-by-time.ckpt"],
+    }.items():
         folder = tmp_path / "e" / f"version_{version}" / "checkpoints"
         folder.mkdir(parents=True)
         for age, name in enumerate(files):
