@@ -102,6 +102,15 @@ def _get(namespace: Any, dotted: str, default: Any = None) -> Any:
     return value
 
 
+def _root_and_entry(config: Any) -> tuple[Path, str]:
+    """``default_root_dir`` (absolute) and the entry's folder name, from a parsed config."""
+    # Absolute, as `run_of_checkpoint` gives it: ModelCheckpoint restores its state (and keeps writing last.ckpt
+    # rather than last-v1.ckpt) only when a resumed run's checkpoint folder is spelled as the original's.
+    root = Path(_get(config, "trainer.default_root_dir") or DEFAULT_ROOT).absolute()
+    configs = [str(c) for c in (config.get("config") or [])]
+    return root, entry_name(str(_get(config, "model.class_path", "model")), configs, config.get("run_name"))
+
+
 CLI_KWARGS = {
     "model_class": DiffusionModule,
     "datamodule_class": LightningDataModule,
@@ -143,25 +152,29 @@ class LDMBenchCLI(LightningCLI):
         check_accelerator(config)
         self.place_run(config)
 
-    def place_run(self, config: Any) -> None:
-        """Decide where this run writes and which checkpoint ``last`` means; point the logger there."""
-        # Absolute, as `run_of_checkpoint` gives it: ModelCheckpoint restores its state (and keeps writing last.ckpt
-        # rather than last-v1.ckpt) only when a resumed run's checkpoint folder is spelled as the original's.
-        root = Path(_get(config, "trainer.default_root_dir") or DEFAULT_ROOT).absolute()
-        entry = entry_name(
-            str(_get(config, "model.class_path", "model")),
-            [str(c) for c in (config.get("config") or [])],
-            config.get("run_name"),
-        )
-        ckpt = config.get("ckpt_path")
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyper-parameters here, before anything else: resolve `last` to the entry's
+        # newest checkpoint first, and refuse a file that is not a checkpoint by name (never via torch's advice).
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt = config.get("ckpt_path") if config is not None else None
         if ckpt == "last":
-            ckpt = newest_checkpoint(root, entry)
-            if ckpt is None:
+            root, entry = _root_and_entry(config)
+            found = newest_checkpoint(root, entry)
+            if found is None:
                 rank_zero_info(f"ldmbench: no checkpoint of {entry} under {root}; starting a new run")
             else:
-                rank_zero_info(f"ldmbench: resuming {entry} from {ckpt}")
-            config.ckpt_path = None if ckpt is None else str(ckpt)
-        step = checkpoint_step(ckpt) if ckpt else None  # also refuses a corrupt file, by name, before any work
+                rank_zero_info(f"ldmbench: resuming {entry} from {found}")
+            config.ckpt_path = ckpt = None if found is None else str(found)
+        if ckpt:
+            checkpoint_step(ckpt)
+        super()._parse_ckpt_path()
+
+    def place_run(self, config: Any) -> None:
+        """Decide where this run writes (a new version, the resumed run, or under the evaluated run)."""
+        root, entry = _root_and_entry(config)
+        ckpt = config.get("ckpt_path")
+        step = checkpoint_step(ckpt) if ckpt else None
         run = run_of_checkpoint(ckpt) if ckpt else None
         if self.subcommand == "fit":
             # A new run takes the next version; a resumed one continues its own folder and log.
@@ -309,12 +322,7 @@ def sample(args: list[str]) -> Path:
 
     cli = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=rest, run=False)
     model, config = cli.model, cli.config
-    root = Path(_get(config, "trainer.default_root_dir") or DEFAULT_ROOT)
-    entry = entry_name(
-        str(_get(config, "model.class_path", "model")),
-        [str(c) for c in (config.get("config") or [])],
-        config.get("run_name"),
-    )
+    root, entry = _root_and_entry(config)
     ckpt = newest_checkpoint(root, entry) if ours.ckpt_path == "last" else Path(ours.ckpt_path)
     if ckpt is None:
         raise ConfigError(f"no checkpoint of {entry} under {root}")
