@@ -71,3 +71,31 @@ def test_every_rank_resolves_the_log_dir_and_only_rank_zero_samples(tmp_path, mo
     rank1.global_step = 3
     grid.on_train_end(rank1, None)
     assert rank1.log_dir_calls == 2 and calls == []
+
+
+def test_progress_bar_counts_steps_out_of_max_steps_without_v_num():
+    """On resume Lightning's bar read `Epoch 0/-2`, `400/149` and `v_num: 4.000`."""
+    from benchmark.callbacks import ProgressBar
+
+    bar = ProgressBar()
+    bar._trainer = SimpleNamespace(max_steps=1500, max_epochs=-1, num_training_batches=149)
+    assert bar.total_train_batches == 1500
+    description = bar._get_train_description(current_epoch=0)
+    assert description.strip() == "Step" and "-2" not in description
+    seen = {}
+    bar._update = lambda task, current, **kw: seen.setdefault("current", current)
+    bar._update_metrics = bar.refresh = lambda *a, **k: None
+    bar.train_progress_bar_id = 0
+    bar.on_train_batch_end(SimpleNamespace(global_step=400), None, None, None, batch_idx=3)
+    assert seen["current"] == 400
+    bar._trainer = SimpleNamespace(max_steps=-1, max_epochs=3, num_training_batches=149)
+    assert bar.total_train_batches == 149 and "Epoch 0/2" in bar._get_train_description(0)
+
+
+def test_progress_bar_hides_v_num(monkeypatch):
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    from benchmark.callbacks import ProgressBar
+
+    monkeypatch.setattr(RichProgressBar, "get_metrics", lambda self, trainer, module: {"v_num": 4, "loss": 0.5})
+    assert ProgressBar().get_metrics(None, None) == {"loss": 0.5}
