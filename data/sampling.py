@@ -260,4 +260,3 @@ class _Indexed(Dataset):
 
     def __getitem__(self, index: int) -> dict:
         return {**self.dataset[index], "index": index}
-
