@@ -98,7 +98,7 @@ def test_imagefolder_without_num_classes_trains_and_samples_chosen_classes(tmp_p
     assert "outside [0, 3)" in err
 
 
-def _run_cli(tmp_path, *args, timeout=240):
+def _run_cli(tmp_path, *args, timeout=400):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "benchmark.cli", *args],
