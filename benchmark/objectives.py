@@ -317,7 +317,9 @@ class DDPM(Objective):
         posterior_variance = betas * (1.0 - acp_prev) / (1.0 - acp)
         # β̃_0 = 0, so ADM clips the log at k = 0 with β̃_1; that value is only used through the decoder NLL.
         clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])
-        fixed_variance = posterior_variance if self.sigma_small else torch.cat([clipped[:1], betas[1:]])
+        # ADM's fixed variances: FIXED_SMALL is the clipped posterior variance (so k = 0 uses β̃_1, not log 0),
+        # FIXED_LARGE is β with its first entry replaced by β̃_1.
+        fixed_variance = clipped if self.sigma_small else torch.cat([clipped[:1], betas[1:]])
         schedule = {
             "betas": betas,
             "log_betas": torch.log(betas),
@@ -331,7 +333,7 @@ class DDPM(Objective):
             "posterior_log_variance_clipped": torch.log(clipped),
             "posterior_mean_coef1": betas * acp_prev.sqrt() / (1.0 - acp),
             "posterior_mean_coef2": (1.0 - acp_prev) * (1.0 - betas).sqrt() / (1.0 - acp),
-            "fixed_log_variance": torch.log(fixed_variance.clamp(min=1e-20)),
+            "fixed_log_variance": torch.log(fixed_variance),
         }
         device = self.betas.device if hasattr(self, "betas") else None
         for name, value in schedule.items():
@@ -420,14 +422,18 @@ class DDPM(Objective):
     ) -> dict[str, Tensor]:
         """L_simple (ε MSE), plus the stop-gradient VB term when Σ is learned (IDDPM hybrid loss).
 
-        ``t`` may be integer steps k in [0, T) or continuous times k / T (rounded to the nearest step), as drawn
-        by `sample_time`. ``model_kwargs`` are passed to the denoiser.
+        ``t`` may be integer indices k of this chain or continuous times in [0, 1] of the original chain (k / T;
+        on a respaced chain the nearest kept step is used), as drawn by `sample_time`. ``model_kwargs`` are passed
+        to the denoiser.
         """
         n, channels = x0.shape[0], x0.shape[1]
         if t is None:
             k = torch.randint(0, self.num_timesteps, (n,), device=x0.device)
         elif t.is_floating_point():
-            k = (t * self.original_num_timesteps).round().long().clamp(0, self.num_timesteps - 1).to(x0.device)
+            # t is a time of the original chain (what `model_time` gives); on a respaced chain take the kept step
+            # nearest to it, so that the backbone sees (almost) the t it was given.
+            original = (t * self.original_num_timesteps).round().long().to(self.timestep_map.device)
+            k = (self.timestep_map[None, :] - original[:, None]).abs().argmin(dim=1).to(x0.device)
         else:
             k = t.long().to(x0.device)
         noise = torch.randn_like(x0) if noise is None else noise

@@ -177,7 +177,9 @@ class ImageFolderDataModule(ResumableDataModule):
             raise ValueError(f"resolution must be >= 1, got {resolution}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        self.save_hyperparameters()
+        # An undeclared num_classes (None) is counted from the folders and linked into the model; recording the None
+        # would clash with the model's count when Lightning merges both hyper-parameter sets for the logger.
+        self.save_hyperparameters(ignore=[] if num_classes is not None else ["num_classes"])
         self.root, self._resolution, self.val_fraction = Path(root), resolution, val_fraction
         self.random_flip, self.skip_corrupt = random_flip, skip_corrupt
         self._class_names: list[str] | None = None

@@ -239,15 +239,30 @@ class ResumableDataModule(LightningDataModule):
         """Evaluation loader: fixed sequential order, every sample (last batch may be short).
 
         Under multi-rank runs (where `use_distributed_sampler=False` stops Lightning from sharding) the set is split
-        across ranks in fixed order, as Lightning's own injection would: DistributedSampler without shuffling.
+        across ranks in fixed order, as Lightning's own injection would: DistributedSampler without shuffling. Each
+        item gains ``index``, its position in the dataset: per-sample seeds and file names follow it, and the repeats
+        DistributedSampler pads the last batches with are recognised by it.
         """
         rank, world = self._rank_world()
         sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
         return DataLoader(
-            dataset,
+            _Indexed(dataset),
             batch_size=self.batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+class _Indexed(Dataset):
+    """A dict-item dataset whose items also carry their ``index``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}

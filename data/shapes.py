@@ -30,7 +30,7 @@ _MIN_VISIBLE = 0.75  # a crop must keep at least this fraction of the shape's bo
 _CROP_TRIES = 10  # crops drawn before falling back to the whole canvas
 # Object-centric, like ImageNet photos: a large shape near the canvas centre. This is what makes the embedded suite
 # learnable in minutes: with sides of 0.25-0.6 placed anywhere and crops down to 35% of the area, tiny DiT still drew
-# blobs after 5000 steps; with these values it draws recognisable shapes after about 1000 (measured; issue 2 note).
+# blobs after 5000 steps; with these values it draws recognisable shapes after about 1000 (measured on a 2-core CPU).
 _SHAPE_SIDE = (0.55, 0.8)  # shape bounding-box side as a fraction of the canvas side
 _CENTRE_SPREAD = 0.3  # the bbox centre ranges over this middle fraction of the positions that keep it on the canvas
 # Upper bounds on the visible bbox's area as a fraction of the final image: about a third of the items each. Captions

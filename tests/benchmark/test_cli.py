@@ -9,6 +9,7 @@ from benchmark.cli import describe, main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = str(ROOT / "leaderboards/shapes/dit.yaml")
+RUN = Path("runs/dit-DiTModule")  # relative to the test's working directory (tmp_path)
 ALL_YAMLS = sorted(
     str(p.relative_to(ROOT))
     for p in (ROOT / "leaderboards").rglob("*.yaml")
@@ -49,7 +50,7 @@ CHECKPOINT_EVERY_2 = """
 trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {dirpath: runs/shapes/dit/checkpoints, save_last: true, every_n_train_steps: 2, save_top_k: 0}
+      init_args: {save_last: true, every_n_train_steps: 2, save_top_k: 0}
 """
 
 
@@ -62,14 +63,13 @@ def _fit(tmp_path, *extra):
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """4 steps + resume to 6 gives the same weights, EMA and optimizer state as 6 uninterrupted steps."""
     monkeypatch.chdir(tmp_path)
-    ckpt_opts = []
-    _fit(tmp_path, "--trainer.max_steps=6", *ckpt_opts)
-    straight = torch.load(tmp_path / "runs/shapes/dit/checkpoints/last.ckpt", weights_only=True)
-    for f in (tmp_path / "runs/shapes/dit/checkpoints").glob("*.ckpt"):
-        f.unlink()
-    _fit(tmp_path, "--trainer.max_steps=4", *ckpt_opts)
-    _fit(tmp_path, "--trainer.max_steps=6", *ckpt_opts, "--ckpt_path=last")
-    resumed = torch.load(tmp_path / "runs/shapes/dit/checkpoints/last.ckpt", weights_only=True)
+    _fit(tmp_path, "--trainer.max_steps=6")
+    straight = torch.load(RUN / "version_0/checkpoints/last.ckpt", weights_only=True)
+    _fit(tmp_path, "--trainer.max_steps=4")  # a new run: version_1
+    _fit(tmp_path, "--trainer.max_steps=6", "--ckpt_path=last")  # resumes the newest run, in its own folder
+    assert sorted(p.name for p in RUN.iterdir()) == ["version_0", "version_1"]
+    resumed = torch.load(RUN / "version_1/checkpoints/last.ckpt", weights_only=True)
+    assert not (RUN / "version_1/checkpoints/last-v1.ckpt").exists()
     assert resumed["global_step"] == straight["global_step"] == 6
     for key, value in straight["state_dict"].items():
         torch.testing.assert_close(
@@ -116,7 +116,7 @@ def test_cli_checkpoint_rebuilds_the_model_with_weights_only(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     _fit(tmp_path, "--trainer.max_steps=2")
-    path = tmp_path / "runs/shapes/dit/checkpoints/last.ckpt"
+    path = RUN / "version_0/checkpoints/last.ckpt"
     state = torch.load(path, weights_only=True)
     assert not any(k.startswith(("autoencoder.", "_train_forward.")) for k in state["state_dict"])
     model = DiTModule.load_from_checkpoint(path, weights_only=True)

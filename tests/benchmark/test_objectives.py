@@ -180,3 +180,30 @@ def test_ddpm_denoiser_sees_k_over_T(cond):
     assert torch.allclose(seen["t"], k.float() / 1000)
     with pytest.raises(ValueError, match="channels"):
         DDPM(learn_sigma=True).loss(denoiser, torch.randn(N, C, H, W), cond)
+
+
+def test_float_t_on_a_respaced_chain_picks_the_nearest_kept_step(cond):
+    """A float t is a time of the original chain; the respaced chain must not clamp t·T to its own length."""
+    chain, seen = DDPM(learn_sigma=False).respace(10), {}
+
+    def denoiser(x, t, c):
+        seen["t"] = t
+        return torch.zeros_like(x)
+
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9, 0.999, 0.3, 0.7, 0.2])
+    chain.loss(denoiser, torch.randn(N, C, H, W), cond, t=t)
+    spacing = 1 / 9  # ten kept steps over [0, 0.999]
+    assert (seen["t"] - t).abs().max() <= spacing / 2 + 1e-3
+    # Unrespaced chains still round t·T to the nearest step.
+    DDPM(learn_sigma=False).loss(denoiser, torch.randn(N, C, H, W), cond, t=torch.tensor([0.5004] * N))
+    assert torch.allclose(seen["t"], torch.full((N,), 0.5))
+
+
+def test_fixed_small_uses_the_clipped_posterior_log_variance_at_k0():
+    """ADM's FIXED_SMALL: log β̃ clipped at k = 0 to β̃_1 (not log 1e-20), for the full and the respaced chain."""
+    for ddpm in (DDPM(learn_sigma=False, sigma_small=True), DDPM(learn_sigma=False, sigma_small=True).respace(50)):
+        torch.testing.assert_close(ddpm.fixed_log_variance, ddpm.posterior_log_variance_clipped)
+        assert ddpm.fixed_log_variance[0] == ddpm.fixed_log_variance[1] > -20
+    large = DDPM(learn_sigma=False, sigma_small=False)
+    assert large.fixed_log_variance[0] == large.posterior_log_variance_clipped[1]
+    torch.testing.assert_close(large.fixed_log_variance[1:], large.log_betas[1:])
