@@ -37,14 +37,20 @@ Legend: N batch, C latent channels, H x W latent size, p patch, T image tokens, 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
+from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from baselines.dit import FinalLayer
 from baselines.layers import Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from benchmark.guidance import ClassifierFreeGuidance
+from benchmark.module import DiffusionModule
+from benchmark.objectives import Objective, RectifiedFlow
+from benchmark.samplers import EulerSampler, Sampler
+from conditioning.conditioner import Conditioner
 from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder
 from conditioning.joint import ClassTokens, PooledEmbedder
 from conditioning.modulation import AdaLNZero, FinalAdaLN, modulate
@@ -54,6 +60,7 @@ __all__ = [
     "SIZES",
     "JointBlock",
     "MMDiT",
+    "MMDiTModule",
     "StreamBlock",
     "diffusers_config",
     "from_diffusers_state_dict",
@@ -62,23 +69,20 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Blocks
-# --------------------------------------------------------------------------------------------------------------------
+# --------------------------------------------------------------------------------------------------------------- Blocks
 
 
 class StreamAttention(nn.Module):
-    """One stream's share of the joint attention: qkv (+ per-head RMS QK-norm) before it, ``proj`` after it."""
+    """One stream's share of the joint attention: qkv (+ per-head RMS QK-norm) before it, ``proj`` after it.
+
+    Args:
+        dim: width D; divisible by ``num_heads``.
+        num_heads: heads h.
+        qk_norm: RMS-normalise queries and keys per head, with a learned scale (SD3.5).
+        pre_only: no output projection (the last context block only feeds keys and values).
+    """
 
     def __init__(self, dim: int, num_heads: int, qk_norm: bool = False, pre_only: bool = False) -> None:
-        """Build the projections.
-
-        Args:
-            dim: width D; divisible by ``num_heads``.
-            num_heads: heads h.
-            qk_norm: RMS-normalise queries and keys per head, with a learned scale (SD3.5).
-            pre_only: no output projection (the last context block only feeds keys and values).
-        """
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
@@ -98,20 +102,19 @@ class StreamAttention(nn.Module):
 
 class StreamBlock(nn.Module):
     """One stream (image or context) of a joint block: adaLN-Zero pre-norm attention and MLP (sd3-ref's
-    ``DismantledBlock``). A pre-only block has a (shift, scale) modulation and stops after the projections."""
+    ``DismantledBlock``). A pre-only block has a (shift, scale) modulation and stops after the projections.
+
+    Args:
+        hidden_size: width D.
+        num_heads: attention heads.
+        mlp_ratio: MLP inner width as a multiple of D.
+        qk_norm: per-head RMS QK-norm.
+        pre_only: keep only the modulated norm and the qkv projection.
+    """
 
     def __init__(
         self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0, qk_norm: bool = False, pre_only: bool = False
     ) -> None:
-        """Build the stream.
-
-        Args:
-            hidden_size: width D.
-            num_heads: attention heads.
-            mlp_ratio: MLP inner width as a multiple of D.
-            qk_norm: per-head RMS QK-norm.
-            pre_only: keep only the modulated norm and the qkv projection.
-        """
         super().__init__()
         self.pre_only = pre_only
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -164,16 +167,10 @@ class JointBlock(nn.Module):
     def forward(
         self, context: Tensor, x: Tensor, c: Tensor, attn_mask: Tensor | None = None
     ) -> tuple[Tensor | None, Tensor]:
-        """Update context (N, L, D) and image tokens (N, T, D) under ``c`` (N, D).
+        """Update context (N, L, D) and image tokens (N, T, D) under the shared adaLN vector ``c`` (N, D).
 
-        Args:
-            context: context tokens.
-            x: image tokens.
-            c: adaLN vector shared by both streams.
-            attn_mask: optional (N, 1, 1, L + T) bool, True where a key may be attended.
-
-        Returns:
-            (context, x); context is None after a pre-only block.
+        ``attn_mask`` is an optional (N, 1, 1, L + T) bool, True where a key may be attended. Returns
+        (context, x); context is None after a pre-only block.
         """
         context_qkv, context_mods = self.context_block.pre_attention(context, c)
         x_qkv, x_mods = self.x_block.pre_attention(x, c)
@@ -187,9 +184,7 @@ class JointBlock(nn.Module):
         return self.context_block.post_attention(context, out[:, :length], context_mods), x
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------- Model
 
 
 class MMDiT(nn.Module):
@@ -259,8 +254,7 @@ class MMDiT(nn.Module):
         self.num_classes = num_classes
         self.context_dim = None if num_classes is not None else context_dim
         self.pooled_dim = None if num_classes is not None else pooled_dim
-        self.semantic_in_adaln = semantic_in_adaln
-        self.mask_context = mask_context
+        self.semantic_in_adaln, self.mask_context, self.qk_norm = semantic_in_adaln, mask_context, qk_norm
         self.grid_size = input_size // patch_size
         self.pos_embed_max_size = pos_embed_max_size
         if pos_embed_max_size is not None and pos_embed_max_size < self.grid_size:
@@ -306,10 +300,9 @@ class MMDiT(nn.Module):
         for mlp in filter(None, mlps):
             nn.init.normal_(mlp[0].weight, std=0.02)
             nn.init.normal_(mlp[2].weight, std=0.02)
-        for table in (getattr(self, "class_embedder", None), self.y_embedder):
-            if isinstance(table, ClassTokens | ClassEmbedder):
-                emb = table.embedder if isinstance(table, ClassTokens) else table
-                nn.init.normal_(emb.embedding_table.weight, std=0.02)
+        for table in (getattr(getattr(self, "class_embedder", None), "embedder", None), self.y_embedder):
+            if isinstance(table, ClassEmbedder):
+                nn.init.normal_(table.embedding_table.weight, std=0.02)
         for block in self.joint_blocks:
             block.context_block.adaLN_modulation.reset_parameters()
             block.x_block.adaLN_modulation.reset_parameters()
@@ -358,16 +351,13 @@ class MMDiT(nn.Module):
     # ------------------------------------------------------------------------------------------------- forward
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
-        """Predict from a noisy latent.
+        """Predict (N, out_channels, H, W) from a noisy latent.
 
         Args:
             x: (N, C, H, W) noisy latent; H = W = ``input_size`` unless ``pos_embed_max_size`` allows others.
             t: (N,) float time in [0, 1] (t = 1 is noise).
-            cond: conditions: ``label`` (class models) or ``tokens`` (+ ``pooled``, ``token_mask``) (text models);
-                ``control`` when built with ``control_names``.
-
-        Returns:
-            (N, out_channels, H, W).
+            cond: ``label`` (class models) or ``tokens`` (+ ``pooled``, ``token_mask``) (text models); ``control``
+                when built with ``control_names``.
         """
         self._check_inputs(x, t)
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
@@ -394,9 +384,7 @@ class MMDiT(nn.Module):
             raise ValueError(f"t must be float time in [0, 1] of shape ({x.shape[0]},), got {tuple(t.shape)} {t.dtype}")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Sizes
-# --------------------------------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------------------------------------------------------- Sizes
 
 _DIT_WIDTHS = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
 
@@ -425,11 +413,9 @@ def mmdit_size(name: str) -> dict[str, int]:
     return dict(SIZES[name])
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# diffusers' SD3Transformer2DModel
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------------------------------------------------------- diffusers' SD3Transformer2DModel
 
-# ours -> diffusers, for Linear/Conv layers (weight and bias).
+# ours -> diffusers, for Linear / Conv layers (weight and bias).
 _TOP = {
     "x_embedder.proj": "pos_embed.proj",
     "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
@@ -439,33 +425,49 @@ _TOP = {
     "context_embedder": "context_embedder",
     "final_layer.linear": "proj_out",
 }
-_X_STREAM = {"attn.proj": "attn.to_out.0", "adaLN_modulation.linear": "norm1.linear", "mlp.fc1": "ff.net.0.proj",
-             "mlp.fc2": "ff.net.2"}  # fmt: skip
-_CONTEXT_STREAM = {"attn.proj": "attn.to_add_out", "adaLN_modulation.linear": "norm1_context.linear",
-                   "mlp.fc1": "ff_context.net.0.proj", "mlp.fc2": "ff_context.net.2"}  # fmt: skip
-_QKV = {"x_block": ("attn.to_q", "attn.to_k", "attn.to_v"),
-        "context_block": ("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj")}  # fmt: skip
+_STREAMS = {  # per stream: qkv's three diffusers layers, then the other layers
+    "x_block": (("attn.to_q", "attn.to_k", "attn.to_v"), {"attn.proj": "attn.to_out.0",
+                "adaLN_modulation.linear": "norm1.linear", "mlp.fc1": "ff.net.0.proj", "mlp.fc2": "ff.net.2"}),
+    "context_block": (("attn.add_q_proj", "attn.add_k_proj", "attn.add_v_proj"), {"attn.proj": "attn.to_add_out",
+                      "adaLN_modulation.linear": "norm1_context.linear", "mlp.fc1": "ff_context.net.0.proj",
+                      "mlp.fc2": "ff_context.net.2"}),
+}  # fmt: skip
 _QK_NORM = {"x_block": ("attn.norm_q", "attn.norm_k"), "context_block": ("attn.norm_added_q", "attn.norm_added_k")}
 
 
+def _key_map(depth: int, qk_norm: bool) -> list[tuple[str, tuple[str, ...], bool]]:
+    """(our key, its diffusers key(s), swap halves) for every tensor; a fused qkv maps to three diffusers tensors.
+
+    sd3-ref's pre-only and final modulations regress (shift, scale); diffusers' ``AdaLayerNormContinuous`` regresses
+    (scale, shift), so those two halves swap.
+    """
+    layers = [(ours, (theirs,), False) for ours, theirs in _TOP.items()]
+    layers.append(("final_layer.adaLN_modulation.linear", ("norm_out.linear",), True))
+    norms = []
+    for i in range(depth):
+        for stream, (qkv, table) in _STREAMS.items():
+            src, dst = f"joint_blocks.{i}.{stream}.", f"transformer_blocks.{i}."
+            pre_only = stream == "context_block" and i == depth - 1
+            layers.append((f"{src}attn.qkv", tuple(dst + n for n in qkv), False))
+            for ours, theirs in table.items():
+                if not pre_only or ours == "adaLN_modulation.linear":
+                    layers.append((src + ours, (dst + theirs,), pre_only))
+            if qk_norm:
+                norms += [
+                    (f"{src}attn.{o}.weight", (dst + t + ".weight",), False)
+                    for o, t in zip(("ln_q", "ln_k"), _QK_NORM[stream], strict=True)
+                ]
+    rows = [
+        (f"{o}.{kind}", tuple(f"{t}.{kind}" for t in theirs), swap)
+        for o, theirs, swap in layers
+        for kind in ("weight", "bias")
+    ]
+    return rows + norms
+
+
 def _swap_halves(w: Tensor) -> Tensor:
-    # sd3-ref regresses (shift, scale); diffusers' AdaLayerNormContinuous regresses (scale, shift).
     first, second = w.chunk(2, dim=0)
     return torch.cat([second, first], dim=0)
-
-
-def _layer_map(depth: int) -> list[tuple[str, str, bool]]:
-    """(our prefix, diffusers prefix, swap (shift, scale) halves) for every Linear / Conv of a depth-``depth`` model."""
-    rows = [(ours, theirs, False) for ours, theirs in _TOP.items()]
-    rows.append(("final_layer.adaLN_modulation.linear", "norm_out.linear", True))
-    for i in range(depth):
-        for stream, table in (("x_block", _X_STREAM), ("context_block", _CONTEXT_STREAM)):
-            pre_only = stream == "context_block" and i == depth - 1
-            for ours, theirs in table.items():
-                if pre_only and ours != "adaLN_modulation.linear":
-                    continue
-                rows.append((f"joint_blocks.{i}.{stream}.{ours}", f"transformer_blocks.{i}.{theirs}", pre_only))
-    return rows
 
 
 def _depth_of(keys: list[str], prefix: str) -> int:
@@ -495,12 +497,12 @@ def diffusers_config(model: MMDiT) -> dict:
         "caption_projection_dim": model.hidden_size,
         "pooled_projection_dim": model.pooled_dim,
         "pos_embed_max_size": model.pos_embed_max_size,
-        "qk_norm": "rms_norm" if isinstance(model.joint_blocks[0].x_block.attn.ln_q, nn.RMSNorm) else None,
+        "qk_norm": "rms_norm" if model.qk_norm else None,
     }
 
 
 def to_diffusers_state_dict(sd: Mapping[str, Tensor], pos_embed_max_size: int | None = None) -> dict[str, Tensor]:
-    """Convert an :class:`MMDiT` state dict (text-conditioned, pooled vector in ``c``) to diffusers' names.
+    """Convert an :class:`MMDiT` state dict (text-conditioned, pooled vector in ``c``: SD3) to diffusers' names.
 
     Args:
         sd: our state dict.
@@ -511,22 +513,13 @@ def to_diffusers_state_dict(sd: Mapping[str, Tensor], pos_embed_max_size: int | 
     """
     if any(k.startswith(("class_embedder.", "control_embedder.")) for k in sd) or "y_embedder.mlp.0.weight" not in sd:
         raise ValueError("only text-conditioned MMDiTs with the pooled vector in c (SD3) exist in diffusers")
-    depth = _depth_of(list(sd), "joint_blocks")
+    rows = _key_map(_depth_of(list(sd), "joint_blocks"), "joint_blocks.0.x_block.attn.ln_q.weight" in sd)
+    _check_keys(sd, {ours for ours, _, _ in rows} | {"pos_embed"}, "MMDiT state dict")
     out: dict[str, Tensor] = {}
-    for ours, theirs, swap in _layer_map(depth):
-        for kind in ("weight", "bias"):
-            value = sd[f"{ours}.{kind}"]
-            out[f"{theirs}.{kind}"] = _swap_halves(value) if swap else value
-    for i in range(depth):
-        for stream in ("x_block", "context_block"):
-            src, dst = f"joint_blocks.{i}.{stream}.attn.", f"transformer_blocks.{i}."
-            for kind in ("weight", "bias"):
-                # Cloned so that the three tensors do not share storage (safetensors refuses shared tensors).
-                for name, part in zip(_QKV[stream], sd[f"{src}qkv.{kind}"].chunk(3, dim=0), strict=True):
-                    out[f"{dst}{name}.{kind}"] = part.clone()
-            if f"{src}ln_q.weight" in sd:
-                for ours, theirs in zip(("ln_q", "ln_k"), _QK_NORM[stream], strict=True):
-                    out[f"{dst}{theirs}.weight"] = sd[f"{src}{ours}.weight"]
+    for ours, theirs, swap in rows:
+        # Cloned so that the tensors split from qkv do not share storage (safetensors refuses shared tensors).
+        parts = sd[ours].chunk(3, dim=0) if len(theirs) == 3 else [_swap_halves(sd[ours]) if swap else sd[ours]]
+        out.update({name: part.clone() for name, part in zip(theirs, parts, strict=True)})
     if pos_embed_max_size is not None:
         out["pos_embed.pos_embed"] = sd["pos_embed"]
     return out
@@ -541,34 +534,100 @@ def from_diffusers_state_dict(sd: Mapping[str, Tensor], input_size: int | None =
             (diffusers stores it only with ``pos_embed_max_size``), to compute the fixed table.
 
     Returns:
-        Our state dict, for ``MMDiT(..., context_dim=..., pooled_dim=...)`` of the same sizes.
+        Our state dict, for an ``MMDiT(..., context_dim=..., pooled_dim=...)`` of the same sizes.
     """
-    depth = _depth_of(list(sd), "transformer_blocks")
-    qk_norm = "transformer_blocks.0.attn.norm_q.weight" in sd
-    expected = {f"{theirs}.{kind}" for _, theirs, _ in _layer_map(depth) for kind in ("weight", "bias")}
-    for i in range(depth):
-        for stream in ("x_block", "context_block"):
-            expected |= {f"transformer_blocks.{i}.{n}.{kind}" for n in _QKV[stream] for kind in ("weight", "bias")}
-            expected |= {f"transformer_blocks.{i}.{n}.weight" for n in _QK_NORM[stream]} if qk_norm else set()
-    has_table = "pos_embed.pos_embed" in sd
-    _check_keys(sd, expected | ({"pos_embed.pos_embed"} if has_table else set()), "SD3Transformer2DModel state dict")
+    rows = _key_map(_depth_of(list(sd), "transformer_blocks"), "transformer_blocks.0.attn.norm_q.weight" in sd)
+    expected = {name for _, theirs, _ in rows for name in theirs}
+    _check_keys(sd, expected | ({"pos_embed.pos_embed"} & set(sd)), "SD3Transformer2DModel state dict")
     out: dict[str, Tensor] = {}
-    for ours, theirs, swap in _layer_map(depth):
-        for kind in ("weight", "bias"):
-            value = sd[f"{theirs}.{kind}"]
-            out[f"{ours}.{kind}"] = _swap_halves(value) if swap else value
-    for i in range(depth):
-        for stream in ("x_block", "context_block"):
-            src, dst = f"transformer_blocks.{i}.", f"joint_blocks.{i}.{stream}.attn."
-            for kind in ("weight", "bias"):
-                out[f"{dst}qkv.{kind}"] = torch.cat([sd[f"{src}{n}.{kind}"] for n in _QKV[stream]], dim=0)
-            if qk_norm:
-                for ours, theirs in zip(("ln_q", "ln_k"), _QK_NORM[stream], strict=True):
-                    out[f"{dst}{ours}.weight"] = sd[f"{src}{theirs}.weight"]
-    if has_table:
+    for ours, theirs, swap in rows:
+        value = torch.cat([sd[name] for name in theirs], dim=0)
+        out[ours] = _swap_halves(value) if swap else value
+    if "pos_embed.pos_embed" in sd:
         out["pos_embed"] = sd["pos_embed.pos_embed"]
     elif input_size is not None:
         hidden, _, patch, _ = out["x_embedder.proj.weight"].shape
-        table = get_2d_sincos_pos_embed(hidden, input_size // patch)
-        out["pos_embed"] = torch.from_numpy(np.asarray(table)).float()[None]
+        out["pos_embed"] = torch.from_numpy(get_2d_sincos_pos_embed(hidden, input_size // patch)).float()[None]
     return out
+
+
+# ------------------------------------------------------------------------------------------------------ Training recipe
+
+
+class MMDiTModule(DiffusionModule):
+    """mmDiT with SD3's recipe as defaults (Esser et al. 2024, §2–3, §5).
+
+    Recipe: rectified flow (x_t = (1 − t)·x0 + t·ε, velocity target) with logit-normal(0, 1) training times and the
+    resolution shift of the objective (1 at 256²), Euler sampling with classifier-free guidance, AdamW lr 1e-4
+    (the paper's learning rate; no weight decay), EMA 0.9999, semantic condition dropped with p = 0.1. For
+    captions SD3 uses three frozen text encoders given to the conditioner by name (CLIP-L and OpenCLIP bigG
+    penultimate states side by side, T5-XXL appended along the sequence; their pooled vectors concatenated) and
+    drops each encoder with p = 0.464; for class labels (``semantic: class``) the class is a context token and,
+    as SD3's pooled vector, part of the adaLN vector. Every other argument is `DiffusionModule`'s.
+
+    Args:
+        size: A row of ``SIZES`` (``mmDiT-XL/2``, ``SD3-medium``, ``mmDiT-tiny/2``, ...).
+        learn_sigma: Predict the variance too (2C output channels); None follows ``objective.learn_sigma``.
+        qk_norm: Per-head RMS QK-norm (SD3.5; the paper's §5.3.1 fix for unstable high-resolution training).
+        pos_embed_max_size: Side of SD3's stored position table, centre-cropped to the latent (SD3: 192); None
+            stores exactly the training grid.
+        class_tokens: Context tokens per class label (class-conditional data).
+        semantic_in_adaln: Add the semantic vector (pooled text or class embedding) to the adaLN vector, as SD3.
+        mask_context: Mask padding text tokens out of the attention (SD3 attends to them).
+        objective: Training objective (SD3: rectified flow, logit-normal t).
+        sampler: Sampler for sample grids and ``predict`` (Euler).
+        guidance: Classifier-free guidance while sampling.
+        conditioner: Batch → condition; ``semantic: caption`` with named ``text_encoders`` for text, ``class``
+            for labels; its ``control_names`` switch on the SDXL-style control embedder.
+        **kwargs: The remaining `DiffusionModule` arguments (autoencoder, optimizer, resolution, num_classes, ...).
+    """
+
+    def __init__(
+        self,
+        size: str = "mmDiT-XL/2",
+        learn_sigma: bool | None = None,
+        qk_norm: bool = False,
+        pos_embed_max_size: int | None = None,
+        class_tokens: int = 1,
+        semantic_in_adaln: bool = True,
+        mask_context: bool = False,
+        objective: Objective = lazy_instance(RectifiedFlow),
+        sampler: Sampler = lazy_instance(EulerSampler, steps=50),
+        guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=1.5),
+        conditioner: Conditioner = lazy_instance(Conditioner, semantic="class", semantic_dropout=0.1),
+        **kwargs: Any,
+    ) -> None:
+        mmdit_size(size)  # fail early on an unknown size
+        self.size, self.learn_sigma, self.qk_norm = size, learn_sigma, qk_norm
+        self.pos_embed_max_size, self.class_tokens = pos_embed_max_size, class_tokens
+        self.semantic_in_adaln, self.mask_context = semantic_in_adaln, mask_context
+        super().__init__(objective=objective, sampler=sampler, guidance=guidance, conditioner=conditioner, **kwargs)
+
+    def backbone_kwargs(self) -> dict[str, Any]:
+        """The ``MMDiT`` arguments this module builds; a subclass extends or replaces them."""
+        channels, height, _ = self.latent_shape
+        semantic = self.conditioner.semantic
+        if semantic not in ("class", "caption"):
+            raise ValueError(
+                f"MMDiT conditions through context tokens and needs semantic class or caption, not {semantic!r}"
+            )
+        text = semantic == "caption"
+        return dict(
+            input_size=height,
+            in_channels=channels,
+            learn_sigma=self.objective.learn_sigma if self.learn_sigma is None else self.learn_sigma,
+            num_classes=None if text else self.num_classes,
+            context_dim=self.conditioner.context_dim if text else None,
+            pooled_dim=self.conditioner.pooled_dim if text else None,
+            class_tokens=self.class_tokens,
+            semantic_in_adaln=self.semantic_in_adaln,
+            control_names=list(self.conditioner.control_names) or None,
+            qk_norm=self.qk_norm,
+            pos_embed_max_size=self.pos_embed_max_size,
+            mask_context=self.mask_context,
+            **mmdit_size(self.size),
+        )
+
+    def build_backbone(self) -> nn.Module:
+        """The MMDiT of ``size`` for this module's latents and conditioning."""
+        return MMDiT(**self.backbone_kwargs())
