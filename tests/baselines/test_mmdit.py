@@ -1,5 +1,9 @@
 """baselines.mmdit: reference counts and cost, parity with diffusers' SD3Transformer2DModel, structure, gradients."""
 
+import contextlib
+import warnings
+from pathlib import Path
+
 import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -10,12 +14,14 @@ from baselines.mmdit import (
     SIZES,
     JointBlock,
     MMDiT,
+    MMDiTModule,
     diffusers_config,
     from_diffusers_state_dict,
     mmdit_size,
     to_diffusers_state_dict,
 )
-from conditioning import Cond
+from conditioning import ClassEmbedder, Cond
+from conditioning.conditioner import Conditioner
 
 TEXT = dict(input_size=8, in_channels=4, context_dim=32, pooled_dim=24, **mmdit_size("mmDiT-tiny/2"))
 CLASS = dict(input_size=8, in_channels=4, num_classes=10, **mmdit_size("mmDiT-tiny/2"))
@@ -246,3 +252,102 @@ def test_input_errors():
         MMDiT(**CLASS)(x, t, _text_cond())
     with pytest.raises(ValueError, match="semantic condition"):
         MMDiT(**{**TEXT, "context_dim": None})
+
+
+# ------------------------------------------------------------------------------------------ module and configs
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _configured(path: str, meta: bool = True):
+    """The model of a YAML config, built like ``describe`` does (on the meta device unless ``meta`` is False)."""
+    from benchmark.cli import CLI_KWARGS, _DescribeCLI
+
+    with torch.device("meta") if meta else contextlib.nullcontext(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=["--config", path], run=False).model
+
+
+def test_sd3_medium_config_describes_as_the_released_model(monkeypatch):
+    from benchmark.cli import describe
+
+    monkeypatch.chdir(ROOT)  # the config names its config-only text encoder folders relative to the repository
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        info = describe(["--config", "leaderboards/reference/sd3-medium.yaml"])
+    assert info["params"] == 2_028_328_000 and info["latent_shape"] == [16, 32, 32]
+    assert info["gmacs_per_forward"] == pytest.approx(421.5, abs=0.1)  # 256 image + 77 CLIP + 256 T5 tokens
+
+
+def test_imagenet_config_is_class_conditional_xl2():
+    model = _configured(str(ROOT / "leaderboards/imagenet-256/mmdit_xl_2.yaml"))
+    backbone = model.backbone
+    assert (backbone.depth, backbone.hidden_size, backbone.num_heads, backbone.num_classes) == (28, 1152, 16, 1000)
+    assert backbone.class_embedder.num_tokens == 1 and isinstance(backbone.y_embedder, ClassEmbedder)
+    assert _count(backbone) == 1_328_049_808  # the text-conditioned XL/2 above has 1,334,151,952
+
+
+def test_shapes_entry_costs_within_a_quarter_of_dit():
+    from benchmark.flops import train_flops_per_sample
+
+    flops = {
+        name: train_flops_per_sample(_configured(str(ROOT / f"leaderboards/shapes/{name}.yaml"), meta=False))
+        for name in ("dit", "mmdit")
+    }
+    assert 0.75 <= flops["mmdit"] / flops["dit"] <= 1.25
+
+
+def _shapes_batch(n: int = 4) -> dict:
+    from data.shapes import Shapes
+
+    items = [Shapes("train", 32, 16)[i] for i in range(n)]
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "class_label": torch.stack([torch.as_tensor(it["class_label"]) for it in items]),
+        "caption": [it["caption"] for it in items],
+    }
+
+
+def test_class_module_builds_from_the_conditioner_and_trains():
+    from data.autoencoder import Autoencoder
+
+    conditioner = Conditioner(semantic="class", control_names=["flip"])
+    module = MMDiTModule(size="mmDiT-tiny/2", resolution=32, num_classes=10, autoencoder=Autoencoder(),
+                         conditioner=conditioner)  # fmt: skip
+    backbone = module.backbone
+    assert (backbone.num_classes, backbone.out_channels, backbone.context_dim) == (10, 4, None)
+    assert backbone.control_embedder.names == ("flip",) and module.ema.shadow.num_classes == 10
+    batch = {**_shapes_batch(), "control": {"flip": torch.tensor([0.0, 1.0, 0.0, 1.0])}}
+    loss = module.training_loss(batch)["loss"]
+    assert torch.isfinite(loss)
+    loss.backward()
+    assert all(p.grad is not None for p in backbone.parameters())
+    with pytest.raises(ValueError, match="semantic"):
+        MMDiTModule(size="mmDiT-tiny/2", resolution=32, autoencoder=Autoencoder(), conditioner=Conditioner("none"))
+    with pytest.raises(ValueError, match="valid sizes"):
+        MMDiTModule(size="mmDiT-H/2")
+
+
+def test_caption_module_reads_the_text_encoders(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+
+    from conditioning.text import TextEncoder
+    from data.autoencoder import Autoencoder
+    from tests.conditioning.test_text import CLIP_KW, PAD, _tokenizer
+
+    torch.manual_seed(0)
+    encoders = {}
+    for name, model, template, kind in [
+        ("clip", CLIPTextModelWithProjection(CLIPTextConfig(**CLIP_KW)), "<s> $A </s>", "clip"),
+        ("t5", T5EncoderModel(T5Config(vocab_size=1000, d_model=40, d_kv=8, d_ff=37, num_layers=1, num_heads=4,
+                                       pad_token_id=PAD)), "$A </s>", "t5"),
+    ]:  # fmt: skip
+        model.save_pretrained(tmp_path / name)
+        _tokenizer(template).save_pretrained(tmp_path / name)
+        encoders[name] = TextEncoder(str(tmp_path / name), kind=kind, max_length=6, hidden_state="penultimate")
+    conditioner = Conditioner(semantic="caption", text_encoders=encoders, text_dropout={"clip": 0.5})
+    module = MMDiTModule(size="mmDiT-tiny/2", resolution=32, autoencoder=Autoencoder(), conditioner=conditioner)
+    # SD3's layout: CLIP states zero-padded to T5's width, the sequences concatenated; CLIP's pooled vector in c.
+    assert (module.backbone.context_dim, module.backbone.pooled_dim) == (40, 16)
+    assert module.backbone.num_classes is None
+    assert torch.isfinite(module.training_loss(_shapes_batch())["loss"])
