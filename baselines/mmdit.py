@@ -76,9 +76,7 @@ class StreamAttention(nn.Module):
     """One stream's share of the joint attention: qkv (+ per-head RMS QK-norm) before it, ``proj`` after it.
 
     Args:
-        dim: width D; divisible by ``num_heads``.
-        num_heads: heads h.
-        qk_norm: RMS-normalise queries and keys per head, with a learned scale (SD3.5).
+        dim, num_heads, qk_norm: width D, heads h and per-head RMS QK-norm, as :class:`JointBlock`.
         pre_only: no output projection (the last context block only feeds keys and values).
     """
 
@@ -105,10 +103,7 @@ class StreamBlock(nn.Module):
     ``DismantledBlock``). A pre-only block has a (shift, scale) modulation and stops after the projections.
 
     Args:
-        hidden_size: width D.
-        num_heads: attention heads.
-        mlp_ratio: MLP inner width as a multiple of D.
-        qk_norm: per-head RMS QK-norm.
+        hidden_size, num_heads, mlp_ratio, qk_norm: as :class:`JointBlock`.
         pre_only: keep only the modulated norm and the qkv projection.
     """
 
@@ -156,7 +151,7 @@ class JointBlock(nn.Module):
             hidden_size: width D.
             num_heads: attention heads.
             mlp_ratio: MLP inner width as a multiple of D.
-            qk_norm: per-head RMS QK-norm in both streams.
+            qk_norm: per-head RMS QK-norm with a learned scale (SD3.5) in both streams.
             context_pre_only: the context stream only supplies keys and values (the last block).
         """
         super().__init__()
@@ -217,8 +212,7 @@ class MMDiT(nn.Module):
         """Build the backbone (defaults: "mmDiT-XL/2" with SD3's text inputs at 256², a 32x32x4 latent).
 
         Args:
-            input_size: latent side H = W the position table is built for (and the only size accepted when
-                ``pos_embed_max_size`` is None).
+            input_size: latent side H = W (the only size accepted when ``pos_embed_max_size`` is None).
             patch_size: patch side p.
             in_channels: latent channels C.
             hidden_size: width D; divisible by ``num_heads`` and by 4.
@@ -228,12 +222,10 @@ class MMDiT(nn.Module):
             learn_sigma: also predict the variance (2C output channels), for DDPM objectives.
             num_classes: class-conditional when given: the class is ``class_tokens`` context token(s) and, unless
                 ``semantic_in_adaln`` is False, a class embedding added to ``c``. Caption inputs are then unused.
-            context_dim: width E of the text tokens ``cond.tokens`` (SD3: 4096), projected to D by a Linear.
-                Used when ``num_classes`` is None.
+            context_dim: width E of the text tokens ``cond.tokens`` (SD3: 4096), projected to D; text models only.
             pooled_dim: width E' of ``cond.pooled`` (SD3: 2048); None for text encoders without a pooled vector.
             class_tokens: context tokens per class (class-conditional only).
-            semantic_in_adaln: add the semantic vector (pooled text, or the class embedding) to ``c`` as SD3 does;
-                False leaves ``c`` free of the semantic condition.
+            semantic_in_adaln: add the semantic vector (pooled text or class embedding) to ``c``, as SD3 does.
             control_names: control scalars to embed (SDXL-style Fourier embedder) and add to ``c``; None: none.
             qk_norm: per-head RMS QK-norm (SD3.5); False is SD3.
             pos_embed_max_size: side of SD3's stored position table, centre-cropped to the input's token grid
@@ -241,10 +233,11 @@ class MMDiT(nn.Module):
             mask_context: mask padding context tokens (``cond.token_mask`` False) out of the attention keys.
         """
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}")
-        if hidden_size % num_heads or hidden_size % 4:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
+        if input_size % patch_size or hidden_size % num_heads or hidden_size % 4:
+            raise ValueError(
+                f"need input_size={input_size} % patch_size={patch_size} == 0 and hidden_size={hidden_size} "
+                f"divisible by num_heads={num_heads} and by 4"
+            )
         if num_classes is None and context_dim is None:
             raise ValueError("MMDiT needs a semantic condition: set num_classes (class) or context_dim (text)")
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
@@ -285,12 +278,10 @@ class MMDiT(nn.Module):
     def initialize_weights(self) -> None:
         """DiT's initialisation (see the module docstring): the reference ships no training code."""
 
-        def xavier_linear(module: nn.Module) -> None:
+        for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
-
-        self.apply(xavier_linear)
         if not self.pos_embed.is_meta:  # meta builds only count and trace
             side = self.pos_embed_max_size or self.grid_size
             self.pos_embed.copy_(torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, side)).float()[None])
@@ -332,10 +323,9 @@ class MMDiT(nn.Module):
         """The context tokens (N, L, D) and their mask (N, L) bool (True = real) or None (all real)."""
         if self.num_classes is not None:
             return self.class_embedder(cond), None
-        if cond.tokens is None:
-            raise ValueError(f"MMDiT was built for text tokens (N, L, {self.context_dim}) but cond.tokens is None")
-        if cond.tokens.dim() != 3 or cond.tokens.shape[-1] != self.context_dim:
-            raise ValueError(f"cond.tokens has shape {tuple(cond.tokens.shape)}, expected (N, L, {self.context_dim})")
+        if cond.tokens is None or cond.tokens.dim() != 3 or cond.tokens.shape[-1] != self.context_dim:
+            got = None if cond.tokens is None else tuple(cond.tokens.shape)
+            raise ValueError(f"MMDiT was built for text tokens (N, L, {self.context_dim}); cond.tokens is {got}")
         tokens = self.context_embedder(cond.tokens.to(self.context_embedder.weight.dtype))
         return tokens, cond.token_mask
 
@@ -415,8 +405,7 @@ def mmdit_size(name: str) -> dict[str, int]:
 
 # ------------------------------------------------------------------------------------- diffusers' SD3Transformer2DModel
 
-# ours -> diffusers, for Linear / Conv layers (weight and bias).
-_TOP = {
+_TOP = {  # ours -> diffusers, for Linear / Conv layers (weight and bias)
     "x_embedder.proj": "pos_embed.proj",
     "t_embedder.mlp.0": "time_text_embed.timestep_embedder.linear_1",
     "t_embedder.mlp.2": "time_text_embed.timestep_embedder.linear_2",
@@ -466,15 +455,12 @@ def _key_map(depth: int, qk_norm: bool) -> list[tuple[str, tuple[str, ...], bool
 
 
 def _swap_halves(w: Tensor) -> Tensor:
-    first, second = w.chunk(2, dim=0)
-    return torch.cat([second, first], dim=0)
+    return torch.cat(w.chunk(2, dim=0)[::-1], dim=0)
 
 
 def _depth_of(keys: list[str], prefix: str) -> int:
-    indices = {int(k.split(".")[1]) for k in keys if k.startswith(prefix + ".")}
-    if not indices or indices != set(range(len(indices))):
-        raise ValueError(f"state dict has no contiguous {prefix}.<i> blocks (found {sorted(indices)})")
-    return len(indices)
+    # Gaps or a missing prefix show up as missing / unknown keys in `_check_keys`.
+    return 1 + max((int(k.split(".")[1]) for k in keys if k.startswith(prefix + ".")), default=-1)
 
 
 def _check_keys(got: Mapping[str, Tensor], expected: set[str], what: str) -> None:
@@ -485,31 +471,19 @@ def _check_keys(got: Mapping[str, Tensor], expected: set[str], what: str) -> Non
 
 def diffusers_config(model: MMDiT) -> dict:
     """``SD3Transformer2DModel(**config)`` arguments describing the same network as ``model``."""
-    return {
-        "sample_size": model.input_size,
-        "patch_size": model.patch_size,
-        "in_channels": model.in_channels,
-        "out_channels": model.out_channels,
-        "num_layers": model.depth,
-        "attention_head_dim": model.hidden_size // model.num_heads,
-        "num_attention_heads": model.num_heads,
-        "joint_attention_dim": model.context_dim,
-        "caption_projection_dim": model.hidden_size,
-        "pooled_projection_dim": model.pooled_dim,
-        "pos_embed_max_size": model.pos_embed_max_size,
-        "qk_norm": "rms_norm" if model.qk_norm else None,
-    }
+    return dict(sample_size=model.input_size, patch_size=model.patch_size, in_channels=model.in_channels,
+                out_channels=model.out_channels, num_layers=model.depth, num_attention_heads=model.num_heads,
+                attention_head_dim=model.hidden_size // model.num_heads, joint_attention_dim=model.context_dim,
+                caption_projection_dim=model.hidden_size, pooled_projection_dim=model.pooled_dim,
+                pos_embed_max_size=model.pos_embed_max_size, qk_norm="rms_norm" if model.qk_norm else None)  # fmt: skip
 
 
 def to_diffusers_state_dict(sd: Mapping[str, Tensor], pos_embed_max_size: int | None = None) -> dict[str, Tensor]:
-    """Convert an :class:`MMDiT` state dict (text-conditioned, pooled vector in ``c``: SD3) to diffusers' names.
+    """Convert an :class:`MMDiT` state dict (text, pooled vector in ``c``: SD3) for ``diffusers_config(model)``.
 
     Args:
         sd: our state dict.
         pos_embed_max_size: the model's ``pos_embed_max_size``; diffusers stores the position table only then.
-
-    Returns:
-        A state dict for ``SD3Transformer2DModel(**diffusers_config(model))``.
     """
     if any(k.startswith(("class_embedder.", "control_embedder.")) for k in sd) or "y_embedder.mlp.0.weight" not in sd:
         raise ValueError("only text-conditioned MMDiTs with the pooled vector in c (SD3) exist in diffusers")
@@ -526,15 +500,12 @@ def to_diffusers_state_dict(sd: Mapping[str, Tensor], pos_embed_max_size: int | 
 
 
 def from_diffusers_state_dict(sd: Mapping[str, Tensor], input_size: int | None = None) -> dict[str, Tensor]:
-    """Convert an ``SD3Transformer2DModel`` state dict to :class:`MMDiT` names.
+    """Convert an ``SD3Transformer2DModel`` state dict to :class:`MMDiT` names (a text-conditioned MMDiT).
 
     Args:
         sd: the diffusers state dict.
         input_size: latent side of the target model; needed only when ``sd`` has no stored position table
             (diffusers stores it only with ``pos_embed_max_size``), to compute the fixed table.
-
-    Returns:
-        Our state dict, for an ``MMDiT(..., context_dim=..., pooled_dim=...)`` of the same sizes.
     """
     rows = _key_map(_depth_of(list(sd), "transformer_blocks"), "transformer_blocks.0.attn.norm_q.weight" in sd)
     expected = {name for _, theirs, _ in rows for name in theirs}
@@ -557,13 +528,11 @@ def from_diffusers_state_dict(sd: Mapping[str, Tensor], input_size: int | None =
 class MMDiTModule(DiffusionModule):
     """mmDiT with SD3's recipe as defaults (Esser et al. 2024, §2–3, §5).
 
-    Recipe: rectified flow (x_t = (1 − t)·x0 + t·ε, velocity target) with logit-normal(0, 1) training times and the
-    resolution shift of the objective (1 at 256²), Euler sampling with classifier-free guidance, AdamW lr 1e-4
-    (the paper's learning rate; no weight decay), EMA 0.9999, semantic condition dropped with p = 0.1. For
-    captions SD3 uses three frozen text encoders given to the conditioner by name (CLIP-L and OpenCLIP bigG
-    penultimate states side by side, T5-XXL appended along the sequence; their pooled vectors concatenated) and
-    drops each encoder with p = 0.464; for class labels (``semantic: class``) the class is a context token and,
-    as SD3's pooled vector, part of the adaLN vector. Every other argument is `DiffusionModule`'s.
+    Recipe: rectified flow (velocity target, logit-normal(0, 1) training times, the objective's resolution shift),
+    Euler sampling with classifier-free guidance, AdamW lr 1e-4 (the paper's) without weight decay, EMA 0.9999,
+    semantic condition dropped with p = 0.1. Captions use the conditioner's named text encoders (SD3: CLIP-L and
+    bigG penultimate states side by side, T5-XXL appended along the sequence, the CLIP pooled vectors concatenated);
+    a class label (``semantic: class``) is a context token and, as SD3's pooled vector, part of the adaLN vector.
 
     Args:
         size: A row of ``SIZES`` (``mmDiT-XL/2``, ``SD3-medium``, ``mmDiT-tiny/2``, ...).
@@ -608,9 +577,7 @@ class MMDiTModule(DiffusionModule):
         channels, height, _ = self.latent_shape
         semantic = self.conditioner.semantic
         if semantic not in ("class", "caption"):
-            raise ValueError(
-                f"MMDiT conditions through context tokens and needs semantic class or caption, not {semantic!r}"
-            )
+            raise ValueError(f"MMDiT needs semantic 'class' or 'caption' (context tokens), got {semantic!r}")
         text = semantic == "caption"
         return dict(
             input_size=height,
