@@ -39,8 +39,9 @@ Differences from the reference:
   As in the reference one ratio serves the whole batch, and each sample gets its own random token subset.
 - The two losses share t *and* the noise (the reference shares t but draws fresh noise in each
   ``training_losses`` call); ``MDTModule(share_noise=False)`` restores the reference's draw.
-- The reference's ε-MSE carries a Min-SNR-5 weight ``min(SNR, 5) / SNR`` (its ``gaussian_diffusion.py``); the
-  suite's DDPM objective is unweighted, so this entry is too (the weight belongs to the objective, not the model).
+- The reference's ε-MSE carries a Min-SNR-5 weight ``min(SNR, 5) / SNR`` (its ``gaussian_diffusion.py``); here it is
+  the objective's option ``DDPM(min_snr_gamma=5)``, this entry's default (the weight belongs to the objective, not
+  the model, so any DDPM entry can use it).
 - Adan when the ``adan`` package (sail-sg/Adan) is installed, else AdamW at the same lr and weight decay (warned).
 - Attention is ``scaled_dot_product_attention`` with the relative bias as an additive float mask (the reference's
   math); a masked pass gathers the bias through the kept tokens' relative indices. ``relative_position_index`` is
@@ -543,7 +544,7 @@ class MDTModule(DiffusionModule):
         mask_ratio: tuple[float, float] = (0.3, 0.5),
         share_noise: bool = True,
         init_from: str | None = None,
-        objective: Objective = lazy_instance(DDPM, learn_sigma=True),
+        objective: Objective = lazy_instance(DDPM, learn_sigma=True, min_snr_gamma=5.0),
         sampler: Sampler = lazy_instance(DDPMSampler, steps=250),
         guidance: ClassifierFreeGuidance = lazy_instance(
             ClassifierFreeGuidance, semantic_scale=3.8, schedule="power_cosine", schedule_power=4.0

@@ -207,3 +207,25 @@ def test_fixed_small_uses_the_clipped_posterior_log_variance_at_k0():
     large = DDPM(learn_sigma=False, sigma_small=False)
     assert large.fixed_log_variance[0] == large.posterior_log_variance_clipped[1]
     torch.testing.assert_close(large.fixed_log_variance[1:], large.log_betas[1:])
+
+
+def test_min_snr_weight_matches_its_formula_and_leaves_mse_unweighted():
+    """Min-SNR-γ weights each sample's ε MSE by min(SNR_k, γ) / SNR_k; the logged mse stays the plain L_simple."""
+    torch.manual_seed(0)
+    plain, weighted = DDPM(learn_sigma=False), DDPM(learn_sigma=False, min_snr_gamma=5.0)
+    x0, noise = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
+    k = torch.tensor([0, 10, 500, 999])
+    bias = torch.arange(4.0).view(4, 1, 1, 1) * 0.1
+
+    def denoiser(x, t, cond):
+        return noise + bias  # a per-sample error so that the weights matter
+
+    out_plain, out_weighted = (
+        plain.loss(denoiser, x0, None, noise=noise, t=k),
+        weighted.loss(denoiser, x0, None, noise=noise, t=k),
+    )
+    snr = plain.alphas_cumprod[k] / (1 - plain.alphas_cumprod[k])
+    expected = (snr.clamp(max=5.0) / snr * bias.flatten() ** 2).mean()
+    assert torch.allclose(out_weighted["loss"], expected, rtol=1e-5)
+    assert torch.allclose(out_weighted["mse"], out_plain["mse"]) and torch.allclose(out_plain["loss"], out_plain["mse"])
+    assert snr[0] > 5 > snr[-1]  # both sides of the clamp are exercised
