@@ -106,7 +106,7 @@ def _sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) -> np.ndarray:
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int], scale: float = 1.0) -> np.ndarray:
     """Fixed 2-D sin-cos position table in the MAE / DiT convention.
 
     Tokens are row-major over a (gh, gw) grid. The *first* half of the channels encodes the column (x / width)
@@ -118,6 +118,9 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) ->
     Args:
         embed_dim: width D; must be divisible by 4.
         grid_size: tokens per side, or (rows, columns).
+        scale: the token positions are ``index / scale``. 1 (MAE, DiT) encodes integer positions; PixArt-α's
+            ``lewei_scale`` (diffusers' ``interpolation_scale``, 0.5 at 256², 1 at 512², 2 at 1024²) maps every
+            resolution onto the position range of its 512² model.
 
     Returns:
         (gh * gw, D) float64 array.
@@ -125,7 +128,10 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) ->
     if embed_dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs a width divisible by 4, got {embed_dim}")
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    if scale <= 0:
+        raise ValueError(f"the position scale must be positive, got {scale}")
     rows, cols = np.meshgrid(np.arange(gh, dtype=np.float32), np.arange(gw, dtype=np.float32), indexing="ij")
+    rows, cols = rows / np.float32(scale), cols / np.float32(scale)
     return np.concatenate([_sincos_1d(embed_dim // 2, cols), _sincos_1d(embed_dim // 2, rows)], axis=1)
 
 
