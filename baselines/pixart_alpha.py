@@ -395,37 +395,55 @@ _OFFICIAL_RENAMES = (
     (r"^y_embedder\.y_proj\.", "caption_projection."),
     (r"^(blocks\.\d+|final_layer)\.scale_shift_table$", r"\1.modulation.scale_shift_table"),
 )
-# Ours → diffusers for one-to-one tensors: top-level key prefixes, then per-block suffixes.
+# Ours → diffusers, by key prefix: top level, then inside a block. A fused projection maps to several diffusers
+# projections, its rows split in the order given.
 _DIFFUSERS_TOP = {
-    "x_embedder.proj.": "pos_embed.proj.",
-    "t_embedder.mlp.0.": "adaln_single.emb.timestep_embedder.linear_1.",
-    "t_embedder.mlp.2.": "adaln_single.emb.timestep_embedder.linear_2.",
-    "t_block.linear.": "adaln_single.linear.",
-    "caption_projection.fc1.": "caption_projection.linear_1.",
-    "caption_projection.fc2.": "caption_projection.linear_2.",
-    "final_layer.linear.": "proj_out.",
-    "final_layer.modulation.scale_shift_table": "scale_shift_table",
+    "x_embedder.proj.": ("pos_embed.proj.",),
+    "t_embedder.mlp.0.": ("adaln_single.emb.timestep_embedder.linear_1.",),
+    "t_embedder.mlp.2.": ("adaln_single.emb.timestep_embedder.linear_2.",),
+    "t_block.linear.": ("adaln_single.linear.",),
+    "caption_projection.fc1.": ("caption_projection.linear_1.",),
+    "caption_projection.fc2.": ("caption_projection.linear_2.",),
+    "final_layer.linear.": ("proj_out.",),
+    "final_layer.modulation.scale_shift_table": ("scale_shift_table",),
 }
 _DIFFUSERS_BLOCK = {
-    "modulation.scale_shift_table": "scale_shift_table",
-    "attn.proj.": "attn1.to_out.0.",
-    "cross_attn.q_linear.": "attn2.to_q.",
-    "cross_attn.proj.": "attn2.to_out.0.",
-    "mlp.fc1.": "ff.net.0.proj.",
-    "mlp.fc2.": "ff.net.2.",
-}
-# Our fused projections and the separate diffusers projections they split into, in row order.
-_DIFFUSERS_FUSED = {
+    "modulation.scale_shift_table": ("scale_shift_table",),
     "attn.qkv.": ("attn1.to_q.", "attn1.to_k.", "attn1.to_v."),
+    "attn.proj.": ("attn1.to_out.0.",),
+    "cross_attn.q_linear.": ("attn2.to_q.",),
     "cross_attn.kv_linear.": ("attn2.to_k.", "attn2.to_v."),
+    "cross_attn.proj.": ("attn2.to_out.0.",),
+    "mlp.fc1.": ("ff.net.0.proj.",),
+    "mlp.fc2.": ("ff.net.2.",),
 }
 
 
-def _rename(key: str, table: Mapping[str, str]) -> str | None:
-    for src, dst in table.items():
-        if key.startswith(src):
-            return dst + key[len(src) :]
-    return None
+def _split_key(key: str, block_pattern: str) -> tuple[str, str, str]:
+    """(block prefix or "", rest of the key, block index or "") of a state-dict key."""
+    m = re.match(block_pattern, key)
+    return ("", key, "") if m is None else (m.group(0), key[m.end() :], m.group(1))
+
+
+def _to_diffusers_names(key: str) -> tuple[str, ...]:
+    prefix, rest, index = _split_key(key, r"blocks\.(\d+)\.")
+    for src, dsts in (_DIFFUSERS_BLOCK if prefix else _DIFFUSERS_TOP).items():
+        if rest.startswith(src):
+            return tuple(f"{'transformer_blocks.' + index + '.' if prefix else ''}{d}{rest[len(src) :]}" for d in dsts)
+    raise ValueError(
+        f"{key!r} has no counterpart in diffusers' PixArtTransformer2DModel (class and control embedders do not "
+        "convert)"
+    )
+
+
+def _from_diffusers_name(key: str) -> tuple[str, int, int]:
+    """(our key, row block, number of row blocks) of a diffusers key."""
+    prefix, rest, index = _split_key(key, r"transformer_blocks\.(\d+)\.")
+    for src, dsts in (_DIFFUSERS_BLOCK if prefix else _DIFFUSERS_TOP).items():
+        for i, dst in enumerate(dsts):
+            if rest.startswith(dst):
+                return f"{'blocks.' + index + '.' if prefix else ''}{src}{rest[len(dst) :]}", i, len(dsts)
+    raise ValueError(f"{key!r} is not a key of a PixArtTransformer2DModel without additional conditions")
 
 
 def load_official_checkpoint(
@@ -507,28 +525,10 @@ def to_diffusers_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """
     out: dict[str, Tensor] = {}
     for key, value in sd.items():
-        if key == "pos_embed":
-            continue
-        if (m := re.match(r"blocks\.(\d+)\.(.*)", key)) is not None:
-            dst, rest = f"transformer_blocks.{m.group(1)}.", m.group(2)
-            fused = next(((f, parts) for f, parts in _DIFFUSERS_FUSED.items() if rest.startswith(f)), None)
-            if fused is not None:
-                src, parts = fused
-                kind = rest[len(src) :]
-                for part, chunk in zip(parts, value.chunk(len(parts), dim=0), strict=True):
-                    out[f"{dst}{part}{kind}"] = chunk.clone()
-                continue
-            renamed = _rename(rest, _DIFFUSERS_BLOCK)
-            if renamed is not None:
-                out[dst + renamed] = value
-                continue
-        elif (renamed := _rename(key, _DIFFUSERS_TOP)) is not None:
-            out[renamed] = value
-            continue
-        raise ValueError(
-            f"{key!r} has no counterpart in diffusers' PixArtTransformer2DModel (class and control "
-            "embedders do not convert)"
-        )
+        if key != "pos_embed":
+            names = _to_diffusers_names(key)
+            chunks = value.chunk(len(names), dim=0) if len(names) > 1 else (value,)
+            out.update({name: chunk.clone() if len(names) > 1 else chunk for name, chunk in zip(names, chunks)})
     return out
 
 
@@ -546,35 +546,19 @@ def from_diffusers_state_dict(
     Returns:
         Our state dict.
     """
-    inverse_top = {v: k for k, v in _DIFFUSERS_TOP.items()}
-    inverse_block = {v: k for k, v in _DIFFUSERS_BLOCK.items()}
-    out: dict[str, Tensor] = {}
-    pending: dict[str, dict[str, Tensor]] = {}  # our fused key -> {diffusers part: tensor}
+    parts: dict[str, dict[int, Tensor]] = {}
+    counts: dict[str, int] = {}
     for key, value in sd.items():
-        if key == "pos_embed.pos_embed":  # diffusers' buffer, present only in some versions' state dicts
-            continue
-        if (m := re.match(r"transformer_blocks\.(\d+)\.(.*)", key)) is not None:
-            dst, rest = f"blocks.{m.group(1)}.", m.group(2)
-            fused = next(((f, p) for f, parts in _DIFFUSERS_FUSED.items() for p in parts if rest.startswith(p)), None)
-            if fused is not None:
-                src, part = fused
-                pending.setdefault(f"{dst}{src}{rest[len(part) :]}", {})[part] = value
-                continue
-            renamed = _rename(rest, inverse_block)
-            if renamed is not None:
-                out[dst + renamed] = value
-                continue
-        elif (renamed := _rename(key, inverse_top)) is not None:
-            out[renamed] = value
-            continue
-        raise ValueError(f"{key!r} is not a key of a PixArtTransformer2DModel without additional conditions")
-    for key, parts in pending.items():
-        fused = next(f for f in _DIFFUSERS_FUSED if f in key)
-        names = _DIFFUSERS_FUSED[fused]
-        missing = [p for p in names if p not in parts]
-        if missing:
-            raise ValueError(f"{key!r} needs diffusers' {list(names)}, missing {missing}")
-        out[key] = torch.cat([parts[p] for p in names], dim=0)
+        if key != "pos_embed.pos_embed":  # diffusers' position table, in the state dict of some versions only
+            ours, index, count = _from_diffusers_name(key)
+            parts.setdefault(ours, {})[index] = value
+            counts[ours] = count
+    out: dict[str, Tensor] = {}
+    for key, found in parts.items():
+        if len(found) != counts[key]:
+            missing = [n for i, n in enumerate(_to_diffusers_names(key)) if i not in found]
+            raise ValueError(f"{key!r} needs diffusers' {list(_to_diffusers_names(key))}, missing {missing}")
+        out[key] = found[0] if counts[key] == 1 else torch.cat([found[i] for i in range(counts[key])], dim=0)
     if input_size is not None:
         hidden, _, patch, _ = out["x_embedder.proj.weight"].shape
         if input_size % patch:
