@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Attention", "Mlp", "PatchEmbed", "get_2d_sincos_pos_embed", "unpatchify"]
+__all__ = ["Attention", "CrossAttention", "Mlp", "PatchEmbed", "get_2d_sincos_pos_embed", "unpatchify"]
 
 
 class Attention(nn.Module):
@@ -51,6 +51,47 @@ class Attention(nn.Module):
         n, t, d = x.shape
         qkv = self.qkv(x).view(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, h, T, D/h)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, h, T, D/h)
+        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from the tokens (``q_linear``), keys and values from a context through one
+    fused ``kv_linear`` laid out (k | v), each head-major, then ``proj``; PixArt-α's names and layout, so that the two
+    row blocks of ``kv_linear`` are diffusers' ``to_k`` / ``to_v``."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        """Build the layer.
+
+        Args:
+            dim: width D of both the tokens and the context; divisible by ``num_heads``.
+            num_heads: attention heads h.
+        """
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cross-attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attend.
+
+        Args:
+            x: (N, T, D) tokens (the queries).
+            context: (N, L, D) context tokens (keys and values).
+            mask: (N, L) bool, True on the keys to attend to; None attends to all. A row must have a True entry.
+
+        Returns:
+            (N, T, D).
+        """
+        n, t, d = x.shape
+        q = self.q_linear(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)  # (N, h, T, D/h)
+        kv = self.kv_linear(context).view(n, context.shape[1], 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # 2 x (N, h, L, D/h)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over heads and queries
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(x.transpose(1, 2).reshape(n, t, d))
 
 

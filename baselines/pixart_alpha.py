@@ -37,9 +37,10 @@ Differences from the reference:
   and adaLN-single are unchanged. This is how the benchmark trains PixArt on class-labelled data.
 - Optional ``control_names``: a Fourier ``ControlEmbedder`` added to the time embedding before ``t_block``, the place
   where PixArt-α's multi-scale model (``PixArtMS``) adds its size and aspect-ratio embeddings. Off by default.
-- Masked text tokens are excluded with a boolean attention mask (``scaled_dot_product_attention``) where the
-  reference packs the real tokens of the batch into one sequence for xformers; the result is the same. A sample
-  without any real token attends uniformly to all its tokens, as diffusers' additive mask does.
+- Masked text tokens are excluded with a boolean attention mask (``baselines.layers.CrossAttention``, the
+  reference's layer and names on ``scaled_dot_product_attention``) where the reference packs the real tokens of the
+  batch into one sequence for xformers; the result is the same. A sample without any real token attends uniformly
+  to all its tokens, as diffusers' additive mask does.
 - Sizes S, B and L (and tiny/mini for the CPU) are our extension with DiT's widths and depths; the paper defines
   only XL/2. The reference's window attention and relative positions (off in every released model) are not here.
 - Layers come from ``baselines/layers.py``, conditioning from ``conditioning/``. State-dict names are the
@@ -57,10 +58,9 @@ import re
 from collections.abc import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.layers import Attention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from baselines.layers import Attention, CrossAttention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
 from conditioning.adaln_single import AdaLNSingle, FinalModulationTable, ModulationTable
 from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder
 from conditioning.modulation import modulate
@@ -68,7 +68,6 @@ from conditioning.types import Cond
 
 __all__ = [
     "SIZES",
-    "MultiHeadCrossAttention",
     "PixArt",
     "PixArtBlock",
     "PixArtFinalLayer",
@@ -80,39 +79,7 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Blocks
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class MultiHeadCrossAttention(nn.Module):
-    """Image tokens attend to context tokens: ``q_linear`` on the image, fused ``kv_linear`` (k | v) on the context."""
-
-    def __init__(self, dim: int, num_heads: int) -> None:
-        """Build the layer.
-
-        Args:
-            dim: width D of both the image and the (projected) context tokens; divisible by ``num_heads``.
-            num_heads: attention heads h.
-        """
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"cross-attention width {dim} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.q_linear = nn.Linear(dim, dim)
-        self.kv_linear = nn.Linear(dim, 2 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Attend from ``x`` (N, T, D) to ``context`` (N, L, D); ``mask`` (N, L) bool keeps True keys; → (N, T, D)."""
-        n, t, d = x.shape
-        q = self.q_linear(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)  # (N, h, T, D/h)
-        kv = self.kv_linear(context).view(n, context.shape[1], 2, self.num_heads, self.head_dim)
-        k, v = kv.permute(2, 0, 3, 1, 4)  # 2 x (N, h, L, D/h)
-        attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over heads and queries
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+# ------------------------------------------------------------------------------------------------------------- Blocks
 
 
 class PixArtBlock(nn.Module):
@@ -130,23 +97,14 @@ class PixArtBlock(nn.Module):
         # Registration order is the reference's (norm1, attn, cross_attn, norm2, mlp, table).
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(hidden_size, num_heads, qkv_bias=True)
-        self.cross_attn = MultiHeadCrossAttention(hidden_size, num_heads)
+        self.cross_attn = CrossAttention(hidden_size, num_heads)
         self.norm2 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(hidden_size, int(hidden_size * mlp_ratio))
         self.modulation = ModulationTable(hidden_size, branches=("attn", "mlp"))
 
     def forward(self, x: Tensor, context: Tensor, shared: Tensor, mask: Tensor | None = None) -> Tensor:
-        """Apply the block.
-
-        Args:
-            x: (N, T, D) image tokens.
-            context: (N, L, D) projected context tokens.
-            shared: (N, 6, D) shared adaLN-single modulation (``t_block`` output).
-            mask: (N, L) bool, True on real context tokens; None if all are real.
-
-        Returns:
-            (N, T, D).
-        """
+        """Tokens ``x`` (N, T, D), projected ``context`` (N, L, D), the shared modulation (N, 6, D) of ``t_block``
+        and the context ``mask`` (N, L) (True = real token; None: all real) → (N, T, D)."""
         mods = self.modulation(shared)
         attn, mlp = mods["attn"], mods["mlp"]
         x = x + attn.gate * self.attn(modulate(self.norm1(x), attn.shift, attn.scale))
@@ -177,9 +135,7 @@ class PixArtFinalLayer(nn.Module):
         return self.linear(modulate(self.norm_final(x), mod.shift, mod.scale))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------- Model
 
 
 class PixArt(nn.Module):
@@ -356,9 +312,7 @@ class PixArt(nn.Module):
             raise ValueError(f"t must be float time in [0, 1] (step k is k / 1000), got dtype {t.dtype}")
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Sizes
-# --------------------------------------------------------------------------------------------------------------------
+# -------------------------------------------------------------------------------------------------------------- Sizes
 
 # (depth, width, heads). XL/2 is the paper's only model; S, B and L reuse DiT's Table 1 (our extension).
 _WIDTHS = {"S": (12, 384, 6), "B": (12, 768, 12), "L": (24, 1024, 16), "XL": (28, 1152, 16)}
@@ -385,9 +339,7 @@ def pixart_size(name: str) -> dict[str, int]:
     return dict(SIZES[name])
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Reference weights: official checkpoints and diffusers' PixArtTransformer2DModel
-# --------------------------------------------------------------------------------------------------------------------
+# ------------------------------------ Reference weights: official checkpoints and diffusers' PixArtTransformer2DModel
 
 # Official → ours, as (pattern, replacement) over whole keys.
 _OFFICIAL_RENAMES = (

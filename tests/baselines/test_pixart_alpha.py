@@ -5,7 +5,7 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.layers import get_2d_sincos_pos_embed
+from baselines.layers import CrossAttention, get_2d_sincos_pos_embed
 from baselines.pixart_alpha import (
     SIZES,
     PixArt,
@@ -316,3 +316,13 @@ def test_adaln_single_names_the_reference_rows():
     assert torch.equal(out.scale[:, 0], final.scale_shift_table[1] + c)
     with pytest.raises(ValueError, match="shared modulation"):
         table(torch.randn(2, 4, 8))
+
+
+def test_cross_attention_matches_the_masked_softmax_formula():
+    layer, x, context = CrossAttention(16, 4), torch.randn(2, 5, 16), torch.randn(2, 3, 16)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    q = layer.q_linear(x).view(2, 5, 4, 4).transpose(1, 2)
+    k, v = layer.kv_linear(context).view(2, 3, 2, 4, 4).permute(2, 0, 3, 1, 4)
+    scores = (q @ k.transpose(-1, -2) / 2.0).masked_fill(~mask[:, None, None], float("-inf"))
+    expected = layer.proj((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(2, 5, 16))
+    torch.testing.assert_close(layer(x, context, mask), expected)
