@@ -37,22 +37,21 @@ import contextlib
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 from jsonargparse import lazy_instance
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from baselines.layers import Attention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
 from benchmark.guidance import ClassifierFreeGuidance
-from benchmark.module import DiffusionModule, default_optimizer, owned
+from benchmark.module import DiffusionModule
 from benchmark.objectives import DDPM, Objective
 from benchmark.samplers import DDPMSampler, Sampler
 from conditioning.conditioner import Conditioner
 from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder
 from conditioning.modulation import AdaLNZero, FinalAdaLN, modulate
 from conditioning.types import Cond
-from data.autoencoder import Autoencoder
 
 __all__ = [
     "SIZES",
@@ -496,75 +495,50 @@ class DiTModule(DiffusionModule):
     Recipe: DDPM with 1000 linear-β steps, ε-prediction with learned Σ (IDDPM hybrid loss), class label dropped
     with p=0.1 for CFG, AdamW lr 1e-4 without weight decay or warm-up, EMA 0.9999, SD-VAE ft-EMA latents
     (×0.18215, read from the VAE config), 250-step DDPM sampling with CFG 1.5. Any of these can be swapped from
-    YAML (e.g. ``objective: benchmark.objectives.RectifiedFlow`` with ``sampler: benchmark.samplers.EulerSampler``).
+    YAML (e.g. ``objective: benchmark.objectives.RectifiedFlow`` with ``sampler: benchmark.samplers.EulerSampler``);
+    every other argument (``resolution``, ``num_classes``, ``ema_decay``, ``compile``, ...) is `DiffusionModule`'s.
 
     Args:
         size: A row of ``SIZES`` (``DiT-XL/2``, ``DiT-B/4``, ``DiT-tiny/2``, ...).
-        num_classes: Number of classes (linked from the data by the CLI).
-        resolution: Image resolution in pixels (linked from the data by the CLI).
         learn_sigma: Predict the variance too (2C output channels). None (default) follows
             ``objective.learn_sigma``; an explicit value must agree with it.
-        objective: Training objective.
-        sampler: Sampler used for sample grids and ``predict``.
-        guidance: Classifier-free guidance used when sampling; ``guided_channels: 3`` reproduces DiT's quirk.
-        conditioner: Batch → condition; its ``control_names`` (if any) also switch on the backbone's control
-            embedder (SDXL-style, added to the adaLN vector).
-        autoencoder: Frozen autoencoder.
-        optimizer: Optimizer factory (default AdamW lr 1e-4, wd 0).
-        lr_scheduler: Optional LR-scheduler factory (DiT uses none).
-        ema_decay: EMA decay (DiT: 0.9999).
-        ema_warmup: Ramp the EMA decay for short runs.
-        compile: ``torch.compile`` the backbone for training.
         init_from: Path of an official facebookresearch/DiT checkpoint (e.g. ``DiT-XL-2-256x256.pt``) loaded into
             the backbone and its EMA, to fine-tune it or to evaluate it like any other entry.
+        objective: Training objective (DiT: DDPM with learned Σ).
+        sampler: Sampler used for sample grids and ``predict`` (DiT: 250 DDPM steps).
+        guidance: Classifier-free guidance used when sampling (DiT: scale 1.5); ``guided_channels: 3`` reproduces
+            DiT's quirk.
+        conditioner: Batch → condition (DiT: class labels dropped with p=0.1); its ``control_names`` (if any) also
+            switch on the backbone's control embedder (SDXL-style, added to the adaLN vector).
+        **kwargs: The remaining `DiffusionModule` arguments.
     """
 
     def __init__(
         self,
         size: str = "DiT-XL/2",
-        num_classes: int = 1000,
-        resolution: int = 256,
         learn_sigma: bool | None = None,
+        init_from: str | None = None,
         objective: Objective = lazy_instance(DDPM, learn_sigma=True),
         sampler: Sampler = lazy_instance(DDPMSampler, steps=250),
         guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=1.5),
         conditioner: Conditioner = lazy_instance(Conditioner, semantic="class", semantic_dropout=0.1),
-        autoencoder: Autoencoder = lazy_instance(Autoencoder, pretrained="stabilityai/sd-vae-ft-ema"),
-        optimizer: OptimizerCallable = default_optimizer,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        ema_decay: float = 0.9999,
-        ema_warmup: bool = False,
-        compile: bool = False,
-        init_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        conditioner, autoencoder, objective = owned(conditioner), owned(autoencoder), owned(objective)
-        if learn_sigma is None:
-            learn_sigma = objective.learn_sigma
-        channels, height, _ = autoencoder.latent_shape(resolution)
-        backbone = DiT(
-            input_size=height,
-            in_channels=channels,
-            num_classes=num_classes,
-            learn_sigma=learn_sigma,
-            control_names=list(conditioner.control_names) or None,
-            **dit_size(size),
-        )
-        super().__init__(
-            backbone=backbone,
-            objective=objective,
-            sampler=sampler,
-            guidance=guidance,
-            conditioner=conditioner,
-            autoencoder=autoencoder,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            ema_decay=ema_decay,
-            ema_warmup=ema_warmup,
-            resolution=resolution,
-            compile=compile,
-        )
+        self.size, self.learn_sigma = size, learn_sigma
+        super().__init__(objective=objective, sampler=sampler, guidance=guidance, conditioner=conditioner, **kwargs)
         if init_from is not None:
             state = load_official_checkpoint(init_from)
             self.backbone.load_state_dict(state)
             self.ema.shadow.load_state_dict(state)
-        self.save_config()
+
+    def build_backbone(self) -> nn.Module:
+        """The DiT of ``size`` for this module's latents, classes, learn_sigma and control metadata."""
+        channels, height, _ = self.latent_shape
+        return DiT(
+            input_size=height,
+            in_channels=channels,
+            num_classes=self.num_classes,
+            learn_sigma=self.objective.learn_sigma if self.learn_sigma is None else self.learn_sigma,
+            control_names=list(self.conditioner.control_names) or None,
+            **dit_size(self.size),
+        )

@@ -98,6 +98,10 @@ def describe(args: list[str]) -> dict:
 
 
 def main(args: ArgsType = None) -> None:
+    # Like `python -m`, put the working directory first on sys.path, so that `class_path: mymodel.MyDiT` finds
+    # mymodel.py next to the config without PYTHONPATH (the `ldmbench` console script does not do it by itself).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
     if argv and argv[0] == "describe":
         print(json.dumps(describe(argv[1:]), indent=2))

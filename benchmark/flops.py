@@ -17,21 +17,16 @@ if TYPE_CHECKING:
 
 
 def dummy_inputs(module: DiffusionModule, batch_size: int = 1):
-    """(x_t, t, cond) for one backbone call at the module's resolution, on the backbone's device."""
+    """(x_t, t, cond) for one backbone call at the module's resolution, on the backbone's device.
+
+    The condition is the module's example condition (`Conditioner.example`): class labels, captions (zero text
+    states on the meta device) and the default control, so class-, caption- and unconditional models all count.
+    """
     device = next(module.backbone.parameters()).device
     c, h, w = module.latent_shape
     x = torch.zeros(batch_size, c, h, w, device=device)
     t = torch.full((batch_size,), 0.5, device=device)
-    labels = torch.zeros(batch_size, dtype=torch.long, device=device)
-    control = None
-    if module.conditioner.control_names:
-        control = torch.zeros(batch_size, len(module.conditioner.control_names), device=device)
-    cond = module.conditioner.make(
-        labels=labels if module.conditioner.semantic == "class" else None,
-        control=control,
-        batch_size=batch_size,
-        device=device,
-    )
+    cond = module.conditioner.example(batch_size, device, num_classes=module.num_classes, resolution=module.resolution)
     return x, t, cond
 
 

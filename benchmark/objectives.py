@@ -23,7 +23,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -66,8 +66,22 @@ class Objective(nn.Module, ABC):
         return 2 * latent_channels if self.learn_sigma else latent_channels
 
     @abstractmethod
+    def sample_time(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """Draw n training times, (n,) float in [0, 1] (1 = noise), exactly as `loss` draws them when ``t=None``.
+
+        A recipe that queries the denoiser several times at the same noise level (e.g. a masked and an unmasked
+        pass) draws ``t`` and ``noise`` once and passes them to each `loss` call.
+        """
+
+    @abstractmethod
     def loss(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond, noise: Tensor | None = None, t: Tensor | None = None
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        cond: Cond,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        **model_kwargs: Any,
     ) -> dict[str, Tensor]:
         """Noise ``x0``, query the denoiser and return ``{"loss": scalar, <component>: scalar, ...}``.
 
@@ -76,7 +90,9 @@ class Objective(nn.Module, ABC):
             x0: (N, C, H, W) clean latents.
             cond: The (already CFG-dropped) conditions.
             noise: Gaussian noise like ``x0``; drawn when ``None``.
-            t: Per-sample times; drawn from the objective's training distribution when ``None``.
+            t: Per-sample times from `sample_time`; drawn from the objective's training distribution when ``None``.
+            **model_kwargs: Extra keyword arguments passed to every denoiser call, ``denoiser(x_t, t, cond,
+                **model_kwargs)`` (e.g. a mask ratio).
         """
 
 
@@ -133,12 +149,18 @@ class RectifiedFlow(Objective):
         return (1 - t) * x0 + t * noise
 
     def loss(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond, noise: Tensor | None = None, t: Tensor | None = None
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        cond: Cond,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        **model_kwargs: Any,
     ) -> dict[str, Tensor]:
         """Velocity MSE, averaged over every dimension (SD3 uses uniform weighting in t after the density)."""
         noise = torch.randn_like(x0) if noise is None else noise
         t = self.sample_time(x0.shape[0], device=x0.device) if t is None else t.to(x0.device, torch.float32)
-        prediction = denoiser(self.interpolate(x0, noise, t), t, cond)
+        prediction = denoiser(self.interpolate(x0, noise, t), t, cond, **model_kwargs)
         _check_channels(prediction, x0.shape[1], "RectifiedFlow")
         # Reduce in float32 even when the backbone ran under bf16 autocast.
         mse = (prediction.float() - (noise - x0).float()).pow(2).mean()
@@ -379,12 +401,27 @@ class DDPM(Objective):
         nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance).flatten(1).mean(1)
         return torch.where(k == 0, nll, kl) / math.log(2.0)
 
+    def sample_time(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """Draw n training times: the step k uniform in [0, T), returned as the float time k / T the backbone sees.
+
+        `loss` rounds such a time back to the same k, so ``loss(..., t=sample_time(n))`` is the default draw.
+        """
+        k = torch.randint(0, self.num_timesteps, (n,), device=device)
+        return self.model_time(k.to(self.timestep_map.device)).to(device)
+
     def loss(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond, noise: Tensor | None = None, t: Tensor | None = None
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        cond: Cond,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        **model_kwargs: Any,
     ) -> dict[str, Tensor]:
         """L_simple (ε MSE), plus the stop-gradient VB term when Σ is learned (IDDPM hybrid loss).
 
-        ``t`` may be integer steps k in [0, T) or continuous times k / T (rounded to the nearest step).
+        ``t`` may be integer steps k in [0, T) or continuous times k / T (rounded to the nearest step), as drawn
+        by `sample_time`. ``model_kwargs`` are passed to the denoiser.
         """
         n, channels = x0.shape[0], x0.shape[1]
         if t is None:
@@ -395,7 +432,7 @@ class DDPM(Objective):
             k = t.long().to(x0.device)
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, k, noise)
-        output = denoiser(x_t, self.model_time(k), cond).float()
+        output = denoiser(x_t, self.model_time(k), cond, **model_kwargs).float()
         _check_channels(output, self.output_channels(channels), "DDPM")
         mse = (output[:, :channels] - noise.float()).pow(2).mean()
         if not self.learn_sigma:
