@@ -19,10 +19,9 @@ What makes it PixArt-α rather than DiT (paper §2.3, Fig. 4):
   ``lewei_scale``, diffusers' ``interpolation_scale``): the released checkpoints use 0.5 at 256², 1 at 512² and 2
   at 1024², so every resolution spans the position range of the 512² model.
 
-PixArt-α-XL/2 at 256² (32x32 latent, 120 text tokens of width 4096) has 610,856,096 parameters (the ``pos_embed``
-buffer is not a parameter, as in the reference) and costs ≈149.05 GMACs per forward. diffusers'
-``PixArtTransformer2DModel`` converts both ways with :func:`to_diffusers_state_dict` /
-:func:`from_diffusers_state_dict`; official ``PixArt-XL-2-*.pth`` files load with :func:`load_official_checkpoint`.
+PixArt-α-XL/2 at 256² (32x32 latent, 120 T5 tokens of width 4096) has 610,856,096 parameters (``pos_embed`` is a
+buffer, as in the reference) and costs ≈149.05 GMACs per forward. Weights convert both ways with diffusers'
+``PixArtTransformer2DModel``; official ``PixArt-XL-2-*.pth`` files load with :func:`load_official_checkpoint`.
 
 Differences from the reference:
 
@@ -35,17 +34,16 @@ Differences from the reference:
   looked up in ``conditioning.embedders.ClassEmbedder(num_classes, context_dim)`` (its null row serves dropped
   labels) and enters as *one context token* through the same caption projection and cross-attention; the time path
   and adaLN-single are unchanged. This is how the benchmark trains PixArt on class-labelled data.
-- Optional ``control_names``: a Fourier ``ControlEmbedder`` added to the time embedding before ``t_block``, the place
-  where PixArt-α's multi-scale model (``PixArtMS``) adds its size and aspect-ratio embeddings. Off by default.
+- Optional ``control_names``: a Fourier ``ControlEmbedder`` added to the time embedding before ``t_block`` (where
+  ``PixArtMS`` adds its size and aspect-ratio embeddings). Off by default.
 - Masked text tokens are excluded with a boolean attention mask (``baselines.layers.CrossAttention``, the
   reference's layer and names on ``scaled_dot_product_attention``) where the reference packs the real tokens of the
   batch into one sequence for xformers; the result is the same. A sample without any real token attends uniformly
   to all its tokens, as diffusers' additive mask does.
 - Sizes S, B and L (and tiny/mini for the CPU) are our extension with DiT's widths and depths; the paper defines
   only XL/2. The reference's window attention and relative positions (off in every released model) are not here.
-- Layers come from ``baselines/layers.py``, conditioning from ``conditioning/``. State-dict names are the
-  reference's except ``t_block.1`` → ``t_block.linear``, ``y_embedder.y_proj`` → ``caption_projection`` and
-  ``scale_shift_table`` → ``modulation.scale_shift_table`` (blocks and final layer).
+- State-dict names are the reference's except ``t_block.1`` → ``t_block.linear``, ``y_embedder.y_proj`` →
+  ``caption_projection`` and ``scale_shift_table`` → ``modulation.scale_shift_table`` (blocks, final layer).
 
 Legend: N batch, C latent channels, H x W latent size, p patch, T = HW/p² tokens, D width, L context tokens,
 E context width, K control scalars.
@@ -56,27 +54,44 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from typing import Any
 
 import torch
+from jsonargparse import lazy_instance
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
 from baselines.layers import Attention, CrossAttention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from benchmark.guidance import ClassifierFreeGuidance
+from benchmark.module import DiffusionModule
+from benchmark.objectives import DDPM, Objective
+from benchmark.samplers import DDPMSampler, Sampler
 from conditioning.adaln_single import AdaLNSingle, FinalModulationTable, ModulationTable
+from conditioning.conditioner import Conditioner
 from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder
 from conditioning.modulation import modulate
+from conditioning.text import TextEncoder
 from conditioning.types import Cond
 
 __all__ = [
     "SIZES",
+    "T5_XXL",
     "PixArt",
     "PixArtBlock",
     "PixArtFinalLayer",
+    "PixArtModule",
     "diffusers_config",
     "from_diffusers_state_dict",
     "load_official_checkpoint",
+    "pixart_optimizer",
     "pixart_size",
+    "pixart_warmup",
     "to_diffusers_state_dict",
 ]
+
+
+T5_XXL = "google/t5-v1_1-xxl"
+"""PixArt-α's text encoder (the weights of ``DeepFloyd/t5-v1_1-xxl``): 4096-wide states, 120 tokens."""
 
 
 # ------------------------------------------------------------------------------------------------------------- Blocks
@@ -86,13 +101,7 @@ class PixArtBlock(nn.Module):
     """Self-attention and MLP modulated by adaLN-single, with an unmodulated cross-attention between them."""
 
     def __init__(self, hidden_size: int, num_heads: int, mlp_ratio: float = 4.0) -> None:
-        """Build the block.
-
-        Args:
-            hidden_size: width D.
-            num_heads: attention heads; must divide ``hidden_size``.
-            mlp_ratio: MLP inner width as a multiple of D.
-        """
+        """Build the block of width D = ``hidden_size`` with ``num_heads`` heads and an MLP of ``mlp_ratio`` x D."""
         super().__init__()
         # Registration order is the reference's (norm1, attn, cross_attn, norm2, mlp, table).
         self.norm1 = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
@@ -117,13 +126,7 @@ class PixArtFinalLayer(nn.Module):
     """LayerNorm modulated by (table + time embedding), then a Linear to ``p * p * out_channels`` per token."""
 
     def __init__(self, hidden_size: int, patch_size: int, out_channels: int) -> None:
-        """Build the layer.
-
-        Args:
-            hidden_size: width D.
-            patch_size: patch side p.
-            out_channels: channels predicted per latent pixel.
-        """
+        """Build the layer for width D = ``hidden_size``, patch side p and ``out_channels`` per latent pixel."""
         super().__init__()
         self.norm_final = nn.LayerNorm(hidden_size, elementwise_affine=False, eps=1e-6)
         self.linear = nn.Linear(hidden_size, patch_size * patch_size * out_channels)
@@ -185,17 +188,10 @@ class PixArt(nn.Module):
             raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}")
         if hidden_size % num_heads or hidden_size % 4:
             raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
-        self.input_size = input_size
-        self.patch_size = patch_size
-        self.in_channels = in_channels
+        self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
-        self.learn_sigma = learn_sigma
-        self.hidden_size = hidden_size
-        self.depth = depth
-        self.num_heads = num_heads
-        self.mlp_ratio = mlp_ratio
-        self.context_dim = context_dim
-        self.pos_embed_scale = pos_embed_scale
+        self.learn_sigma, self.hidden_size, self.depth, self.num_heads = learn_sigma, hidden_size, depth, num_heads
+        self.mlp_ratio, self.context_dim, self.pos_embed_scale = mlp_ratio, context_dim, pos_embed_scale
         self.grid_size = input_size // patch_size
         if num_classes is not None:
             self.num_classes = num_classes  # the contract's marker of a class-conditional backbone
@@ -285,10 +281,7 @@ class PixArt(nn.Module):
                 raise ValueError("this PixArt is class-conditional (num_classes set) but cond.label is None")
             return self.class_embedder(cond)[:, None], None  # one token per sample
         if cond.tokens is None:
-            raise ValueError(
-                "this PixArt is text-conditional but cond.tokens is None (build it with num_classes "
-                "for class-conditional data)"
-            )
+            raise ValueError("this PixArt is text-conditional but cond.tokens is None (class data: set num_classes)")
         tokens, mask = cond.tokens, cond.token_mask
         if tokens.dim() != 3 or tokens.shape[0] != n or tokens.shape[2] != self.context_dim:
             raise ValueError(f"cond.tokens must be (N={n}, L, E={self.context_dim}), got {tuple(tokens.shape)}")
@@ -300,12 +293,9 @@ class PixArt(nn.Module):
         return tokens, mask
 
     def _check_inputs(self, x: Tensor, t: Tensor) -> None:
-        expected = (self.in_channels, self.input_size, self.input_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"PixArt was built for inputs (N, {self.in_channels}, {self.input_size}, {self.input_size}), "
-                f"got {tuple(x.shape)}; set in_channels / input_size to the latent's shape"
-            )
+        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_channels, self.input_size, self.input_size):
+            size = f"(N, {self.in_channels}, {self.input_size}, {self.input_size})"
+            raise ValueError(f"PixArt was built for inputs {size}, got {tuple(x.shape)}; set in_channels / input_size")
         if t.shape != (x.shape[0],):
             raise ValueError(f"t must have shape (N,) = ({x.shape[0]},), got {tuple(t.shape)}")
         if not t.is_floating_point():
@@ -326,14 +316,8 @@ SIZES["PixArt-mini/2"] = {"depth": 6, "hidden_size": 192, "num_heads": 6, "patch
 
 
 def pixart_size(name: str) -> dict[str, int]:
-    """The ``PixArt(...)`` keyword arguments of a named size, e.g. ``PixArt(**pixart_size("PixArt-XL/2"))``.
-
-    Args:
-        name: a key of :data:`SIZES`.
-
-    Returns:
-        A fresh dict with ``depth``, ``hidden_size``, ``num_heads`` and ``patch_size``.
-    """
+    """A fresh dict of the ``PixArt(...)`` size arguments of ``name`` (a key of :data:`SIZES`), e.g.
+    ``PixArt(**pixart_size("PixArt-XL/2"))``: ``depth``, ``hidden_size``, ``num_heads`` and ``patch_size``."""
     if name not in SIZES:
         raise ValueError(f"unknown PixArt size {name!r}; valid sizes: {', '.join(SIZES)}")
     return dict(SIZES[name])
@@ -403,10 +387,9 @@ def load_official_checkpoint(
 ) -> dict[str, Tensor]:
     """Read a PixArt-alpha/PixArt-alpha checkpoint (e.g. ``PixArt-XL-2-256x256.pth``) as a :class:`PixArt` state dict.
 
-    The released files hold ``{"state_dict": ...}``; training checkpoints may add ``"state_dict_ema"`` (taken when
-    ``use_ema``), the optimizer and the scheduler. The fixed ``pos_embed`` stored in the file is kept, so the model
-    gets the table its weights were trained with. The null caption ``y_embedder.y_embedding`` is dropped (the
-    benchmark's conditioner owns the null caption). Multi-scale (``PixArtMS``) checkpoints are refused.
+    Released files hold ``{"state_dict": ...}``; training checkpoints may add ``"state_dict_ema"``. The file's fixed
+    ``pos_embed`` is kept (the table its weights were trained with); the null caption ``y_embedder.y_embedding`` is
+    dropped (the conditioner owns the null caption). Multi-scale (``PixArtMS``) checkpoints are refused.
 
     Args:
         path_or_state_dict: a checkpoint path, or an already loaded checkpoint / state dict.
@@ -448,25 +431,16 @@ def diffusers_config(model: PixArt) -> dict[str, object]:
         )
     if model.mlp_ratio != 4.0:
         raise ValueError(f"diffusers' PixArt blocks have mlp_ratio 4, this model has {model.mlp_ratio}")
+    # fmt: off
     return {
-        "num_attention_heads": model.num_heads,
-        "attention_head_dim": model.hidden_size // model.num_heads,
-        "in_channels": model.in_channels,
-        "out_channels": model.out_channels,
-        "num_layers": model.depth,
-        "sample_size": model.input_size,
-        "patch_size": model.patch_size,
-        "cross_attention_dim": model.hidden_size,
-        "caption_channels": model.context_dim,
-        "interpolation_scale": model.pos_embed_scale,
-        "use_additional_conditions": False,
-        "norm_type": "ada_norm_single",
-        "norm_elementwise_affine": False,
-        "norm_eps": 1e-6,
-        "activation_fn": "gelu-approximate",
-        "attention_bias": True,
-        "num_embeds_ada_norm": 1000,
+        "num_attention_heads": model.num_heads, "attention_head_dim": model.hidden_size // model.num_heads,
+        "in_channels": model.in_channels, "out_channels": model.out_channels, "num_layers": model.depth,
+        "sample_size": model.input_size, "patch_size": model.patch_size, "cross_attention_dim": model.hidden_size,
+        "caption_channels": model.context_dim, "interpolation_scale": model.pos_embed_scale,
+        "use_additional_conditions": False, "norm_type": "ada_norm_single", "norm_elementwise_affine": False,
+        "norm_eps": 1e-6, "activation_fn": "gelu-approximate", "attention_bias": True, "num_embeds_ada_norm": 1000,
     }
+    # fmt: on
 
 
 def to_diffusers_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -518,3 +492,104 @@ def from_diffusers_state_dict(
         table = get_2d_sincos_pos_embed(hidden, input_size // patch, scale=pos_embed_scale)
         out["pos_embed"] = torch.from_numpy(table).float().unsqueeze(0)
     return out
+
+
+# ---------------------------------------------------------------------------------------------------- Training recipe
+
+
+def pixart_optimizer(params: Any) -> torch.optim.Optimizer:
+    """PixArt-α's optimizer: AdamW, lr 2e-5, weight decay 0.03, eps 1e-10 (``PixArt_xl2_img256_internal.py``)."""
+    return torch.optim.AdamW(params, lr=2e-5, weight_decay=0.03, eps=1e-10)
+
+
+def pixart_warmup(optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """A 1000-step linear warm-up then constant: factor ``min(1, (k + 1) / 1000)`` at step k (the reference's is
+    ``k / 1000``, a zero first step)."""
+    return torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-3, total_iters=999)
+
+
+class PixArtModule(DiffusionModule):
+    """PixArt-α with its recipe as defaults (Chen et al. 2024, §2.4 and §3.1; ``PixArt_xl2_img256_internal.py``).
+
+    Recipe: DDPM with 1000 linear-β steps, ε-prediction with learned Σ (IDDPM), T5-XXL captions (120 tokens) dropped
+    with p=0.1, AdamW lr 2e-5, weight decay 0.03, eps 1e-10, 1000 warm-up steps then constant, gradient clipping
+    at norm 0.01 (set ``trainer.gradient_clip_val: 0.01``), EMA 0.9999, IDDPM sampling with 100 steps and CFG 4.5
+    (the reference's ``iddpm`` setting; its default DPM-Solver is not in the suite). Every piece can be swapped
+    from YAML. For class-labelled data set ``conditioner.semantic: class``: the class becomes one context token.
+
+    Args:
+        size: A row of ``SIZES`` (``PixArt-XL/2``, ``PixArt-tiny/2``, ...).
+        learn_sigma: Predict the variance too (2C output channels). None (default) follows ``objective.learn_sigma``.
+        pos_embed_scale: Position scale of the sin-cos table (the reference's ``lewei_scale``). None (default):
+            ``resolution / 512`` as in the released models (0.5 at 256², 1 at 512²).
+        class_context_dim: Width of the class table when class-conditional (the class token then passes the
+            caption projection like a text token). None: the model width D.
+        init_from: Path of an official PixArt-α checkpoint (``PixArt-XL-2-256x256.pth``, ...) loaded into the
+            backbone and its EMA.
+        objective: Training objective.
+        sampler: Sampler of sample grids and ``predict``.
+        guidance: Classifier-free guidance when sampling.
+        conditioner: Batch → condition: captions through the named T5 encoder, or class labels.
+        optimizer: Optimizer factory (:func:`pixart_optimizer`).
+        lr_scheduler: LR-scheduler factory (:func:`pixart_warmup`).
+        **kwargs: The remaining ``DiffusionModule`` arguments (autoencoder, resolution, num_classes, ema_decay, ...).
+    """
+
+    def __init__(
+        self,
+        size: str = "PixArt-XL/2",
+        learn_sigma: bool | None = None,
+        pos_embed_scale: float | None = None,
+        class_context_dim: int | None = None,
+        init_from: str | None = None,
+        objective: Objective = lazy_instance(DDPM, learn_sigma=True),
+        sampler: Sampler = lazy_instance(DDPMSampler, steps=100),
+        guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=4.5),
+        conditioner: Conditioner = lazy_instance(
+            Conditioner,
+            semantic="caption",
+            semantic_dropout=0.1,
+            text_encoders={"t5": lazy_instance(TextEncoder, pretrained=T5_XXL, kind="t5", max_length=120)},
+        ),
+        optimizer: OptimizerCallable = pixart_optimizer,
+        lr_scheduler: LRSchedulerCallable | None = pixart_warmup,
+        **kwargs: Any,
+    ) -> None:
+        self.size, self.learn_sigma = size, learn_sigma
+        self.pos_embed_scale, self.class_context_dim = pos_embed_scale, class_context_dim
+        super().__init__(
+            objective=objective,
+            sampler=sampler,
+            guidance=guidance,
+            conditioner=conditioner,
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            **kwargs,
+        )
+        if init_from is not None:
+            state = load_official_checkpoint(init_from)
+            self.backbone.load_state_dict(state)
+            self.ema.shadow.load_state_dict(state)
+
+    def build_backbone(self) -> nn.Module:
+        """PixArt at this latent shape, for the conditioner's captions (its context width) or class labels."""
+        c, h, _ = self.latent_shape
+        size = pixart_size(self.size)
+        semantic = self.conditioner.semantic
+        if semantic == "caption":
+            context = {"context_dim": self.conditioner.context_dim}
+        elif semantic == "class":
+            context = {"num_classes": self.num_classes, "context_dim": self.class_context_dim or size["hidden_size"]}
+        else:
+            raise ValueError(
+                "PixArt is conditioned through cross-attention: set conditioner.semantic to 'caption' or 'class'"
+            )
+        return PixArt(
+            input_size=h,
+            in_channels=c,
+            learn_sigma=self.objective.learn_sigma if self.learn_sigma is None else self.learn_sigma,
+            pos_embed_scale=self.pos_embed_scale or self.resolution / 512,
+            control_names=list(self.conditioner.control_names) or None,
+            **context,
+            **size,
+        )

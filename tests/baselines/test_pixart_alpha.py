@@ -326,3 +326,80 @@ def test_cross_attention_matches_the_masked_softmax_formula():
     scores = (q @ k.transpose(-1, -2) / 2.0).masked_fill(~mask[:, None, None], float("-inf"))
     expected = layer.proj((torch.softmax(scores, dim=-1) @ v).transpose(1, 2).reshape(2, 5, 16))
     torch.testing.assert_close(layer(x, context, mask), expected)
+
+
+# ------------------------------------------------------------------------------------------------- the recipe module
+
+
+def _module(conditioner, **kwargs):
+    from baselines.pixart_alpha import PixArtModule
+    from benchmark.objectives import RectifiedFlow
+    from benchmark.samplers import EulerSampler
+    from data.autoencoder import Autoencoder
+
+    kwargs = {"objective": RectifiedFlow(), "sampler": EulerSampler(steps=2), **kwargs}
+    return PixArtModule(
+        size="PixArt-tiny/2",
+        conditioner=conditioner,
+        autoencoder=Autoencoder(),
+        resolution=32,
+        num_classes=10,
+        **kwargs,
+    )
+
+
+def test_module_class_conditional_recipe_defaults():
+    from conditioning.conditioner import Conditioner
+
+    module = _module(Conditioner(semantic="class"))
+    backbone = module.backbone
+    assert backbone.num_classes == 10 and backbone.class_embedder.embedding_table.weight.shape == (11, 128)
+    assert backbone.pos_embed_scale == 32 / 512  # the released models' rule: resolution / 512
+    assert backbone.out_channels == 4 and not backbone.learn_sigma  # follows the rectified-flow objective
+    config = module.configure_optimizers()
+    optimizer, scheduler = config["optimizer"], config["lr_scheduler"]["scheduler"]
+    group = optimizer.param_groups[0]
+    assert (group["weight_decay"], group["eps"]) == (0.03, 1e-10)
+    assert group["lr"] == pytest.approx(2e-8)  # step 0 of the 1000-step warm-up
+    for _ in range(999):
+        optimizer.step()
+        scheduler.step()
+    assert group["lr"] == pytest.approx(2e-5)
+    optimizer.step()
+    scheduler.step()
+    assert group["lr"] == pytest.approx(2e-5)
+
+
+def test_module_caption_conditional_reads_the_context_width(tmp_path):
+    from transformers import T5Config
+
+    from conditioning.conditioner import Conditioner
+    from conditioning.text import TextEncoder
+
+    T5Config(vocab_size=100, d_model=24, d_kv=8, d_ff=32, num_layers=1, num_heads=3).save_pretrained(tmp_path)
+    encoder = TextEncoder(str(tmp_path), kind="t5", max_length=6)
+    module = _module(Conditioner(semantic="caption", text_encoders={"t5": encoder}), pos_embed_scale=1.0)
+    assert module.backbone.context_dim == 24 and not hasattr(module.backbone, "num_classes")
+    assert module.backbone.pos_embed_scale == 1.0
+    batch = {
+        "image": torch.rand(2, 3, 32, 32) * 2 - 1,
+        "caption": ["a", "b"],
+        "text": {"t5": {"tokens": torch.randn(2, 6, 24), "mask": torch.tensor([[1] * 6, [1, 1, 0, 0, 0, 0]]).bool()}},
+    }
+    losses = module.training_loss(batch)
+    assert torch.isfinite(losses["loss"])
+    with pytest.raises(ValueError, match="cross-attention"):
+        _module(Conditioner(semantic="none"))
+
+
+def test_module_initialises_from_an_official_checkpoint(tmp_path):
+    from conditioning.conditioner import Conditioner
+
+    reference = _module(Conditioner(semantic="class"))
+    _randomise(reference.backbone)
+    path = tmp_path / "PixArt-tiny.pth"
+    torch.save({"state_dict": _official_layout(reference.backbone.state_dict())}, path)
+    loaded = _module(Conditioner(semantic="class"), init_from=str(path))
+    for name, value in reference.backbone.state_dict().items():
+        assert torch.equal(loaded.backbone.state_dict()[name], value)
+        assert torch.equal(loaded.ema.shadow.state_dict()[name], value)
