@@ -403,3 +403,38 @@ def test_module_initialises_from_an_official_checkpoint(tmp_path):
     for name, value in reference.backbone.state_dict().items():
         assert torch.equal(loaded.backbone.state_dict()[name], value)
         assert torch.equal(loaded.ema.shadow.state_dict()[name], value)
+
+
+# ------------------------------------------------------------------------------------------------- the YAML entries
+
+
+def _described_module(config):
+    import warnings
+
+    from benchmark.cli import CLI_KWARGS, _DescribeCLI
+
+    with torch.device("meta"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=["--config", str(config)], run=False).model
+
+
+def test_shapes_entry_costs_within_25_percent_of_the_dit_entry():
+    from benchmark.flops import train_flops_per_sample
+
+    pixart = train_flops_per_sample(_described_module("leaderboards/shapes/pixart_alpha.yaml"))
+    dit = train_flops_per_sample(_described_module("leaderboards/shapes/dit.yaml"))
+    assert 0.75 <= pixart / dit <= 1.25
+
+
+def test_reference_config_describes_as_the_released_model(tmp_path):
+    from transformers import T5Config
+
+    # The T5-XXL config (its width is all that is read), written locally so that the test runs offline.
+    T5Config(d_model=4096, d_kv=64, d_ff=10240, num_layers=1, num_heads=64).save_pretrained(tmp_path / "t5")
+    text = open("leaderboards/reference/pixart_alpha_xl_2.yaml").read()
+    assert "pretrained: google/t5-v1_1-xxl" in text
+    config = tmp_path / "reference.yaml"
+    config.write_text(text.replace("google/t5-v1_1-xxl", str(tmp_path / "t5")))
+    described = _described_module(config).describe()
+    assert described["params"] == XL_PARAMS
+    assert described["gmacs_per_forward"] == pytest.approx(XL_GMACS, abs=0.01)
