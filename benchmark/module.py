@@ -1,6 +1,6 @@
 """`DiffusionModule`: the LightningModule every entry of the benchmark is.
 
-It owns the pieces of a latent-diffusion training recipe as separate, injectable objects (DESIGN.md §3):
+It owns the pieces of a latent-diffusion training recipe as separate, injectable objects:
 
 - a frozen **autoencoder** (image ↔ latent, scaling read from its config),
 - a **conditioner** (batch → `Cond`, with independent semantic / control CFG dropout),
@@ -9,7 +9,8 @@ It owns the pieces of a latent-diffusion training recipe as separate, injectable
 - an **EMA** of the backbone only, used for sampling and validation and saved in checkpoints,
 - optimizer / LR-scheduler callables, so a recipe's optimizer is a constructor default that ``--help`` shows.
 
-A baseline subclasses it, builds its backbone from a few size arguments, and declares its recipe as defaults.
+A baseline subclasses it, declares its own arguments and its recipe as defaults, and builds its backbone in
+`DiffusionModule.build_backbone`.
 """
 
 from __future__ import annotations
@@ -400,22 +401,37 @@ class DiffusionModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------- describe
     def describe(self) -> dict[str, Any]:
-        """Size and cost of the backbone at this config's resolution (no data, no training)."""
-        from benchmark.flops import backbone_macs
+        """Size and cost of the model at this config's resolution (no data, no training; works on meta).
+
+        ``gmacs_per_forward`` is multiply-accumulates of one backbone forward per image; ``train_gflops_per_image``
+        is FLOPs of the forward and backward of the whole training loss per image (every denoiser pass), without
+        the frozen autoencoder's encode and text encoders, which are reported on their own.
+        """
+        from benchmark.flops import (
+            autoencoder_gflops_per_image,
+            backbone_macs,
+            text_gflops_per_image,
+            train_gflops_per_image,
+        )
 
         c, h, w = self.latent_shape
         params = sum(p.numel() for p in self.backbone.parameters())
         trainable = sum(p.numel() for p in self.backbone.parameters() if p.requires_grad)
         patch = getattr(self.backbone, "patch_size", 1)
+        encoders = dict(self.conditioner.text_encoders.items())
         return {
             "model": type(self).__name__,
             "backbone": type(self.backbone).__name__,
             "params": params,
             "trainable_params": trainable,
             "gmacs_per_forward": round(backbone_macs(self) / 1e9, 4),
+            "train_gflops_per_image": round(train_gflops_per_image(self), 4),
+            "autoencoder_gflops_per_image": round(autoencoder_gflops_per_image(self.autoencoder, self.resolution), 4),
+            "text_gflops_per_image": round(text_gflops_per_image(encoders), 4) if encoders else 0.0,
             "tokens": (h // patch) * (w // patch),
             "resolution": self.resolution,
             "latent_shape": [c, h, w],
+            "semantic": self.conditioner.semantic,
             "objective": type(self.objective).__name__,
             "sampler": type(self.sampler).__name__,
         }

@@ -69,19 +69,31 @@ class SampleGrid(pl.Callback):
     def labels(self, pl_module: pl.LightningModule) -> torch.Tensor | None:
         if pl_module.conditioner.semantic != "class":
             return None
-        total = getattr(pl_module.backbone, "num_classes", None) or 16
+        total = getattr(pl_module, "num_classes", None) or getattr(pl_module.backbone, "num_classes", None) or 16
         rows = min(self.num_classes or min(total, 16), total)
         return torch.arange(rows).repeat_interleave(self.samples_per_class)
 
+    def captions(self, pl_module: pl.LightningModule) -> list[str] | None:
+        """For caption models: one example caption per row (`conditioning.conditioner.EXAMPLE_CAPTIONS`)."""
+        if pl_module.conditioner.semantic != "caption":
+            return None
+        from conditioning.conditioner import EXAMPLE_CAPTIONS
+
+        rows = min(self.num_classes or 4, len(EXAMPLE_CAPTIONS))
+        return [caption for caption in EXAMPLE_CAPTIONS[:rows] for _ in range(self.samples_per_class)]
+
     def render(self, pl_module: pl.LightningModule) -> torch.Tensor:
         """The grid as a (3, H, W) float tensor in [0, 1]."""
-        labels = self.labels(pl_module)
+        labels, captions = self.labels(pl_module), self.captions(pl_module)
         rows = 4 if labels is None else labels.shape[0] // self.samples_per_class
+        rows = rows if captions is None else len(captions) // self.samples_per_class
         # One noise per column, shared by every row: rows then differ only by their class.
         generator = torch.Generator().manual_seed(self.seed)
         columns = torch.randn((self.samples_per_class, *pl_module.latent_shape), generator=generator)
         noise = columns.repeat(rows, 1, 1, 1)
-        images = pl_module.sample_images(labels=labels, num_samples=noise.shape[0], use_ema=self.use_ema, noise=noise)
+        images = pl_module.sample_images(
+            labels=labels, captions=captions, num_samples=noise.shape[0], use_ema=self.use_ema, noise=noise
+        )
         images = (images.float().cpu() + 1) / 2
         if self.upscale > 1:
             images = F.interpolate(images, scale_factor=self.upscale, mode="nearest")

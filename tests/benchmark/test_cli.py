@@ -138,3 +138,68 @@ def test_predict_writes_pngs_and_an_adm_npz(tmp_path, monkeypatch):
     arr = np.load(tmp_path / "generated/samples.npz")["arr_0"]
     assert arr.shape == (8, 32, 32, 3) and arr.dtype == np.uint8
     assert len(list((tmp_path / "generated").glob("*.png"))) == 8
+
+
+MYMODEL = '''
+"""DiT with SwiGLU MLPs: a new entry written as a subclass of an existing one."""
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from baselines.dit import DiTModule
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(width, 2 * hidden)
+        self.down = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate) * up)
+
+
+class SwiGLUDiT(DiTModule):
+    """DiT whose MLPs are SwiGLU.
+
+    Args:
+        mlp_hidden_ratio: SwiGLU hidden width as a multiple of the model width (8/3 keeps DiT's parameter count).
+    """
+
+    def __init__(self, mlp_hidden_ratio: float = 8 / 3, **kwargs: Any) -> None:
+        self.mlp_hidden_ratio = mlp_hidden_ratio
+        super().__init__(**kwargs)
+
+    def build_backbone(self) -> nn.Module:
+        dit = super().build_backbone()
+        for block in dit.blocks:
+            block.mlp = SwiGLU(dit.hidden_size, int(dit.hidden_size * self.mlp_hidden_ratio))
+        return dit
+'''
+
+
+def test_a_subclass_in_the_working_directory_trains_from_yaml(tmp_path, monkeypatch):
+    """mymodel.py next to the config resolves from class_path without PYTHONPATH; the EMA has the new blocks."""
+    import os
+    import sys
+
+    (tmp_path / "mymodel.py").write_text(MYMODEL)
+    (tmp_path / "mine.yaml").write_text(
+        "model:\n  class_path: mymodel.SwiGLUDiT\n  init_args:\n    mlp_hidden_ratio: 2.0\n"
+    )
+    # Nothing on sys.path points at the working directory: the CLI must add it, as `python -m` would.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", os.getcwd(), str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "mymodel", raising=False)
+    monkeypatch.chdir(tmp_path)
+    _fit(tmp_path, "--config", str(tmp_path / "mine.yaml"), "--trainer.max_steps=2")
+    monkeypatch.delitem(sys.modules, "mymodel", raising=False)  # the module is tmp_path's; do not leak it
+    path = next(tmp_path.rglob("last.ckpt"))
+    state = torch.load(path, weights_only=True)
+    assert state["hyper_parameters"]["_class_path"] == "mymodel.SwiGLUDiT"
+    assert state["hyper_parameters"]["mlp_hidden_ratio"] == 2.0 and state["hyper_parameters"]["size"] == "DiT-tiny/2"
+    weights = state["state_dict"]
+    assert weights["ema.shadow.blocks.0.mlp.gate_up.weight"].shape == (2 * 256, 128)  # hidden = 2.0 x 128
+    assert not any(k.startswith("ema.shadow.") and ".mlp.fc1." in k for k in weights)
+    assert not torch.equal(weights["ema.shadow.blocks.0.mlp.gate_up.weight"], torch.zeros(512, 128))
