@@ -419,10 +419,8 @@ def _described_module(config):
 
 
 def test_shapes_entry_costs_within_25_percent_of_the_dit_entry():
-    from benchmark.flops import train_flops_per_sample
-
-    pixart = train_flops_per_sample(_described_module("leaderboards/shapes/pixart_alpha.yaml"))
-    dit = train_flops_per_sample(_described_module("leaderboards/shapes/dit.yaml"))
+    pixart = _described_module("leaderboards/shapes/pixart_alpha.yaml").describe()["train_gflops_per_image"]
+    dit = _described_module("leaderboards/shapes/dit.yaml").describe()["train_gflops_per_image"]
     assert 0.75 <= pixart / dit <= 1.25
 
 
