@@ -415,7 +415,7 @@ def test_recipe_defaults():
     guidance = defaults["guidance"].default._lazy_kwargs
     assert guidance == {"semantic_scale": 3.8, "schedule": "power_cosine", "schedule_power": 4.0}
     assert defaults["mask_ratio"].default == (0.3, 0.5) and defaults["size"].default == "MDTv2-XL/2"
-    assert defaults["objective"].default._lazy_kwargs == {"learn_sigma": True}
+    assert defaults["objective"].default._lazy_kwargs == {"learn_sigma": True, "min_snr_gamma": 5.0}
     assert defaults["optimizer"].default is mdt_optimizer
 
 
