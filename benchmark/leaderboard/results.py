@@ -2,8 +2,9 @@
 
 A row is keyed by a hash of everything that decides its numbers: the resolved entry config (model, data, the
 trainer settings that change training), the seed, the budget, the evaluation protocol, the code and the versions of
-torch, lightning and diffusers. "The code" is a hash of the packages' sources and shipped weights rather than the
-git commit, so a commit that only touches documentation or results keeps rows current; the commit is recorded too.
+torch, lightning and diffusers. "The code" is a hash of the engine's sources and shipped weights plus the entry's own
+baseline module (and the baseline modules it imports) rather than the git commit, so a commit that only touches
+documentation, results or another baseline keeps rows current; the commit is recorded too.
 A row whose key differs from the one the current checkout computes is *stale*: shown as such, never mixed in, and
 redone by the next run.
 """
@@ -45,17 +46,54 @@ def stable_hash(obj: Any, length: int = 16) -> str:
 
 
 @cache
-def code_hash() -> str:
-    """Hash of the packages' source files and shipped weights (documentation and results excluded)."""
+def code_hash(model_class_path: str | None = None) -> str:
+    """Hash of the source files and shipped weights that can change an entry's numbers.
+
+    The engine packages (``benchmark``, ``conditioning``, ``data`` with its weights) count for every entry. Of
+    ``baselines/`` only the entry's own module and the baseline modules it imports (followed transitively) count, so
+    adding or editing another baseline leaves this entry's rows current. Without ``model_class_path`` every baseline
+    file counts. Documentation and results never count.
+    """
     digest = hashlib.sha256()
+    for path in _code_files(model_class_path):
+        digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def _code_files(model_class_path: str | None) -> list[Path]:
+    files = []
     for package in _PACKAGES:
         for path in sorted((REPO_ROOT / package).rglob("*")):
             rel = path.relative_to(REPO_ROOT).as_posix()
             if not path.is_file() or "__pycache__" in rel or path.suffix not in _CODE_SUFFIXES or rel in _NOT_CODE:
                 continue
-            digest.update(rel.encode())
-            digest.update(hashlib.sha256(path.read_bytes()).digest())
-    return digest.hexdigest()[:16]
+            if package == "baselines" and model_class_path is not None and path.suffix == ".py":
+                if path.stem not in _baseline_modules(model_class_path):
+                    continue
+            files.append(path)
+    return files
+
+
+def _baseline_modules(model_class_path: str) -> set[str]:
+    """Names of the ``baselines`` modules an entry's model class depends on: its own and those it imports."""
+    import ast
+
+    module = model_class_path.rpartition(".")[0]
+    todo = [module.split(".", 1)[1]] if module.startswith("baselines.") else []
+    seen = {"__init__"}
+    while todo:
+        name = todo.pop()
+        path = REPO_ROOT / "baselines" / f"{name}.py"
+        if name in seen or not path.is_file():
+            continue
+        seen.add(name)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("baselines."):
+                todo.append(node.module.split(".", 1)[1])
+            elif isinstance(node, ast.Import):
+                todo += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("baselines.")]
+    return seen
 
 
 @cache
@@ -140,10 +178,15 @@ def row_key(
             "budget": budget,
             "protocol": protocol,
             "source": source,
-            "code": code_hash(),
+            "code": code_hash(_class_path(fingerprint)),
             "versions": library_versions(),
         }
     )
+
+
+def _class_path(fingerprint: dict[str, Any]) -> str | None:
+    model = fingerprint.get("model")
+    return model.get("class_path") if isinstance(model, dict) else None
 
 
 # ----------------------------------------------------------------------------------------------- the file

@@ -188,8 +188,19 @@ def test_row_key_depends_on_code_and_versions(monkeypatch):
     base = res.row_key(fp, 0, None, {})
     monkeypatch.setattr(res, "library_versions", lambda: {"torch": "0.0"})
     assert res.row_key(fp, 0, None, {}) != base
-    monkeypatch.setattr(res, "code_hash", lambda: "other")
+    monkeypatch.setattr(res, "code_hash", lambda class_path=None: "other")
     assert res.row_key(fp, 0, None, {}) != base
+
+
+def test_code_hash_covers_the_entrys_own_baseline_and_what_it_imports_only():
+    """Adding or editing another baseline must not make an entry's rows stale; its own module (and imports) must."""
+    dit_files = {p.name for p in res._code_files("baselines.dit.DiTModule") if p.parent.name == "baselines"}
+    assert {"dit.py", "layers.py", "dit_convert.py"} <= dit_files and "mdt.py" not in dit_files
+    mdt_files = {p.name for p in res._code_files("baselines.mdt.MDTModule") if p.parent.name == "baselines"}
+    assert {"mdt.py", "dit.py"} <= mdt_files  # MDT builds on DiT's layers: a DiT change re-keys MDT too
+    assert res.code_hash("baselines.dit.DiTModule") != res.code_hash("baselines.mdt.MDTModule")
+    engine = [p for p in res._code_files("baselines.dit.DiTModule") if p.parent.name != "baselines"]
+    assert any(p.name == "module.py" for p in engine)  # the engine always counts
 
 
 def test_results_file_is_atomic_deduplicated_and_stale_rows_are_flagged(tmp_path):
