@@ -6,8 +6,8 @@ Reference implementation: https://github.com/facebookresearch/DiT/blob/ed81ce2/m
 
 The architecture, parameter names (up to one rename, below), initialisation and numbers are the reference's:
 DiT-XL/2 at 256² (32x32 latent) has 675,129,632 parameters counting the fixed ``pos_embed`` (674,834,720
-trainable) and costs 118.6 GMACs per forward. Official checkpoints load through :func:`load_official_checkpoint`,
-diffusers' ``DiTTransformer2DModel`` through :func:`from_diffusers_state_dict` / :func:`to_diffusers_state_dict`.
+trainable) and costs 118.6 GMACs per forward. Official checkpoints (CC-BY-NC 4.0 weights) and diffusers'
+``DiTTransformer2DModel`` convert through ``baselines/dit_convert.py``.
 
 Differences from the reference:
 
@@ -32,40 +32,24 @@ Legend: N batch, C latent channels, H x W latent size, p patch, T = HW/p² token
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import os
-import re
-from collections.abc import Mapping
+from typing import Any
 
 import torch
 from jsonargparse import lazy_instance
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from baselines.dit_convert import load_official_checkpoint
 from baselines.layers import Attention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
 from benchmark.guidance import ClassifierFreeGuidance
-from benchmark.module import DiffusionModule, default_optimizer, owned
+from benchmark.module import DiffusionModule
 from benchmark.objectives import DDPM, Objective
 from benchmark.samplers import DDPMSampler, Sampler
 from conditioning.conditioner import Conditioner
 from conditioning.embedders import ClassEmbedder, ControlEmbedder, TimestepEmbedder
 from conditioning.modulation import AdaLNZero, FinalAdaLN, modulate
 from conditioning.types import Cond
-from data.autoencoder import Autoencoder
 
-__all__ = [
-    "SIZES",
-    "DiT",
-    "DiTBlock",
-    "DiTModule",
-    "FinalLayer",
-    "diffusers_config",
-    "dit_size",
-    "from_diffusers_state_dict",
-    "load_official_checkpoint",
-    "to_diffusers_state_dict",
-]
+__all__ = ["SIZES", "DiT", "DiTBlock", "DiTModule", "FinalLayer", "dit_size"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -200,10 +184,11 @@ class DiT(nn.Module):
         if not self.pos_embed.is_meta:  # a meta tensor has no storage to fill; meta builds only count and trace
             table = get_2d_sincos_pos_embed(self.hidden_size, self.grid_size)
             self.pos_embed.data.copy_(torch.from_numpy(table).float().unsqueeze(0))
-        # The patch projection is a Linear over flattened p x p x C patches, so initialise it like one.
-        # (Its bias keeps the Conv2d default, as in the reference.)
+        # The patch projection is a Linear over flattened p x p x C patches, so initialise it like one, zero bias
+        # included (the reference's "Fix patchify bias init").
         w = self.x_embedder.proj.weight.data
         nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+        nn.init.zeros_(self.x_embedder.proj.bias)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
@@ -284,209 +269,6 @@ def dit_size(name: str) -> dict[str, int]:
     return dict(SIZES[name])
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Reference weights: official checkpoints and diffusers' DiTTransformer2DModel
-# --------------------------------------------------------------------------------------------------------------------
-
-_TOP_KEYS = (
-    "pos_embed",
-    "x_embedder.proj.weight",
-    "x_embedder.proj.bias",
-    "t_embedder.mlp.0.weight",
-    "t_embedder.mlp.0.bias",
-    "t_embedder.mlp.2.weight",
-    "t_embedder.mlp.2.bias",
-    "y_embedder.embedding_table.weight",
-    "final_layer.linear.weight",
-    "final_layer.linear.bias",
-    "final_layer.adaLN_modulation.linear.weight",
-    "final_layer.adaLN_modulation.linear.bias",
-)
-_BLOCK_KEYS = tuple(
-    f"{layer}.{kind}"
-    for layer in ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.linear")
-    for kind in ("weight", "bias")
-)
-# Ours → diffusers, per block (the attention's fused qkv is handled separately: diffusers splits it in three).
-_DIFFUSERS_BLOCK = {
-    "attn.proj": "attn1.to_out.0",
-    "mlp.fc1": "ff.net.0.proj",
-    "mlp.fc2": "ff.net.2",
-    "adaLN_modulation.linear": "norm1.linear",
-}
-_DIFFUSERS_TOP = {
-    "x_embedder.proj": "pos_embed.proj",
-    "final_layer.adaLN_modulation.linear": "proj_out_1",
-    "final_layer.linear": "proj_out_2",
-}
-# diffusers keeps a copy of the time/class embedders in every block (block 0's also feeds the final layer).
-_DIFFUSERS_EMBED = {
-    "t_embedder.mlp.0": "norm1.emb.timestep_embedder.linear_1",
-    "t_embedder.mlp.2": "norm1.emb.timestep_embedder.linear_2",
-    "y_embedder.embedding_table": "norm1.emb.class_embedder.embedding_table",
-}
-
-
-def _depth_of(keys: list[str], prefix: str) -> int:
-    indices = [int(m.group(1)) for k in keys if (m := re.match(rf"{re.escape(prefix)}\.(\d+)\.", k))]
-    return max(indices) + 1 if indices else 0
-
-
-def _check_keys(found: Mapping[str, Tensor], expected: set[str], what: str) -> None:
-    unknown, missing = sorted(set(found) - expected), sorted(expected - set(found))
-    if unknown or missing:
-        raise ValueError(
-            f"{what} does not match DiT: {len(unknown)} unknown key(s) {unknown[:20]}, "
-            f"{len(missing)} missing key(s) {missing[:20]}"
-        )
-
-
-def _expected_keys(depth: int, with_pos_embed: bool = True) -> set[str]:
-    keys = {k for k in _TOP_KEYS if with_pos_embed or k != "pos_embed"}
-    return keys | {f"blocks.{i}.{k}" for i in range(depth) for k in _BLOCK_KEYS}
-
-
-def load_official_checkpoint(path_or_state_dict: str | os.PathLike | Mapping[str, object]) -> dict[str, Tensor]:
-    """Read a facebookresearch/DiT checkpoint and return a state dict for :class:`DiT`.
-
-    The released files (``DiT-XL-2-256x256.pt``, ...) are plain state dicts of the EMA weights; training
-    checkpoints are ``{"model", "ema", "opt", "args"}``, from which ``"ema"`` is taken (else ``"model"``).
-    Files load with ``weights_only=True`` (``argparse.Namespace`` is allowed for the ``"args"`` entry).
-
-    Args:
-        path_or_state_dict: a checkpoint path, or an already loaded checkpoint / state dict.
-
-    Returns:
-        The state dict under our names (``adaLN_modulation.1`` → ``adaLN_modulation.linear``), checked to be a
-        complete DiT without control embedder; load it with ``model.load_state_dict(sd)``.
-    """
-    ckpt = path_or_state_dict
-    if isinstance(ckpt, str | os.PathLike):
-        # Training checkpoints carry their argparse.Namespace; allow just that class (safe_globals: torch >= 2.5).
-        safe_globals = getattr(torch.serialization, "safe_globals", None)
-        with safe_globals([argparse.Namespace]) if safe_globals else contextlib.nullcontext():
-            ckpt = torch.load(ckpt, map_location="cpu", weights_only=True)
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f"expected a DiT checkpoint dict, got {type(ckpt).__name__}")
-    for wrapper in ("ema", "model"):
-        if isinstance(ckpt.get(wrapper), Mapping):
-            ckpt = ckpt[wrapper]
-            break
-    sd = {k.replace("adaLN_modulation.1.", "adaLN_modulation.linear."): v for k, v in ckpt.items()}
-    _check_keys(sd, _expected_keys(_depth_of(list(sd), "blocks")), "official DiT checkpoint")
-    return sd
-
-
-def diffusers_config(model: DiT) -> dict[str, object]:
-    """Keyword arguments of the ``diffusers.DiTTransformer2DModel`` with the same architecture as ``model``.
-
-    ``norm_eps=1e-6`` matches DiT's MLP-branch LayerNorm (diffusers defaults to 1e-5 there, and so do its converted
-    hub checkpoints). diffusers' timestep embedding uses ``downscale_freq_shift=1`` where the official DiT uses 0:
-    to reproduce a diffusers model's outputs set ``model.t_embedder.downscale_freq_shift = 1.0``; weights converted
-    from the official release are meant for 0, our default.
-    """
-    if model.control_embedder is not None:
-        raise ValueError(
-            "diffusers' DiTTransformer2DModel has no control embedder; build the DiT without control_names"
-        )
-    return {
-        "num_attention_heads": model.num_heads,
-        "attention_head_dim": model.hidden_size // model.num_heads,
-        "in_channels": model.in_channels,
-        "out_channels": model.out_channels,
-        "num_layers": model.depth,
-        "sample_size": model.input_size,
-        "patch_size": model.patch_size,
-        "num_embeds_ada_norm": model.num_classes,
-        "activation_fn": "gelu-approximate",
-        "attention_bias": True,
-        "norm_type": "ada_norm_zero",
-        "norm_elementwise_affine": False,
-        "norm_eps": 1e-6,
-    }
-
-
-def to_diffusers_state_dict(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Convert a :class:`DiT` state dict to ``DiTTransformer2DModel`` names (see :func:`diffusers_config`).
-
-    The fixed ``pos_embed`` is dropped (diffusers recomputes it as a non-persistent buffer); the time and class
-    embedders are copied into every block, as diffusers stores them.
-    """
-    if any(k.startswith("control_embedder.") for k in sd):
-        raise ValueError("diffusers' DiTTransformer2DModel has no control embedder; this state dict has one")
-    depth = _depth_of(list(sd), "blocks")
-    _check_keys(sd, _expected_keys(depth), "DiT state dict")
-    out: dict[str, Tensor] = {}
-    for ours, theirs in _DIFFUSERS_TOP.items():
-        for kind in ("weight", "bias"):
-            out[f"{theirs}.{kind}"] = sd[f"{ours}.{kind}"]
-    for i in range(depth):
-        src, dst = f"blocks.{i}.", f"transformer_blocks.{i}."
-        for kind in ("weight", "bias"):
-            # Cloned so that the three tensors do not share storage (safetensors refuses shared tensors).
-            q, k, v = (part.clone() for part in sd[f"{src}attn.qkv.{kind}"].chunk(3, dim=0))
-            out.update({f"{dst}attn1.to_q.{kind}": q, f"{dst}attn1.to_k.{kind}": k, f"{dst}attn1.to_v.{kind}": v})
-            for ours, theirs in _DIFFUSERS_BLOCK.items():
-                out[f"{dst}{theirs}.{kind}"] = sd[f"{src}{ours}.{kind}"]
-        for ours, theirs in _DIFFUSERS_EMBED.items():
-            for kind in ("weight",) if ours.startswith("y_") else ("weight", "bias"):
-                out[f"{dst}{theirs}.{kind}"] = sd[f"{ours}.{kind}"].clone()
-    return out
-
-
-def from_diffusers_state_dict(sd: Mapping[str, Tensor], input_size: int | None = None) -> dict[str, Tensor]:
-    """Convert a ``DiTTransformer2DModel`` state dict to :class:`DiT` names.
-
-    Args:
-        sd: the diffusers state dict.
-        input_size: latent side the model is for (diffusers' ``sample_size``). When given, the fixed ``pos_embed``
-            (not stored by diffusers) is computed and included, so that ``load_state_dict`` can be strict;
-            otherwise it is omitted and the target model keeps its own.
-
-    Returns:
-        Our state dict. The per-block copies of the time / class embedders must be identical (they are in
-        converted checkpoints); a model whose copies diverged cannot be represented and raises.
-    """
-    depth = _depth_of(list(sd), "transformer_blocks")
-    expected = {f"{theirs}.{kind}" for theirs in _DIFFUSERS_TOP.values() for kind in ("weight", "bias")}
-    for i in range(depth):
-        dst = f"transformer_blocks.{i}."
-        expected |= {f"{dst}attn1.to_{n}.{kind}" for n in "qkv" for kind in ("weight", "bias")}
-        expected |= {f"{dst}{theirs}.{kind}" for theirs in _DIFFUSERS_BLOCK.values() for kind in ("weight", "bias")}
-        expected |= {f"{dst}{theirs}.weight" for theirs in _DIFFUSERS_EMBED.values()}
-        expected |= {f"{dst}{theirs}.bias" for ours, theirs in _DIFFUSERS_EMBED.items() if not ours.startswith("y_")}
-    _check_keys(sd, expected, "diffusers DiTTransformer2DModel state dict")
-
-    out: dict[str, Tensor] = {}
-    for ours, theirs in _DIFFUSERS_TOP.items():
-        for kind in ("weight", "bias"):
-            out[f"{ours}.{kind}"] = sd[f"{theirs}.{kind}"]
-    for i in range(depth):
-        src, dst = f"transformer_blocks.{i}.", f"blocks.{i}."
-        for kind in ("weight", "bias"):
-            qkv = [sd[f"{src}attn1.to_{n}.{kind}"] for n in "qkv"]
-            out[f"{dst}attn.qkv.{kind}"] = torch.cat(qkv, dim=0)
-            for ours, theirs in _DIFFUSERS_BLOCK.items():
-                out[f"{dst}{ours}.{kind}"] = sd[f"{src}{theirs}.{kind}"]
-    for ours, theirs in _DIFFUSERS_EMBED.items():
-        for kind in ("weight",) if ours.startswith("y_") else ("weight", "bias"):
-            first = sd[f"transformer_blocks.0.{theirs}.{kind}"]
-            for i in range(1, depth):
-                if not torch.equal(sd[f"transformer_blocks.{i}.{theirs}.{kind}"], first):
-                    raise ValueError(
-                        f"transformer_blocks.{i}.{theirs}.{kind} differs from block 0's copy; DiT shares one "
-                        "time/class embedder across blocks, so this diffusers model cannot be converted"
-                    )
-            out[f"{ours}.{kind}"] = first
-    if input_size is not None:
-        hidden, _, patch, _ = out["x_embedder.proj.weight"].shape
-        if input_size % patch:
-            raise ValueError(f"input_size={input_size} is not divisible by the checkpoint's patch size {patch}")
-        table = get_2d_sincos_pos_embed(hidden, input_size // patch)
-        out["pos_embed"] = torch.from_numpy(table).float().unsqueeze(0)
-    return out
-
-
 # ----------------------------------------------------------------------------------------- training recipe
 
 
@@ -496,75 +278,50 @@ class DiTModule(DiffusionModule):
     Recipe: DDPM with 1000 linear-β steps, ε-prediction with learned Σ (IDDPM hybrid loss), class label dropped
     with p=0.1 for CFG, AdamW lr 1e-4 without weight decay or warm-up, EMA 0.9999, SD-VAE ft-EMA latents
     (×0.18215, read from the VAE config), 250-step DDPM sampling with CFG 1.5. Any of these can be swapped from
-    YAML (e.g. ``objective: benchmark.objectives.RectifiedFlow`` with ``sampler: benchmark.samplers.EulerSampler``).
+    YAML (e.g. ``objective: benchmark.objectives.RectifiedFlow`` with ``sampler: benchmark.samplers.EulerSampler``);
+    every other argument (``resolution``, ``num_classes``, ``ema_decay``, ``compile``, ...) is `DiffusionModule`'s.
 
     Args:
         size: A row of ``SIZES`` (``DiT-XL/2``, ``DiT-B/4``, ``DiT-tiny/2``, ...).
-        num_classes: Number of classes (linked from the data by the CLI).
-        resolution: Image resolution in pixels (linked from the data by the CLI).
         learn_sigma: Predict the variance too (2C output channels). None (default) follows
             ``objective.learn_sigma``; an explicit value must agree with it.
-        objective: Training objective.
-        sampler: Sampler used for sample grids and ``predict``.
-        guidance: Classifier-free guidance used when sampling; ``guided_channels: 3`` reproduces DiT's quirk.
-        conditioner: Batch → condition; its ``control_names`` (if any) also switch on the backbone's control
-            embedder (SDXL-style, added to the adaLN vector).
-        autoencoder: Frozen autoencoder.
-        optimizer: Optimizer factory (default AdamW lr 1e-4, wd 0).
-        lr_scheduler: Optional LR-scheduler factory (DiT uses none).
-        ema_decay: EMA decay (DiT: 0.9999).
-        ema_warmup: Ramp the EMA decay for short runs.
-        compile: ``torch.compile`` the backbone for training.
         init_from: Path of an official facebookresearch/DiT checkpoint (e.g. ``DiT-XL-2-256x256.pt``) loaded into
             the backbone and its EMA, to fine-tune it or to evaluate it like any other entry.
+        objective: Training objective (DiT: DDPM with learned Σ).
+        sampler: Sampler used for sample grids and ``predict`` (DiT: 250 DDPM steps).
+        guidance: Classifier-free guidance used when sampling (DiT: scale 1.5); ``guided_channels: 3`` reproduces
+            DiT's quirk.
+        conditioner: Batch → condition (DiT: class labels dropped with p=0.1); its ``control_names`` (if any) also
+            switch on the backbone's control embedder (SDXL-style, added to the adaLN vector).
+        **kwargs: The remaining `DiffusionModule` arguments.
     """
 
     def __init__(
         self,
         size: str = "DiT-XL/2",
-        num_classes: int = 1000,
-        resolution: int = 256,
         learn_sigma: bool | None = None,
+        init_from: str | None = None,
         objective: Objective = lazy_instance(DDPM, learn_sigma=True),
         sampler: Sampler = lazy_instance(DDPMSampler, steps=250),
         guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=1.5),
         conditioner: Conditioner = lazy_instance(Conditioner, semantic="class", semantic_dropout=0.1),
-        autoencoder: Autoencoder = lazy_instance(Autoencoder, pretrained="stabilityai/sd-vae-ft-ema"),
-        optimizer: OptimizerCallable = default_optimizer,
-        lr_scheduler: LRSchedulerCallable | None = None,
-        ema_decay: float = 0.9999,
-        ema_warmup: bool = False,
-        compile: bool = False,
-        init_from: str | None = None,
+        **kwargs: Any,
     ) -> None:
-        conditioner, autoencoder, objective = owned(conditioner), owned(autoencoder), owned(objective)
-        if learn_sigma is None:
-            learn_sigma = objective.learn_sigma
-        channels, height, _ = autoencoder.latent_shape(resolution)
-        backbone = DiT(
-            input_size=height,
-            in_channels=channels,
-            num_classes=num_classes,
-            learn_sigma=learn_sigma,
-            control_names=list(conditioner.control_names) or None,
-            **dit_size(size),
-        )
-        super().__init__(
-            backbone=backbone,
-            objective=objective,
-            sampler=sampler,
-            guidance=guidance,
-            conditioner=conditioner,
-            autoencoder=autoencoder,
-            optimizer=optimizer,
-            lr_scheduler=lr_scheduler,
-            ema_decay=ema_decay,
-            ema_warmup=ema_warmup,
-            resolution=resolution,
-            compile=compile,
-        )
+        self.size, self.learn_sigma = size, learn_sigma
+        super().__init__(objective=objective, sampler=sampler, guidance=guidance, conditioner=conditioner, **kwargs)
         if init_from is not None:
             state = load_official_checkpoint(init_from)
             self.backbone.load_state_dict(state)
             self.ema.shadow.load_state_dict(state)
-        self.save_config()
+
+    def build_backbone(self) -> nn.Module:
+        """The DiT of ``size`` for this module's latents, classes, learn_sigma and control metadata."""
+        channels, height, _ = self.latent_shape
+        return DiT(
+            input_size=height,
+            in_channels=channels,
+            num_classes=self.num_classes,
+            learn_sigma=self.objective.learn_sigma if self.learn_sigma is None else self.learn_sigma,
+            control_names=list(self.conditioner.control_names) or None,
+            **dit_size(self.size),
+        )

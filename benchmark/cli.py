@@ -4,6 +4,7 @@
     ldmbench fit --config ... --ckpt_path last        # resume: weights, optimizer, EMA, step, data position
     ldmbench validate|test|predict --config ... --ckpt_path path/to.ckpt
     ldmbench describe --config leaderboards/imagenet-256/dit_xl_2.yaml   # params / GMACs as JSON, no data
+    ldmbench cache-latents --config leaderboards/shapes/dit.yaml [--output DIR]   # latents of the train split
     ldmbench evaluate --config ... --ckpt_path C [--protocol P.yaml] [--output metrics.json]   # metrics table + JSON
 
 Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so any importable subclass of
@@ -12,36 +13,105 @@ Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
+import traceback
 import warnings
+from pathlib import Path
+from typing import Any
 
 # Must be set before jsonargparse is imported: lightning 2.6 still calls APIs that jsonargparse >= 4.49 deprecates.
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch  # noqa: E402
-from jsonargparse import lazy_instance  # noqa: E402
+from jsonargparse import Namespace, lazy_instance  # noqa: E402
 from lightning.pytorch import LightningDataModule  # noqa: E402
+from lightning.pytorch.callbacks import BasePredictionWriter  # noqa: E402
+from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
-from lightning.pytorch.loggers import CSVLogger  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
 import baselines.dit  # noqa: E402, F401  (imported so that short names like `--model DiTModule` resolve)
 import data.imagefolder  # noqa: E402, F401
 import data.shapes  # noqa: E402, F401
+from benchmark.callbacks import ImageWriter  # noqa: E402
 from benchmark.module import DiffusionModule  # noqa: E402
+from benchmark.runs import (  # noqa: E402
+    DEFAULT_ROOT,
+    CheckpointError,
+    RunLogger,
+    checkpoint_step,
+    entry_name,
+    newest_checkpoint,
+    run_of_checkpoint,
+)
 
 # The frozen autoencoder and the EMA copy are in eval mode on purpose; Lightning warns about any such module.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
-# lightning 2.6 + torch 2.14: an internal deprecation, not ours (see reference/ecosystem.md §1.2).
+# lightning 2.6 + torch 2.14: an internal deprecation inside Lightning's pytree handling, not ours.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
 
 TRAINER_DEFAULTS = {
-    "logger": lazy_instance(CSVLogger, save_dir="runs"),
+    # Placed (save_dir, name, version) by LDMBenchCLI.place_run; see benchmark/runs.py for the layout.
+    "logger": lazy_instance(RunLogger),
+    "default_root_dir": DEFAULT_ROOT,
     # Our DataModules shard the training stream per rank themselves (resumable sampler); Lightning must not
     # wrap their sampler in a DistributedSampler a second time.
     "use_distributed_sampler": False,
 }
+
+EXTRA_COMMANDS = """\
+more commands (ldmbench <command> --help):
+  describe        params, GMACs and shapes of a config's model as JSON; no data, no weights
+                  (ldmbench describe --config leaderboards/shapes/dit.yaml)
+  sample          images of chosen classes from a checkpoint: PNGs and a grid
+                  (ldmbench sample --config X.yaml --ckpt_path C --classes 3,7 --n 8 [--output DIR])
+  cache-latents   encode a dataset once and train on the stored latents
+  evaluate        FID and related metrics of a checkpoint under the benchmark's protocol
+  leaderboard     the table of evaluated entries
+"""
+
+_OUR_PACKAGES = tuple(
+    os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name) + os.sep
+    for name in ("baselines", "benchmark", "conditioning", "data")
+)
+
+
+class ConfigError(Exception):
+    """A configuration that cannot run, reported as one message (no traceback) by `main`."""
+
+
+def _our_error(error: BaseException) -> BaseException | None:
+    """The innermost exception in ``error``'s chain raised by this project's code (e.g. an unknown size), if any."""
+    found, seen = None, set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        frames = traceback.extract_tb(error.__traceback__)
+        if isinstance(error, ValueError | TypeError | KeyError | FileNotFoundError) and frames:
+            if frames[-1].filename.startswith(_OUR_PACKAGES):
+                found = error
+        error = error.__cause__ or error.__context__
+    return found
+
+
+def _get(namespace: Any, dotted: str, default: Any = None) -> Any:
+    value = namespace
+    for key in dotted.split("."):
+        value = value.get(key) if hasattr(value, "get") else getattr(value, key, None)
+        if value is None:
+            return default
+    return value
+
+
+def _root_and_entry(config: Any) -> tuple[Path, str]:
+    """``default_root_dir`` (absolute) and the entry's folder name, from a parsed config."""
+    # Absolute, as `run_of_checkpoint` gives it: ModelCheckpoint restores its state (and keeps writing last.ckpt
+    # rather than last-v1.ckpt) only when a resumed run's checkpoint folder is spelled as the original's.
+    root = Path(_get(config, "trainer.default_root_dir") or DEFAULT_ROOT).absolute()
+    configs = [str(c) for c in (config.get("config") or [])]
+    return root, entry_name(str(_get(config, "model.class_path", "model")), configs, config.get("run_name"))
 
 
 CLI_KWARGS = {
@@ -51,17 +121,139 @@ CLI_KWARGS = {
     "subclass_mode_model": True,
     "subclass_mode_data": True,
     "auto_configure_optimizers": False,  # each recipe's optimizer is a constructor argument of its module
+    "parser_kwargs": {"epilog": EXTRA_COMMANDS},
 }
 
 
 class LDMBenchCLI(LightningCLI):
-    """LightningCLI that links the values the data determines into the model instead of repeating them."""
+    """LightningCLI that links data facts into the model, places every run's outputs, and checks early.
+
+    Before anything is built: the data root is checked when fitting, a GPU config on a machine without CUDA is named,
+    ``--ckpt_path last`` is resolved to the entry's newest checkpoint, and the logger is pointed at the run's folder
+    (`benchmark.runs`). Errors raised by this project's code while the model and data are built end as one line.
+    """
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # Resolution and number of classes are facts of the dataset; the model reads them from the instantiated
         # DataModule, so a config never states them twice (and can never disagree with itself).
         parser.link_arguments("data.resolution", "model.init_args.resolution", apply_on="instantiate")
         parser.link_arguments("data.num_classes", "model.init_args.num_classes", apply_on="instantiate")
+        parser.add_argument(
+            "--run_name",
+            type=str | None,
+            default=None,
+            help="Folder name of this entry's runs under trainer.default_root_dir; default: "
+            "<first config's stem>-<model class>.",
+        )
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is None:  # describe: nothing runs, nothing is written
+            return
+        config = self.config[self.subcommand]
+        if self.subcommand == "fit":
+            check_data_root(config)
+        check_accelerator(config)
+        self.place_run(config)
+
+    def _parse_ckpt_path(self) -> None:
+        # Lightning reads the checkpoint's hyper-parameters here, before anything else: resolve `last` to the entry's
+        # newest checkpoint first, and refuse a file that is not a checkpoint by name (never via torch's advice).
+        subcommand = self.config.get("subcommand")
+        config = self.config[subcommand] if subcommand else None
+        ckpt = config.get("ckpt_path") if config is not None else None
+        if ckpt == "last":
+            root, entry = _root_and_entry(config)
+            found = newest_checkpoint(root, entry)
+            if found is None:
+                rank_zero_info(f"ldmbench: no checkpoint of {entry} under {root}; starting a new run")
+            else:
+                rank_zero_info(f"ldmbench: resuming {entry} from {found}")
+            config.ckpt_path = ckpt = None if found is None else str(found)
+        if ckpt:
+            checkpoint_step(ckpt)
+        super()._parse_ckpt_path()
+
+    def place_run(self, config: Any) -> None:
+        """Decide where this run writes (a new version, the resumed run, or under the evaluated run)."""
+        root, entry = _root_and_entry(config)
+        ckpt = config.get("ckpt_path")
+        step = checkpoint_step(ckpt) if ckpt else None
+        run = run_of_checkpoint(ckpt) if ckpt else None
+        if self.subcommand == "fit":
+            # A new run takes the next version; a resumed one continues its own folder and log.
+            save_dir, name, version = run if run else (root, entry, None)
+            resume = step if run else None
+        else:
+            # Evaluations go under the run they evaluate: <run>/<validate|test|predict>/<checkpoint stem>/.
+            base = run[0] / run[1] / f"version_{run[2]}" if run else root / entry
+            save_dir, name, version, resume = base, self.subcommand, Path(ckpt).stem if ckpt else "init", None
+        self.run_placement = {"save_dir": str(save_dir), "name": name, "version": version, "resume_step": resume}
+        config.trainer.logger = self._placed_logger(_get(config, "trainer.logger"))
+
+    def _placed_logger(self, logger: Any) -> Any:
+        placement = self.run_placement
+        if logger is False:
+            return False
+        class_path = getattr(logger, "class_path", None) if isinstance(logger, Namespace) else None
+        if class_path is None or class_path in _CSV_LOGGERS:
+            # The default, or a CSV logger from the config: ours, which continues a resumed run's metrics.csv.
+            prefix = _get(logger, "init_args.prefix", "") if class_path else ""
+            return Namespace(class_path="benchmark.runs.RunLogger", init_args=Namespace(**placement, prefix=prefix))
+        init_args = logger.get("init_args") or Namespace()
+        if class_path.endswith("TensorBoardLogger"):
+            init_args.update({k: placement[k] for k in ("save_dir", "name", "version")})
+        elif "save_dir" in init_args or class_path.endswith("WandbLogger"):
+            init_args.save_dir = placement["save_dir"]
+        logger.init_args = init_args
+        return logger
+
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as error:
+            ours = _our_error(error)
+            if ours is None:
+                raise
+            raise ConfigError(str(ours).strip("'\"")) from None
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        if config.get("enable_progress_bar") is False and isinstance(config.get("callbacks"), list):
+            # `--trainer.enable_progress_bar false` switches off a bar the config lists, instead of refusing both.
+            config["callbacks"] = [c for c in config["callbacks"] if not isinstance(c, ProgressBarBase)]
+        configured = list(config.get("callbacks") or []) + list(callbacks)
+        if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
+            callbacks = [*callbacks, ImageWriter()]  # predict writes PNGs and samples.npz unless told otherwise
+        return super()._instantiate_trainer(config, callbacks)
+
+
+_CSV_LOGGERS = (
+    "benchmark.runs.RunLogger",
+    "lightning.pytorch.loggers.CSVLogger",
+    "lightning.pytorch.loggers.csv_logs.CSVLogger",
+    "CSVLogger",
+)
+
+
+def check_data_root(config: Any) -> None:
+    """Fail in one line when the DataModule's ``root`` does not exist, naming the path and the key that sets it."""
+    root = _get(config, "data.init_args.root")
+    if root is not None and not Path(str(root)).exists():
+        raise ConfigError(
+            f"data root {root} does not exist; set data.init_args.root in the config "
+            "or pass --data.init_args.root /path/to/data"
+        )
+
+
+def check_accelerator(config: Any) -> None:
+    """Say plainly when a config wants GPUs on a machine without CUDA, and how to run it on the CPU instead."""
+    accelerator = str(_get(config, "trainer.accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        devices = _get(config, "trainer.devices", "auto")
+        raise ConfigError(
+            f"this config wants GPUs (trainer.accelerator: {accelerator}, trainer.devices: {devices}) but this "
+            "machine has no CUDA device; run it on a GPU machine, or override --trainer.accelerator cpu "
+            "--trainer.devices 1 --trainer.strategy auto --trainer.precision 32-true"
+        )
 
 
 def build_cli(args: ArgsType = None, run: bool = True) -> LDMBenchCLI:
@@ -98,17 +290,112 @@ def describe(args: list[str]) -> dict:
     return cli.model.describe()
 
 
-def main(args: ArgsType = None) -> None:
-    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
-    if argv and argv[0] == "describe":
-        print(json.dumps(describe(argv[1:]), indent=2))
-        return
-    if argv and argv[0] == "evaluate":
-        from benchmark.evaluation.command import evaluate_command
+def sample(args: list[str]) -> Path:
+    """``ldmbench sample``: images of chosen classes from a checkpoint, as PNGs and one grid (rows = classes).
 
-        evaluate_command(argv[1:])
-        return
-    build_cli(args)
+    The model is built from the config (and overrides) exactly as ``fit`` builds it, then loads the checkpoint's
+    weights; the EMA weights sample unless ``--raw``. Columns share their starting noise, so rows differ only by class.
+    Output goes to ``--output``, else to ``<run>/sample/<checkpoint stem>/`` beside the run the checkpoint belongs to.
+    """
+    import argparse
+
+    from torchvision.utils import make_grid, save_image
+
+    from benchmark.callbacks.samples import label_rows
+    from benchmark.runs import read_checkpoint
+
+    parser = argparse.ArgumentParser(
+        prog="ldmbench sample",
+        description="Generate images of chosen classes from a checkpoint. Any other option (--config, "
+        "--model.init_args..., --run_name) is read as by `ldmbench fit`.",
+    )
+    parser.add_argument("--ckpt_path", required=True, help="checkpoint file, or `last` for the entry's newest")
+    parser.add_argument("--classes", required=True, help="comma-separated class indices, e.g. 3,7")
+    parser.add_argument("--n", type=int, default=8, help="images per class (default 8)")
+    parser.add_argument("--output", default=None, help="output folder (default: beside the checkpoint's run)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    parser.add_argument("--raw", action="store_true", help="sample with the raw weights instead of the EMA")
+    ours, rest = parser.parse_known_args(args)
+    try:
+        classes = [int(c) for c in ours.classes.split(",") if c.strip()]
+    except ValueError:
+        parser.error(f"--classes must be comma-separated integers, got {ours.classes!r}")
+    if not classes or ours.n < 1:
+        parser.error("give at least one class and --n >= 1")
+
+    cli = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=rest, run=False)
+    model, config = cli.model, cli.config
+    root, entry = _root_and_entry(config)
+    ckpt = newest_checkpoint(root, entry) if ours.ckpt_path == "last" else Path(ours.ckpt_path)
+    if ckpt is None:
+        raise ConfigError(f"no checkpoint of {entry} under {root}")
+    state = read_checkpoint(ckpt)
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ConfigError(f"{ckpt} is not a Lightning checkpoint of a DiffusionModule (no state_dict)")
+    model.load_state_dict(state["state_dict"])
+    num_classes = getattr(model, "num_classes", None)
+    bad = [c for c in classes if c < 0 or (num_classes is not None and c >= num_classes)]
+    if bad:
+        raise ConfigError(f"classes {bad} are outside [0, {num_classes}) of this model")
+
+    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
+    generator = torch.Generator().manual_seed(ours.seed)
+    columns = torch.randn((ours.n, *model.latent_shape), generator=generator)
+    labels = torch.tensor(classes).repeat_interleave(ours.n)
+    images = model.sample_images(
+        labels=labels, noise=columns.repeat(len(classes), 1, 1, 1), seed=ours.seed, use_ema=not ours.raw
+    )
+    images = ((images.float().cpu() + 1) / 2).clamp(0, 1)
+
+    run = run_of_checkpoint(ckpt)
+    base = run[0] / run[1] / f"version_{run[2]}" if run else root / entry
+    out = Path(ours.output) if ours.output else base / "sample" / ckpt.stem
+    out.mkdir(parents=True, exist_ok=True)
+    for i, (label, image) in enumerate(zip(labels.tolist(), images)):
+        save_image(image, out / f"class{label:04d}_{i % ours.n:03d}.png")
+    grid = make_grid(images, nrow=ours.n, padding=2, pad_value=1.0)
+    try:
+        names = [str(cli.datamodule.class_names[c]) for c in classes]
+    except Exception:  # noqa: BLE001 - names are a nicety; data that cannot list them (e.g. no root here) has none
+        names = [str(c) for c in classes]
+    save_image(label_rows(grid, names), out / "grid.png")
+    print(f"ldmbench sample: {len(images)} images of classes {classes} from {ckpt} written to {out}")
+    return out
+
+
+def main(args: ArgsType = None) -> None:
+    # Like `python -m`, put the working directory first on sys.path, so that `class_path: mymodel.MyDiT` finds
+    # mymodel.py next to the config without PYTHONPATH (the `ldmbench` console script does not do it by itself).
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    commands = {  # extra commands beside LightningCLI's fit/validate/test/predict; imported only when used
+        "cache-latents": ("benchmark.cache_cli", "cache_latents"),
+        "leaderboard": ("benchmark.leaderboard.command", "main"),
+        "evaluate": ("benchmark.evaluation.command", "evaluate_command"),
+    }
+    try:
+        if argv and argv[0] == "describe":
+            if not any(a.startswith(("--config", "--model", "-h", "--help")) for a in argv[1:]):
+                print(
+                    "usage: ldmbench describe --config CONFIG.yaml [--model.init_args.KEY VALUE ...]\n"
+                    "e.g.:  ldmbench describe --config leaderboards/shapes/dit.yaml",
+                    file=sys.stderr,
+                )
+                sys.exit(2)
+            print(json.dumps(describe(argv[1:]), indent=2))
+            return
+        if argv and argv[0] == "sample":
+            sample(argv[1:])
+            return
+        if argv and argv[0] in commands:
+            module_name, function = commands[argv[0]]
+            getattr(importlib.import_module(module_name), function)(argv[1:])
+            return
+        build_cli(args)
+    except (ConfigError, CheckpointError) as error:
+        print(f"ldmbench: error: {error}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

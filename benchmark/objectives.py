@@ -23,7 +23,7 @@ import copy
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from typing import Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -66,8 +66,22 @@ class Objective(nn.Module, ABC):
         return 2 * latent_channels if self.learn_sigma else latent_channels
 
     @abstractmethod
+    def sample_time(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """Draw n training times, (n,) float in [0, 1] (1 = noise), exactly as `loss` draws them when ``t=None``.
+
+        A recipe that queries the denoiser several times at the same noise level (e.g. a masked and an unmasked
+        pass) draws ``t`` and ``noise`` once and passes them to each `loss` call.
+        """
+
+    @abstractmethod
     def loss(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond, noise: Tensor | None = None, t: Tensor | None = None
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        cond: Cond,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        **model_kwargs: Any,
     ) -> dict[str, Tensor]:
         """Noise ``x0``, query the denoiser and return ``{"loss": scalar, <component>: scalar, ...}``.
 
@@ -76,7 +90,9 @@ class Objective(nn.Module, ABC):
             x0: (N, C, H, W) clean latents.
             cond: The (already CFG-dropped) conditions.
             noise: Gaussian noise like ``x0``; drawn when ``None``.
-            t: Per-sample times; drawn from the objective's training distribution when ``None``.
+            t: Per-sample times from `sample_time`; drawn from the objective's training distribution when ``None``.
+            **model_kwargs: Extra keyword arguments passed to every denoiser call, ``denoiser(x_t, t, cond,
+                **model_kwargs)`` (e.g. a mask ratio).
         """
 
 
@@ -133,12 +149,18 @@ class RectifiedFlow(Objective):
         return (1 - t) * x0 + t * noise
 
     def loss(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond, noise: Tensor | None = None, t: Tensor | None = None
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        cond: Cond,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        **model_kwargs: Any,
     ) -> dict[str, Tensor]:
         """Velocity MSE, averaged over every dimension (SD3 uses uniform weighting in t after the density)."""
         noise = torch.randn_like(x0) if noise is None else noise
         t = self.sample_time(x0.shape[0], device=x0.device) if t is None else t.to(x0.device, torch.float32)
-        prediction = denoiser(self.interpolate(x0, noise, t), t, cond)
+        prediction = denoiser(self.interpolate(x0, noise, t), t, cond, **model_kwargs)
         _check_channels(prediction, x0.shape[1], "RectifiedFlow")
         # Reduce in float32 even when the backbone ran under bf16 autocast.
         mse = (prediction.float() - (noise - x0).float()).pow(2).mean()
@@ -256,6 +278,9 @@ class DDPM(Objective):
             linear β was tuned for 32x32 latents, and on 8x8 ones it leaves half the steps at SNR < 0.09, where
             nothing of a shape survives. β is re-derived from the shifted ᾱ, so the learned-Σ range, the
             posterior and `respace` follow.
+        min_snr_gamma: Weight each sample's ε MSE by min(SNR_k, γ) / SNR_k ("Min-SNR-γ", Hang et al. 2023), which
+            MDTv2 trains with (γ = 5, its "timestep-adapted loss weights"). None (default): the unweighted
+            L_simple of DDPM / ADM / DiT. ``mse`` is logged unweighted either way.
     """
 
     def __init__(
@@ -267,8 +292,12 @@ class DDPM(Objective):
         beta_schedule: Literal["linear", "scaled_linear"] = "linear",
         sigma_small: bool = False,
         shift: float = 1.0,
+        min_snr_gamma: float | None = None,
     ) -> None:
         super().__init__()
+        if min_snr_gamma is not None and not min_snr_gamma > 0:
+            raise ValueError(f"DDPM: min_snr_gamma must be > 0 or None, got {min_snr_gamma}")
+        self.min_snr_gamma = min_snr_gamma
         if num_timesteps < 2:
             raise ValueError(f"DDPM: num_timesteps must be >= 2, got {num_timesteps}")
         if not (math.isfinite(shift) and shift > 0):
@@ -295,7 +324,9 @@ class DDPM(Objective):
         posterior_variance = betas * (1.0 - acp_prev) / (1.0 - acp)
         # β̃_0 = 0, so ADM clips the log at k = 0 with β̃_1; that value is only used through the decoder NLL.
         clipped = torch.cat([posterior_variance[1:2], posterior_variance[1:]])
-        fixed_variance = posterior_variance if self.sigma_small else torch.cat([clipped[:1], betas[1:]])
+        # ADM's fixed variances: FIXED_SMALL is the clipped posterior variance (so k = 0 uses β̃_1, not log 0),
+        # FIXED_LARGE is β with its first entry replaced by β̃_1.
+        fixed_variance = clipped if self.sigma_small else torch.cat([clipped[:1], betas[1:]])
         schedule = {
             "betas": betas,
             "log_betas": torch.log(betas),
@@ -309,7 +340,7 @@ class DDPM(Objective):
             "posterior_log_variance_clipped": torch.log(clipped),
             "posterior_mean_coef1": betas * acp_prev.sqrt() / (1.0 - acp),
             "posterior_mean_coef2": (1.0 - acp_prev) * (1.0 - betas).sqrt() / (1.0 - acp),
-            "fixed_log_variance": torch.log(fixed_variance.clamp(min=1e-20)),
+            "fixed_log_variance": torch.log(fixed_variance),
         }
         device = self.betas.device if hasattr(self, "betas") else None
         for name, value in schedule.items():
@@ -379,28 +410,56 @@ class DDPM(Objective):
         nll = -discretized_gaussian_log_likelihood(x0, p.mean, 0.5 * p.log_variance).flatten(1).mean(1)
         return torch.where(k == 0, nll, kl) / math.log(2.0)
 
+    def sample_time(self, n: int, device: torch.device | str | None = None) -> Tensor:
+        """Draw n training times: the step k uniform in [0, T), returned as the float time k / T the backbone sees.
+
+        `loss` rounds such a time back to the same k, so ``loss(..., t=sample_time(n))`` is the default draw.
+        """
+        k = torch.randint(0, self.num_timesteps, (n,), device=device)
+        return self.model_time(k.to(self.timestep_map.device)).to(device)
+
     def loss(
-        self, denoiser: Denoiser, x0: Tensor, cond: Cond, noise: Tensor | None = None, t: Tensor | None = None
+        self,
+        denoiser: Denoiser,
+        x0: Tensor,
+        cond: Cond,
+        noise: Tensor | None = None,
+        t: Tensor | None = None,
+        **model_kwargs: Any,
     ) -> dict[str, Tensor]:
         """L_simple (ε MSE), plus the stop-gradient VB term when Σ is learned (IDDPM hybrid loss).
 
-        ``t`` may be integer steps k in [0, T) or continuous times k / T (rounded to the nearest step).
+        ``t`` may be integer indices k of this chain or continuous times in [0, 1] of the original chain (k / T;
+        on a respaced chain the nearest kept step is used), as drawn by `sample_time`. ``model_kwargs`` are passed
+        to the denoiser.
         """
         n, channels = x0.shape[0], x0.shape[1]
         if t is None:
             k = torch.randint(0, self.num_timesteps, (n,), device=x0.device)
         elif t.is_floating_point():
-            k = (t * self.original_num_timesteps).round().long().clamp(0, self.num_timesteps - 1).to(x0.device)
+            # t is a time of the original chain (what `model_time` gives); on a respaced chain take the kept step
+            # nearest to it, so that the backbone sees (almost) the t it was given.
+            original = (t * self.original_num_timesteps).round().long().to(self.timestep_map.device)
+            k = (self.timestep_map[None, :] - original[:, None]).abs().argmin(dim=1).to(x0.device)
         else:
             k = t.long().to(x0.device)
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, k, noise)
-        output = denoiser(x_t, self.model_time(k), cond).float()
+        output = denoiser(x_t, self.model_time(k), cond, **model_kwargs).float()
         _check_channels(output, self.output_channels(channels), "DDPM")
         mse = (output[:, :channels] - noise.float()).pow(2).mean()
+        simple = mse if self.min_snr_gamma is None else self._min_snr_weighted(output[:, :channels], noise, k)
         if not self.learn_sigma:
-            return {"loss": mse, "mse": mse}
+            return {"loss": simple, "mse": mse}
         # Freeze ε so that L_vlb trains only the variance (IDDPM §3.1: L_hybrid = L_simple + λ·L_vlb).
         frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
         vb = self.vb_terms_bpd(frozen, x0.float(), x_t.float(), k).mean() * (self.num_timesteps / 1000.0)
-        return {"loss": mse + vb, "mse": mse, "vb": vb}
+        return {"loss": simple + vb, "mse": mse, "vb": vb}
+
+    def _min_snr_weighted(self, eps: Tensor, noise: Tensor, k: Tensor) -> Tensor:
+        """Per-sample ε MSE weighted by min(SNR_k, γ) / SNR_k, averaged over the batch."""
+        alpha_bar = self.alphas_cumprod[k.to(self.alphas_cumprod.device)].to(eps.device)
+        snr = alpha_bar / (1 - alpha_bar)
+        weight = snr.clamp(max=self.min_snr_gamma) / snr
+        per_sample = (eps.float() - noise.float()).pow(2).flatten(1).mean(dim=1)
+        return (weight * per_sample).mean()

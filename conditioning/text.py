@@ -9,7 +9,8 @@ Text-to-image recipes differ mostly in *which* encoder they use and *which* of i
   *penultimate* hidden state (77 tokens) and their projected pooled vector (``text_embeds``); the two token
   sequences are concatenated along the width and zero-padded to T5's width, then concatenated with T5-XXL's
   final hidden state along the sequence; the two pooled vectors are concatenated into the 2048-d "vector" input
-  (together with the timestep embedding). Three instances of this class, combined by the caller.
+  (together with the timestep embedding). Three instances of this class, named in
+  ``conditioning.conditioner.Conditioner(text_encoders=...)``, which combines them this way.
 * **SDXL** (Podell et al., 2023): the *penultimate* hidden state of CLIP-L and of OpenCLIP bigG (concatenated
   along the width), plus bigG's projected pooled vector, added to the timestep embedding together with the
   size / crop embeddings (``hidden_state="penultimate"``).
@@ -24,12 +25,13 @@ from __future__ import annotations
 
 import copy
 import os
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["TextEncoder"]
+__all__ = ["TextEncoder", "shipped_config_dir"]
 
 _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 # Objects loaded from `pretrained`; never part of the module tree, state_dict or pickles.
@@ -120,6 +122,17 @@ class TextEncoder(nn.Module):
         has_projection = hasattr(model, "text_projection") if model is not None else _config_has_projection(config)
         return int(config.projection_dim if has_projection else config.hidden_size)
 
+    def build_from_config(self) -> nn.Module:
+        """The encoder's architecture with fresh weights (for counting FLOPs on the meta device); loads nothing."""
+        config = self._get_config()
+        if self.kind == "t5":
+            from transformers import T5EncoderModel
+
+            return T5EncoderModel(config)
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        return (CLIPTextModelWithProjection if _config_has_projection(config) else CLIPTextModel)(config)
+
     @property
     def loaded(self) -> bool:
         """Whether the tokenizer and weights have been loaded."""
@@ -194,7 +207,15 @@ class TextEncoder(nn.Module):
         if config is None:
             from transformers import AutoConfig
 
-            config = self._from_pretrained(AutoConfig, "config")
+            try:
+                config = self._from_pretrained(AutoConfig, "config")
+            except OSError:
+                shipped = shipped_config_dir(self.pretrained)
+                if shipped is None:
+                    raise
+                # Offline and not cached: the shipped copy of the hub config gives the widths (weights still need
+                # the hub or a local folder).
+                config = AutoConfig.from_pretrained(shipped)
             if self.kind == "clip":
                 if not config.model_type.startswith("clip"):
                     raise ValueError(f"kind='clip' but {self.pretrained!r} is a {config.model_type!r} model")
@@ -287,6 +308,21 @@ class TextEncoder(nn.Module):
             f"dtype={str(self.dtype).removeprefix('torch.')}, hidden_state={self.hidden_state!r}, "
             f"loaded={self.loaded}"
         )
+
+
+_SHIPPED_CONFIGS = Path(__file__).resolve().parents[1] / "data" / "weights" / "configs"
+_CONFIG_ALIASES = {"DeepFloyd/t5-v1_1-xxl": "google/t5-v1_1-xxl"}  # the same T5 v1.1 XXL weights, re-hosted
+
+
+def shipped_config_dir(pretrained: str) -> Path | None:
+    """The folder of the shipped ``config.json`` of a well-known hub text encoder, or None.
+
+    Shipped: ``google/t5-v1_1-xxl`` (and ``DeepFloyd/t5-v1_1-xxl``), ``openai/clip-vit-large-patch14`` and
+    ``laion/CLIP-ViT-bigG-14-laion2B-39B-b160k``; used only when the hub config cannot be read.
+    """
+    hub_id = _CONFIG_ALIASES.get(pretrained, pretrained)
+    folder = _SHIPPED_CONFIGS / hub_id.replace("/", "--")
+    return folder if "/" in hub_id and (folder / "config.json").is_file() else None
 
 
 def _config_has_projection(config) -> bool:

@@ -37,6 +37,16 @@ class Cond:
     """(N,) bool, True where the semantic group (class / text) is dropped."""
     control_null: Tensor | None = None
     """(N,) bool, True where the control group is dropped."""
+    text_null: Tensor | None = None
+    """(N, M) bool, True where text encoder m (in the order of ``text_names``) was dropped; its states are nulls."""
+    text_names: tuple[str, ...] = ()
+    """Names of the M text encoders whose states ``tokens`` / ``pooled`` combine."""
+    null_tokens: Tensor | None = None
+    """(N, L, E) what ``tokens`` becomes where the semantic group is dropped; ``None`` means zeros."""
+    null_token_mask: Tensor | None = None
+    """(N, L) the ``token_mask`` of ``null_tokens``; ``None`` means all True (every zero state is attended)."""
+    null_pooled: Tensor | None = None
+    """(N, E') what ``pooled`` becomes where the semantic group is dropped; ``None`` means zeros."""
 
     @property
     def batch_size(self) -> int:
@@ -62,9 +72,27 @@ class Cond:
         return sem, ctl
 
     def drop(self, semantic: Tensor | bool = False, control: Tensor | bool = False) -> Cond:
-        """Return a copy with the semantic and/or control group additionally dropped (bool or (N,) mask)."""
+        """Return a copy with the semantic and/or control group additionally dropped (bool or (N,) mask).
+
+        Class labels keep their values (the class embedder reads ``semantic_null``); text states are replaced by
+        their nulls (``null_tokens`` / ``null_pooled``, zeros when those are ``None``), so that ``tokens`` always
+        holds what the backbone should attend to.
+        """
         sem, ctl = self._masks()
-        return replace(self, semantic_null=sem | _as_mask(semantic, sem), control_null=ctl | _as_mask(control, ctl))
+        sem = sem | _as_mask(semantic, sem)
+        changes: dict[str, Tensor] = {"semantic_null": sem, "control_null": ctl | _as_mask(control, ctl)}
+        if self.tokens is not None:
+            null = self.null_tokens if self.null_tokens is not None else torch.zeros_like(self.tokens)
+            changes["tokens"] = torch.where(sem[:, None, None], null.to(self.tokens.dtype), self.tokens)
+            if self.token_mask is not None:
+                null_mask = self.null_token_mask if self.null_token_mask is not None else True
+                changes["token_mask"] = torch.where(sem[:, None], null_mask, self.token_mask)
+        if self.pooled is not None:
+            null = self.null_pooled if self.null_pooled is not None else torch.zeros_like(self.pooled)
+            changes["pooled"] = torch.where(sem[:, None], null.to(self.pooled.dtype), self.pooled)
+        if self.text_null is not None:
+            changes["text_null"] = self.text_null | sem[:, None]
+        return replace(self, **changes)
 
     def map_tensors(self, fn) -> Cond:
         """Apply ``fn`` to every tensor field (e.g. ``lambda t: t.repeat(3, *[1] * (t.dim() - 1))``)."""

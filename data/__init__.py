@@ -27,6 +27,8 @@ _EXPORTS = {
     "CorruptImageError": "data.imagefolder",
     "ImageFolderDataModule": "data.imagefolder",
     "ImageFolderDataset": "data.imagefolder",
+    "LatentCacheDataset": "data.latent_cache",
+    "build_cache": "data.latent_cache",
 }
 
 __all__ = sorted(_EXPORTS)

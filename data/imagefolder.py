@@ -12,6 +12,8 @@ readable image and counted in the log.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 
@@ -43,6 +45,7 @@ class ImageFolderDataset(Dataset):
         resolution: Output side length in pixels.
         flip_p: Horizontal flip probability (0 for evaluation).
         skip_corrupt: Replace unreadable images by the next readable one (logged and counted) instead of raising.
+        split: Name of the split, recorded in a latent cache's key.
     """
 
     def __init__(
@@ -52,18 +55,47 @@ class ImageFolderDataset(Dataset):
         resolution: int,
         flip_p: float = 0.5,
         skip_corrupt: bool = False,
+        split: str = "train",
     ) -> None:
         if not samples:
             raise ValueError("ImageFolderDataset needs at least one sample")
-        self.samples, self.class_names = samples, class_names
+        self.samples, self.class_names, self.resolution, self.split = samples, class_names, resolution, split
         self.transform = CenterCropFlip(resolution, flip_p)
+        self._unflipped = CenterCropFlip(resolution, 0.0)
         self.skip_corrupt = skip_corrupt
         self.num_skipped = 0  # per process: each DataLoader worker counts its own skips
 
     def __len__(self) -> int:
         return len(self.samples)
 
+    def cache_key(self) -> dict:
+        """What determines a latent cache of this split (see `data.latent_cache`).
+
+        The centre crop is deterministic (one crop per item); the random flip is kept as an augmentation by storing
+        the moments of the image and of its mirror image whenever this split flips.
+        """
+        listing = hashlib.sha256(json.dumps(self.samples).encode()).hexdigest()
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "split": self.split,
+            "resolution": self.resolution,
+            "options": {"num_items": len(self.samples), "files_sha256": listing, "skip_corrupt": self.skip_corrupt},
+            "crops_per_item": 1,
+            "flip_moments": self.transform.flip.p > 0,
+        }
+
+    def cache_views(self, index: int) -> list[dict]:
+        """The views a latent cache stores for item ``index``: unflipped, and mirrored if this split flips."""
+        item = self._item(index, self._unflipped)
+        if self.transform.flip.p == 0:
+            return [item]
+        control = {**item["control"], "flip": torch.ones_like(item["control"]["flip"])}
+        return [item, {**item, "image": torch.flip(item["image"], dims=[-1]), "control": control}]
+
     def __getitem__(self, index: int) -> dict:
+        return self._item(index, self.transform)
+
+    def _item(self, index: int, transform: CenterCropFlip) -> dict:
         for attempt in range(_MAX_SKIPS + 1):
             path, label = self.samples[(index + attempt) % len(self.samples)]
             try:
@@ -74,7 +106,7 @@ class ImageFolderDataset(Dataset):
                 self.num_skipped += 1
                 log.warning("skipped corrupt image %s (%d skipped so far in this process)", path, self.num_skipped)
                 continue
-            tensor, control = self.transform(image)
+            tensor, control = transform(image)
             return {
                 "image": tensor,
                 "class_label": torch.tensor(label, dtype=torch.int64),
@@ -118,6 +150,10 @@ class ImageFolderDataModule(ResumableDataModule):
         skip_corrupt: Replace unreadable images by the next readable one (logged, counted) instead of raising.
         num_classes: Declared number of classes (ImageNet: 1000), checked against the class folders at ``setup``.
             Declaring it lets a config be parsed and described without the data on disk; ``None`` counts folders.
+        latent_cache: Train from a latent cache of the training split (`data.latent_cache`) holding the moments of
+            each image and of its flip, so the flip stays a random augmentation: ``"auto"`` uses ``$LDMBENCH_CACHE``
+            or ``runs/cache`` in a folder named by what determines the cache, building it on first use when the
+            run reads at least half of the images; a path uses that folder (built if absent); None decodes images.
     """
 
     def __init__(
@@ -131,6 +167,7 @@ class ImageFolderDataModule(ResumableDataModule):
         random_flip: bool = True,
         skip_corrupt: bool = False,
         num_classes: int | None = None,
+        latent_cache: str | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if num_classes is not None and num_classes < 1:
@@ -140,12 +177,16 @@ class ImageFolderDataModule(ResumableDataModule):
             raise ValueError(f"resolution must be >= 1, got {resolution}")
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-        self.save_hyperparameters()
+        # An undeclared num_classes (None) is counted from the folders and linked into the model; recording the None
+        # would clash with the model's count when Lightning merges both hyper-parameter sets for the logger.
+        self.save_hyperparameters(ignore=[] if num_classes is not None else ["num_classes"])
         self.root, self._resolution, self.val_fraction = Path(root), resolution, val_fraction
         self.random_flip, self.skip_corrupt = random_flip, skip_corrupt
         self._class_names: list[str] | None = None
         self.train_set: ImageFolderDataset | None = None
         self.val_set: ImageFolderDataset | None = None
+        self.latent_cache = latent_cache
+        self.cached_train_set: Dataset | None = None
 
     @property
     def train_dir(self) -> Path:
@@ -182,9 +223,16 @@ class ImageFolderDataModule(ResumableDataModule):
         return CONTROL_NAMES
 
     def setup(self, stage: str | None = None) -> None:
-        """Scan the folders and build the train / val datasets (once)."""
-        if self.train_set is not None:
-            return
+        """Scan the folders and build the train / val datasets (once); for ``fit``, find or build the latent cache."""
+        if self.train_set is None:
+            self._build_datasets()
+        if stage in ("fit", None) and self.latent_cache is not None and self.cached_train_set is None:
+            from data.latent_cache import resolve_train_cache
+
+            flip_p = 0.5 if self.random_flip else 0.0
+            self.cached_train_set = resolve_train_cache(self, self.train_set, self.latent_cache, flip_p=flip_p)
+
+    def _build_datasets(self) -> None:
         train = ImageFolder(str(self.train_dir))
         samples, val_samples = train.samples, self._val_samples(train)
         if val_samples is None:
@@ -195,8 +243,8 @@ class ImageFolderDataModule(ResumableDataModule):
         if declared is not None and declared != len(train.classes):
             raise ValueError(f"num_classes={declared} but {self.train_dir} has {len(train.classes)} class folders")
         flip_p = 0.5 if self.random_flip else 0.0
-        self.train_set = ImageFolderDataset(samples, train.classes, self.resolution, flip_p, self.skip_corrupt)
-        self.val_set = ImageFolderDataset(val_samples, train.classes, self.resolution, 0.0, self.skip_corrupt)
+        self.train_set = ImageFolderDataset(samples, train.classes, self.resolution, flip_p, self.skip_corrupt, "train")
+        self.val_set = ImageFolderDataset(val_samples, train.classes, self.resolution, 0.0, self.skip_corrupt, "val")
 
     def _val_samples(self, train: ImageFolder) -> list[tuple[str, int]] | None:
         """Samples of ``root/val`` with the train class indices, or None if there is no ``val/``."""
@@ -210,13 +258,14 @@ class ImageFolderDataModule(ResumableDataModule):
         return [(path, train.class_to_idx[val.classes[label]]) for path, label in val.samples]
 
     def _datasets(self) -> tuple[ImageFolderDataset, ImageFolderDataset]:
-        self.setup()
+        if self.train_set is None:
+            self._build_datasets()
         assert self.train_set is not None and self.val_set is not None
         return self.train_set, self.val_set
 
     def train_dataloader(self) -> DataLoader:
-        """Resumable shuffled stream of whole batches."""
-        train_set = self._datasets()[0]
+        """Resumable shuffled stream of whole batches (cached moments instead of images when a cache is in use)."""
+        train_set = self.cached_train_set if self.cached_train_set is not None else self._datasets()[0]
         return self._train_loader(train_set, len(train_set))
 
     def val_dataloader(self) -> DataLoader:

@@ -36,6 +36,8 @@ class ResumableSampler(Sampler[int]):
         world_size: Number of ranks sharing the stream.
         num_samples: Indices per ``__iter__``; default ``length // world_size``. A DataModule rounds it down to whole
             batches so ``drop_last`` never discards indices the sampler already counted.
+        with_position: Yield ``(index, p)`` pairs, ``p`` being the element's position in the global stream, for
+            datasets that draw a per-epoch augmentation from it (a latent cache's flip).
     """
 
     def __init__(
@@ -46,6 +48,7 @@ class ResumableSampler(Sampler[int]):
         rank: int = 0,
         world_size: int = 1,
         num_samples: int | None = None,
+        with_position: bool = False,
     ) -> None:
         if world_size < 1 or not 0 <= rank < world_size:
             raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
@@ -55,6 +58,7 @@ class ResumableSampler(Sampler[int]):
         self.num_samples = length // world_size if num_samples is None else num_samples
         if self.num_samples < 1:
             raise ValueError(f"num_samples must be >= 1, got {self.num_samples}")
+        self.with_position = with_position
         self._position = 0
         self._cached: tuple[int, np.ndarray] | None = None
 
@@ -83,11 +87,12 @@ class ResumableSampler(Sampler[int]):
             self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.length))
         return self._cached[1]
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         for _ in range(self.num_samples):
-            index = self.index_at(self._position)
+            k = self._position
+            index = self.index_at(k)
             self._position += 1  # before yielding, so `position` counts exactly what the consumer received
-            yield index
+            yield (index, k * self.world_size + self.rank) if self.with_position else index
 
     def state_dict(self) -> dict[str, int]:
         """The stream position."""
@@ -109,7 +114,7 @@ class _SyncedSampler(ResumableSampler):
         super().__init__(*args, **kwargs)
         self._consumed = consumed
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int | tuple[int, int]]:
         position = self._consumed()
         if position is not None:
             self.position = position
@@ -215,6 +220,7 @@ class ResumableDataModule(LightningDataModule):
             world_size=world,
             num_samples=per_rank // self.batch_size * self.batch_size,
             consumed=self._synced_position,
+            with_position=getattr(dataset, "wants_stream_position", False),
         )
         sampler.position = self.consumed_position()
         self._train_sampler = sampler
@@ -233,15 +239,30 @@ class ResumableDataModule(LightningDataModule):
         """Evaluation loader: fixed sequential order, every sample (last batch may be short).
 
         Under multi-rank runs (where `use_distributed_sampler=False` stops Lightning from sharding) the set is split
-        across ranks in fixed order, as Lightning's own injection would: DistributedSampler without shuffling.
+        across ranks in fixed order, as Lightning's own injection would: DistributedSampler without shuffling. Each
+        item gains ``index``, its position in the dataset: per-sample seeds and file names follow it, and the repeats
+        DistributedSampler pads the last batches with are recognised by it.
         """
         rank, world = self._rank_world()
         sampler = DistributedSampler(dataset, world, rank, shuffle=False) if world > 1 else None
         return DataLoader(
-            dataset,
+            _Indexed(dataset),
             batch_size=self.batch_size,
             sampler=sampler,
             shuffle=False,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
         )
+
+
+class _Indexed(Dataset):
+    """A dict-item dataset whose items also carry their ``index``."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.dataset[index], "index": index}

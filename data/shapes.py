@@ -30,7 +30,7 @@ _MIN_VISIBLE = 0.75  # a crop must keep at least this fraction of the shape's bo
 _CROP_TRIES = 10  # crops drawn before falling back to the whole canvas
 # Object-centric, like ImageNet photos: a large shape near the canvas centre. This is what makes the embedded suite
 # learnable in minutes: with sides of 0.25-0.6 placed anywhere and crops down to 35% of the area, tiny DiT still drew
-# blobs after 5000 steps; with these values it draws recognisable shapes after about 1000 (measured; issue 2 note).
+# blobs after 5000 steps; with these values it draws recognisable shapes after about 1000 (measured on a 2-core CPU).
 _SHAPE_SIDE = (0.55, 0.8)  # shape bounding-box side as a fraction of the canvas side
 _CENTRE_SPREAD = 0.3  # the bbox centre ranges over this middle fraction of the positions that keep it on the canvas
 # Upper bounds on the visible bbox's area as a fraction of the final image: about a third of the items each. Captions
@@ -218,6 +218,31 @@ class Shapes(Dataset):
             "control": make_control((scene.canvas, scene.canvas), crop, flip),
         }
 
+    def cache_key(self) -> dict:
+        """What determines a latent cache of this split (see `data.latent_cache`).
+
+        Item ``i``'s crop and flip are a pure function of ``(seed, split, i)``, the same in every epoch, so one
+        stored view per item reproduces the uncached stream exactly.
+        """
+        return {
+            "class": f"{type(self).__module__}.{type(self).__qualname__}",
+            "split": self.split,
+            "resolution": self.resolution,
+            "options": {
+                "length": self.length,
+                "seed": self.seed,
+                "min_scale": self.min_scale,
+                "max_canvas_factor": self.max_canvas_factor,
+                "augment": self.augment,
+            },
+            "crops_per_item": 1,
+            "flip_moments": False,
+        }
+
+    def cache_views(self, index: int) -> list[dict]:
+        """The views a latent cache stores for item ``index``: the item itself."""
+        return [self.sample(index)]
+
     def _scene(self, index: int, rng: np.random.Generator) -> _Scene:
         canvas = int(rng.integers(self.resolution, int(self.max_canvas_factor * self.resolution) + 1))
         n_colours = len(COLOURS)
@@ -281,6 +306,10 @@ class ShapesDataModule(ResumableDataModule):
         augment: Random-resized-crop and flip; if False whole canvases, never flipped.
         min_scale: Smallest random-resized-crop area as a fraction of the canvas; lower it for stronger crops
             (more varied control metadata, slower learning).
+        latent_cache: Train from a latent cache of the training split (`data.latent_cache`): ``"auto"`` uses
+            ``$LDMBENCH_CACHE`` or ``runs/cache``, in a folder named by what determines the cache, and builds it on
+            first use when the run reads at least half of the items; a path uses that folder (built if absent);
+            None trains from rendered images. The cache is exact: an item's crop and flip are fixed by its index.
     """
 
     def __init__(
@@ -293,11 +322,21 @@ class ShapesDataModule(ResumableDataModule):
         seed: int = 0,
         augment: bool = True,
         min_scale: float = 0.8,
+        latent_cache: str | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         self.save_hyperparameters()
         self.train_set = Shapes("train", resolution, train_length, seed=seed, min_scale=min_scale, augment=augment)
         self.val_set = Shapes("val", resolution, val_length, seed=seed, min_scale=min_scale, augment=augment)
+        self.latent_cache = latent_cache
+        self.cached_train_set: Dataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        """For ``fit``, find (or build) the latent cache of the training split when ``latent_cache`` is set."""
+        if stage in ("fit", None) and self.latent_cache is not None and self.cached_train_set is None:
+            from data.latent_cache import resolve_train_cache
+
+            self.cached_train_set = resolve_train_cache(self, self.train_set, self.latent_cache)
 
     @property
     def num_classes(self) -> int:
@@ -320,8 +359,9 @@ class ShapesDataModule(ResumableDataModule):
         return CONTROL_NAMES
 
     def train_dataloader(self) -> DataLoader:
-        """Resumable shuffled stream of whole batches."""
-        return self._train_loader(self.train_set, len(self.train_set))
+        """Resumable shuffled stream of whole batches (cached latents instead of images when a cache is in use)."""
+        dataset = self.cached_train_set if self.cached_train_set is not None else self.train_set
+        return self._train_loader(dataset, len(dataset))
 
     def val_dataloader(self) -> DataLoader:
         """The validation split in fixed order."""

@@ -2,7 +2,8 @@
 
 from benchmark.callbacks.evaluation import Evaluation
 from benchmark.callbacks.predictions import ImageWriter
+from benchmark.callbacks.progress import ProgressBar
 from benchmark.callbacks.samples import SampleGrid
 from benchmark.callbacks.throughput import Throughput
 
-__all__ = ["Evaluation", "ImageWriter", "SampleGrid", "Throughput"]
+__all__ = ["Evaluation", "ImageWriter", "ProgressBar", "SampleGrid", "Throughput"]

@@ -9,7 +9,6 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from lightning.pytorch.utilities import rank_zero_only
 from PIL import Image, ImageDraw, ImageFont
 from torchvision.transforms.functional import pil_to_tensor, to_pil_image
 from torchvision.utils import make_grid, save_image
@@ -56,32 +55,45 @@ class SampleGrid(pl.Callback):
         self.use_ema = use_ema
         self.label_rows = label_rows
         self.last_path: Path | None = None
+        self._last_step: int | None = None  # the step whose grid was drawn last
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args) -> None:
         step = trainer.global_step
         if self.every_n_steps and step > 0 and step % self.every_n_steps == 0:
-            self._write(trainer, pl_module, f"step_{step:07d}")
+            self._write(trainer, pl_module, step)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.global_step > 0:
-            self._write(trainer, pl_module, f"step_{trainer.global_step:07d}")
+            self._write(trainer, pl_module, trainer.global_step)
 
     def labels(self, pl_module: pl.LightningModule) -> torch.Tensor | None:
         if pl_module.conditioner.semantic != "class":
             return None
-        total = getattr(pl_module.backbone, "num_classes", None) or 16
+        total = getattr(pl_module, "num_classes", None) or getattr(pl_module.backbone, "num_classes", None) or 16
         rows = min(self.num_classes or min(total, 16), total)
         return torch.arange(rows).repeat_interleave(self.samples_per_class)
 
+    def captions(self, pl_module: pl.LightningModule) -> list[str] | None:
+        """For caption models: one example caption per row (`conditioning.conditioner.EXAMPLE_CAPTIONS`)."""
+        if pl_module.conditioner.semantic != "caption":
+            return None
+        from conditioning.conditioner import EXAMPLE_CAPTIONS
+
+        rows = min(self.num_classes or 4, len(EXAMPLE_CAPTIONS))
+        return [caption for caption in EXAMPLE_CAPTIONS[:rows] for _ in range(self.samples_per_class)]
+
     def render(self, pl_module: pl.LightningModule) -> torch.Tensor:
         """The grid as a (3, H, W) float tensor in [0, 1]."""
-        labels = self.labels(pl_module)
+        labels, captions = self.labels(pl_module), self.captions(pl_module)
         rows = 4 if labels is None else labels.shape[0] // self.samples_per_class
+        rows = rows if captions is None else len(captions) // self.samples_per_class
         # One noise per column, shared by every row: rows then differ only by their class.
         generator = torch.Generator().manual_seed(self.seed)
         columns = torch.randn((self.samples_per_class, *pl_module.latent_shape), generator=generator)
         noise = columns.repeat(rows, 1, 1, 1)
-        images = pl_module.sample_images(labels=labels, num_samples=noise.shape[0], use_ema=self.use_ema, noise=noise)
+        images = pl_module.sample_images(
+            labels=labels, captions=captions, num_samples=noise.shape[0], use_ema=self.use_ema, noise=noise
+        )
         images = (images.float().cpu() + 1) / 2
         if self.upscale > 1:
             images = F.interpolate(images, scale_factor=self.upscale, mode="nearest")
@@ -95,15 +107,23 @@ class SampleGrid(pl.Callback):
             return None
         return [str(names[int(k)]) for k in labels[:: self.samples_per_class]]
 
-    @rank_zero_only
-    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, name: str) -> None:
+    def _write(self, trainer: pl.Trainer, pl_module: pl.LightningModule, step: int) -> None:
+        """Draw and save the grid of ``step`` once (not again at train end, nor per accumulated micro-batch)."""
+        if step == self._last_step:
+            return
+        self._last_step = step
+        # Called on every rank: under DDP `trainer.log_dir` is a broadcast from rank 0, and a collective that rank 0
+        # calls alone waits for ever. Only the sampling and the file are rank 0's.
+        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
+        if trainer.is_global_zero:
+            self._save(trainer, pl_module, out_dir / f"step_{step:07d}.png")
+
+    def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
         grid = self.render(pl_module)
         names = self.row_names(trainer, pl_module)
         if names is not None:
             grid = label_rows(grid, names)
-        out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         save_image(grid, path)
         self.last_path = path
         log.info("sample grid written to %s", path)

@@ -10,7 +10,8 @@ from baselines.dit import SIZES, DiT, DiTBlock, dit_size
 from baselines.layers import Attention, get_2d_sincos_pos_embed, unpatchify
 from conditioning import Cond
 
-# reference/anchors.md §4: exact counts of the official models.py at 256² (32x32 latent), 1000 classes, learned Σ.
+# Exact parameter counts of the official models.py (facebookresearch/DiT@ed81ce2) at 256² (32x32 latent), 1000
+# classes, learned Σ, counted by instantiating it.
 ANCHOR_PARAMS = {"DiT-S/2": 32_963_360, "DiT-B/2": 130_512_416, "DiT-L/2": 458_102_816, "DiT-XL/2": 675_129_632}
 TINY = dict(input_size=8, in_channels=4, num_classes=10, **dit_size("DiT-tiny/2"))
 

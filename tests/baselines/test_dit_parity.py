@@ -5,8 +5,8 @@ import argparse
 import pytest
 import torch
 
-from baselines.dit import (
-    DiT,
+from baselines.dit import DiT
+from baselines.dit_convert import (
     diffusers_config,
     from_diffusers_state_dict,
     load_official_checkpoint,

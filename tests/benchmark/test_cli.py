@@ -9,7 +9,12 @@ from benchmark.cli import describe, main
 
 ROOT = Path(__file__).resolve().parents[2]
 SHAPES = str(ROOT / "leaderboards/shapes/dit.yaml")
-ALL_YAMLS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "leaderboards").rglob("*.yaml"))
+RUN = Path("runs/dit-DiTModule")  # relative to the test's working directory (tmp_path)
+ALL_YAMLS = sorted(
+    str(p.relative_to(ROOT))
+    for p in (ROOT / "leaderboards").rglob("*.yaml")
+    if p.name not in ("suite.yaml", "protocol.yaml")
+)
 
 # A fast variant of the Shapes entry: few steps, tiny batch, no workers, no progress bar, checkpoint dir in tmp.
 FAST = [
@@ -45,7 +50,7 @@ CHECKPOINT_EVERY_2 = """
 trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {dirpath: runs/shapes/dit/checkpoints, save_last: true, every_n_train_steps: 2, save_top_k: 0}
+      init_args: {save_last: true, every_n_train_steps: 2, save_top_k: 0}
 """
 
 
@@ -58,14 +63,13 @@ def _fit(tmp_path, *extra):
 def test_resume_continues_exactly(tmp_path, monkeypatch):
     """4 steps + resume to 6 gives the same weights, EMA and optimizer state as 6 uninterrupted steps."""
     monkeypatch.chdir(tmp_path)
-    ckpt_opts = []
-    _fit(tmp_path, "--trainer.max_steps=6", *ckpt_opts)
-    straight = torch.load(tmp_path / "runs/shapes/dit/checkpoints/last.ckpt", weights_only=True)
-    for f in (tmp_path / "runs/shapes/dit/checkpoints").glob("*.ckpt"):
-        f.unlink()
-    _fit(tmp_path, "--trainer.max_steps=4", *ckpt_opts)
-    _fit(tmp_path, "--trainer.max_steps=6", *ckpt_opts, "--ckpt_path=last")
-    resumed = torch.load(tmp_path / "runs/shapes/dit/checkpoints/last.ckpt", weights_only=True)
+    _fit(tmp_path, "--trainer.max_steps=6")
+    straight = torch.load(RUN / "version_0/checkpoints/last.ckpt", weights_only=True)
+    _fit(tmp_path, "--trainer.max_steps=4")  # a new run: version_1
+    _fit(tmp_path, "--trainer.max_steps=6", "--ckpt_path=last")  # resumes the newest run, in its own folder
+    assert sorted(p.name for p in RUN.iterdir()) == ["version_0", "version_1"]
+    resumed = torch.load(RUN / "version_1/checkpoints/last.ckpt", weights_only=True)
+    assert not (RUN / "version_1/checkpoints/last-v1.ckpt").exists()
     assert resumed["global_step"] == straight["global_step"] == 6
     for key, value in straight["state_dict"].items():
         torch.testing.assert_close(
@@ -112,7 +116,7 @@ def test_cli_checkpoint_rebuilds_the_model_with_weights_only(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     _fit(tmp_path, "--trainer.max_steps=2")
-    path = tmp_path / "runs/shapes/dit/checkpoints/last.ckpt"
+    path = RUN / "version_0/checkpoints/last.ckpt"
     state = torch.load(path, weights_only=True)
     assert not any(k.startswith(("autoencoder.", "_train_forward.")) for k in state["state_dict"])
     model = DiTModule.load_from_checkpoint(path, weights_only=True)
@@ -138,3 +142,68 @@ def test_predict_writes_pngs_and_an_adm_npz(tmp_path, monkeypatch):
     arr = np.load(tmp_path / "generated/samples.npz")["arr_0"]
     assert arr.shape == (8, 32, 32, 3) and arr.dtype == np.uint8
     assert len(list((tmp_path / "generated").glob("*.png"))) == 8
+
+
+MYMODEL = '''
+"""DiT with SwiGLU MLPs: a new entry written as a subclass of an existing one."""
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from baselines.dit import DiTModule
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, width: int, hidden: int) -> None:
+        super().__init__()
+        self.gate_up = nn.Linear(width, 2 * hidden)
+        self.down = nn.Linear(hidden, width)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(nn.functional.silu(gate) * up)
+
+
+class SwiGLUDiT(DiTModule):
+    """DiT whose MLPs are SwiGLU.
+
+    Args:
+        mlp_hidden_ratio: SwiGLU hidden width as a multiple of the model width (8/3 keeps DiT's parameter count).
+    """
+
+    def __init__(self, mlp_hidden_ratio: float = 8 / 3, **kwargs: Any) -> None:
+        self.mlp_hidden_ratio = mlp_hidden_ratio
+        super().__init__(**kwargs)
+
+    def build_backbone(self) -> nn.Module:
+        dit = super().build_backbone()
+        for block in dit.blocks:
+            block.mlp = SwiGLU(dit.hidden_size, int(dit.hidden_size * self.mlp_hidden_ratio))
+        return dit
+'''
+
+
+def test_a_subclass_in_the_working_directory_trains_from_yaml(tmp_path, monkeypatch):
+    """mymodel.py next to the config resolves from class_path without PYTHONPATH; the EMA has the new blocks."""
+    import os
+    import sys
+
+    (tmp_path / "mymodel.py").write_text(MYMODEL)
+    (tmp_path / "mine.yaml").write_text(
+        "model:\n  class_path: mymodel.SwiGLUDiT\n  init_args:\n    mlp_hidden_ratio: 2.0\n"
+    )
+    # Nothing on sys.path points at the working directory: the CLI must add it, as `python -m` would.
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", ".", os.getcwd(), str(tmp_path))])
+    monkeypatch.delitem(sys.modules, "mymodel", raising=False)
+    monkeypatch.chdir(tmp_path)
+    _fit(tmp_path, "--config", str(tmp_path / "mine.yaml"), "--trainer.max_steps=2")
+    monkeypatch.delitem(sys.modules, "mymodel", raising=False)  # the module is tmp_path's; do not leak it
+    path = next(tmp_path.rglob("last.ckpt"))
+    state = torch.load(path, weights_only=True)
+    assert state["hyper_parameters"]["_class_path"] == "mymodel.SwiGLUDiT"
+    assert state["hyper_parameters"]["mlp_hidden_ratio"] == 2.0 and state["hyper_parameters"]["size"] == "DiT-tiny/2"
+    weights = state["state_dict"]
+    assert weights["ema.shadow.blocks.0.mlp.gate_up.weight"].shape == (2 * 256, 128)  # hidden = 2.0 x 128
+    assert not any(k.startswith("ema.shadow.") and ".mlp.fc1." in k for k in weights)
+    assert not torch.equal(weights["ema.shadow.blocks.0.mlp.gate_up.weight"], torch.zeros(512, 128))

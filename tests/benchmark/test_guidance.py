@@ -130,3 +130,23 @@ def test_existing_drop_masks_are_kept(inputs):
 def test_invalid_arguments(kwargs):
     with pytest.raises(ValueError):
         ClassifierFreeGuidance(**kwargs)
+
+
+def test_power_cosine_schedule_follows_mdt_v2(inputs):
+    """γ(t) = 1 + (γ − 1)·½(1 − cos(π(1 − t)^p)): 1 at pure noise, γ at t = 0, MDT-v2's curve in between."""
+    x, _, cond = inputs
+    cfg = ClassifierFreeGuidance(semantic_scale=3.8, schedule="power_cosine", schedule_power=4.0)
+    t = torch.tensor([1.0, 0.5, 0.0])
+    gs, gc = cfg.scales_at(t)
+    k = t * 1000  # MDT's integer step, 1000 = noise
+    mdt = (3.8 - 1) * (1 - torch.cos(((1 - k / 1000) ** 4.0) * torch.pi)) / 2 + 1
+    torch.testing.assert_close(gs, mdt)
+    assert gs[0] == 1.0 and gs[2] == pytest.approx(3.8) and torch.equal(gc, torch.ones(3))
+    toy = ToyDenoiser()
+    out = cfg.wrap(toy, C)(x, t, cond)
+    cond_out, uncond = toy(x, t, cond), toy(x, t, cond.drop(semantic=True))
+    expected = uncond + gs.view(-1, 1, 1, 1) * (cond_out - uncond)
+    torch.testing.assert_close(out, expected)
+    assert not torch.allclose(out, ClassifierFreeGuidance(semantic_scale=3.8).wrap(toy, C)(x, t, cond))
+    with pytest.raises(ValueError, match="schedule"):
+        ClassifierFreeGuidance(schedule="linear")

@@ -180,3 +180,52 @@ def test_ddpm_denoiser_sees_k_over_T(cond):
     assert torch.allclose(seen["t"], k.float() / 1000)
     with pytest.raises(ValueError, match="channels"):
         DDPM(learn_sigma=True).loss(denoiser, torch.randn(N, C, H, W), cond)
+
+
+def test_float_t_on_a_respaced_chain_picks_the_nearest_kept_step(cond):
+    """A float t is a time of the original chain; the respaced chain must not clamp t·T to its own length."""
+    chain, seen = DDPM(learn_sigma=False).respace(10), {}
+
+    def denoiser(x, t, c):
+        seen["t"] = t
+        return torch.zeros_like(x)
+
+    t = torch.tensor([0.0, 0.1, 0.5, 0.9, 0.999, 0.3, 0.7, 0.2])
+    chain.loss(denoiser, torch.randn(N, C, H, W), cond, t=t)
+    spacing = 1 / 9  # ten kept steps over [0, 0.999]
+    assert (seen["t"] - t).abs().max() <= spacing / 2 + 1e-3
+    # Unrespaced chains still round t·T to the nearest step.
+    DDPM(learn_sigma=False).loss(denoiser, torch.randn(N, C, H, W), cond, t=torch.tensor([0.5004] * N))
+    assert torch.allclose(seen["t"], torch.full((N,), 0.5))
+
+
+def test_fixed_small_uses_the_clipped_posterior_log_variance_at_k0():
+    """ADM's FIXED_SMALL: log β̃ clipped at k = 0 to β̃_1 (not log 1e-20), for the full and the respaced chain."""
+    for ddpm in (DDPM(learn_sigma=False, sigma_small=True), DDPM(learn_sigma=False, sigma_small=True).respace(50)):
+        torch.testing.assert_close(ddpm.fixed_log_variance, ddpm.posterior_log_variance_clipped)
+        assert ddpm.fixed_log_variance[0] == ddpm.fixed_log_variance[1] > -20
+    large = DDPM(learn_sigma=False, sigma_small=False)
+    assert large.fixed_log_variance[0] == large.posterior_log_variance_clipped[1]
+    torch.testing.assert_close(large.fixed_log_variance[1:], large.log_betas[1:])
+
+
+def test_min_snr_weight_matches_its_formula_and_leaves_mse_unweighted():
+    """Min-SNR-γ weights each sample's ε MSE by min(SNR_k, γ) / SNR_k; the logged mse stays the plain L_simple."""
+    torch.manual_seed(0)
+    plain, weighted = DDPM(learn_sigma=False), DDPM(learn_sigma=False, min_snr_gamma=5.0)
+    x0, noise = torch.randn(4, 2, 3, 3), torch.randn(4, 2, 3, 3)
+    k = torch.tensor([0, 10, 500, 999])
+    bias = torch.arange(4.0).view(4, 1, 1, 1) * 0.1
+
+    def denoiser(x, t, cond):
+        return noise + bias  # a per-sample error so that the weights matter
+
+    out_plain, out_weighted = (
+        plain.loss(denoiser, x0, None, noise=noise, t=k),
+        weighted.loss(denoiser, x0, None, noise=noise, t=k),
+    )
+    snr = plain.alphas_cumprod[k] / (1 - plain.alphas_cumprod[k])
+    expected = (snr.clamp(max=5.0) / snr * bias.flatten() ** 2).mean()
+    assert torch.allclose(out_weighted["loss"], expected, rtol=1e-5)
+    assert torch.allclose(out_weighted["mse"], out_plain["mse"]) and torch.allclose(out_plain["loss"], out_plain["mse"])
+    assert snr[0] > 5 > snr[-1]  # both sides of the clamp are exercised

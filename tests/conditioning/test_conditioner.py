@@ -68,27 +68,43 @@ def test_cond_drop_and_cat():
     assert partial.control_null.tolist() == [True, False]
 
 
-class _FakeTextEncoder:
+class _FakeTextEncoder(torch.nn.Module):
     """Stands in for conditioning.text.TextEncoder: one token per word, width 3, pooled = mean."""
+
+    kind, max_length, width, pooled_width, dtype = "clip", 5, 3, 3, torch.float32
 
     def encode(self, captions, device=None):
         n, length = len(captions), 5
         mask = torch.zeros(n, length, dtype=torch.bool)
         for i, caption in enumerate(captions):
             mask[i, : min(len(caption.split()), length)] = True
-        tokens = torch.randn(n, length, 3) * mask[..., None]
+        tokens = (torch.randn(n, length, 3) + 1) * mask[..., None]
         return tokens, mask, tokens.mean(1)
 
 
-def test_caption_conditioning_uses_the_text_encoder():
+def test_caption_conditioning_uses_the_text_encoders():
     batch = {"image": torch.zeros(2, 3, 8, 8), "caption": ["a red star", "a blue heart on white"]}
-    cond = Conditioner(semantic="caption", semantic_dropout=1.0)(batch, train=True, text_encoder=_FakeTextEncoder())
+    conditioner = Conditioner(semantic="caption", semantic_dropout=1.0, text_encoders={"fake": _FakeTextEncoder()})
+    assert (conditioner.context_dim, conditioner.context_length, conditioner.pooled_dim) == (3, 5, 3)
+    cond = conditioner(batch, train=False)
     assert cond.tokens.shape == (2, 5, 3) and cond.pooled.shape == (2, 3)
-    assert cond.token_mask.sum(1).tolist() == [3, 5]
-    assert cond.semantic_null.all() and cond.label is None
-    with pytest.raises(ValueError, match="text_encoder"):
+    assert cond.token_mask.sum(1).tolist() == [3, 5] and cond.tokens.abs().sum() > 0
+    dropped = conditioner(batch, train=True)
+    assert dropped.semantic_null.all() and dropped.label is None
+    # Dropped text is replaced by the stated null (zeros, every token attended).
+    assert dropped.tokens.abs().sum() == 0 and dropped.pooled.abs().sum() == 0 and dropped.token_mask.all()
+    with pytest.raises(ValueError, match="text encoders"):
         Conditioner(semantic="caption")(batch, train=False)
     with pytest.raises(KeyError, match="caption"):
-        Conditioner(semantic="caption")(
-            {"image": torch.zeros(1, 3, 8, 8)}, train=False, text_encoder=_FakeTextEncoder()
+        Conditioner(semantic="caption", text_encoders={"fake": _FakeTextEncoder()})(
+            {"image": torch.zeros(1, 3, 8, 8)}, train=False
         )
+
+
+def test_labels_are_range_checked_once_per_batch_by_the_conditioner():
+    conditioner = Conditioner()
+    conditioner.num_classes = 5
+    conditioner({"class_label": torch.tensor([0, 4])}, train=False)
+    for bad in ([0, 5], [-1, 2]):
+        with pytest.raises(ValueError, match=r"\[0, 5\)"):
+            conditioner({"class_label": torch.tensor(bad)}, train=True)

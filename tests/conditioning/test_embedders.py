@@ -74,10 +74,6 @@ def test_class_embedder_errors():
     emb = ClassEmbedder(num_classes=5, hidden_size=8)
     with pytest.raises(ValueError, match="cond.label"):
         emb(Cond(control=torch.zeros(2, 1)))
-    with pytest.raises(ValueError, match="out of range"):
-        emb(Cond(label=torch.tensor([0, 5])))
-    with pytest.raises(ValueError, match="out of range"):
-        emb(Cond(label=torch.tensor([-1, 2])))
     # A dropped entry may hold any placeholder: only its mask matters.
     emb(Cond(label=torch.tensor([-1, 2]), semantic_null=torch.tensor([True, False])))
 

@@ -1,0 +1,72 @@
+"""The ``ldmbench leaderboard`` command: ``run``, ``render`` and ``eval`` of a suite folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _list(text: str | None) -> list[str] | None:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ldmbench leaderboard",
+        description="Train every entry of a suite under one compute budget, evaluate it under one protocol, and "
+        "render the suite's tables.",
+    )
+    sub = p.add_subparsers(dest="action", required=True)
+
+    run = sub.add_parser("run", help="train and evaluate missing or stale rows, then render")
+    run.add_argument("suite", help="suite folder, e.g. leaderboards/shapes")
+    run.add_argument("--entries", help="comma-separated entry names (default: all of the suite's)")
+    run.add_argument("--preset", help="budget/evaluation preset, e.g. smoke or default (default: the suite's)")
+    run.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
+    run.add_argument("--output", help="folder for run folders and results (default: runs/leaderboards/<suite>/...)")
+    run.add_argument("--force", action="store_true", help="redo rows that are current too")
+    run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+
+    render = sub.add_parser("render", help="regenerate README.md, results.csv and plots from results.jsonl")
+    render.add_argument("suite")
+    render.add_argument("--results", help="folder holding results.jsonl (default: the suite folder)")
+    render.add_argument("--no-check", action="store_true", help="do not recompute keys to mark stale rows")
+    render.add_argument(
+        "--describe", action="store_true", help="fill params / GMACs of entries not run yet from their configs"
+    )
+
+    ev = sub.add_parser("eval", help="add a row for an existing checkpoint or official weight file")
+    ev.add_argument("suite")
+    ev.add_argument("--entry", required=True, help="the entry whose config builds the model")
+    ev.add_argument("--ckpt_path", required=True, help="a Lightning .ckpt, or official weights read by the importer")
+    ev.add_argument("--preset", help="evaluation preset (default: the suite's)")
+    ev.add_argument("--output", help="folder for results (default: the suite folder for the default preset)")
+    return p
+
+
+def main(argv: list[str]) -> None:
+    args = parser().parse_args(argv)
+    if args.action == "run":
+        from benchmark.leaderboard.runner import run_suite
+
+        rows = run_suite(
+            args.suite,
+            entries=_list(args.entries),
+            preset=args.preset,
+            seeds=[int(s) for s in _list(args.seeds) or []] or None,
+            output=args.output,
+            force=args.force,
+            progress=not args.no_progress,
+        )
+        failed = [r for r in rows if r.get("status") == "failed"]
+        if failed:
+            print(f"{len(failed)} entries failed: {', '.join(r['entry'] for r in failed)}", file=sys.stderr)
+    elif args.action == "render":
+        from benchmark.leaderboard.render import render_suite
+
+        render_suite(args.suite, results_dir=args.results, check_keys=not args.no_check, describe=args.describe)
+    else:
+        from benchmark.leaderboard.runner import eval_checkpoint
+
+        row = eval_checkpoint(args.suite, args.entry, args.ckpt_path, preset=args.preset, output=args.output)
+        print({k: row.get(k) for k in ("entry", "source", "status", "metric", "metric_noguidance", "error")})

@@ -1,0 +1,501 @@
+"""Render a suite's ``results.jsonl`` into its README (tables, plot, grids) and ``results.csv``, with no training.
+
+The layout is the written contract of ``leaderboards/README.md``: a main table in the spirit of Table 1 of the
+conditioning-mechanisms paper (one line per entry, mean ± spread over seeds, ties where the spreads overlap), a
+"compute to reach target" table when the suite defines a target, the metric against training compute, one sample
+grid per entry, literature rows with their citations, and every failed, stale or missing row stated as such.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from benchmark.leaderboard import results as res
+from benchmark.leaderboard.suite import Suite, load_suite
+
+README = "README.md"
+CSV_COLUMNS = (
+    "entry",
+    "seed",
+    "source",
+    "status",
+    "stale",
+    "model",
+    "objective",
+    "eval_sampler",
+    "params",
+    "gmacs_per_forward",
+    "train_gflops_per_image",
+    "train_flops",
+    "images_seen",
+    "steps",
+    "global_batch",
+    "metric",
+    "metric_noguidance",
+    "class_accuracy",
+    "class_accuracy_noguidance",
+    "clip_score",
+    "control_disentanglement",
+    "train_images_per_s",
+    "sampling_images_per_s",
+    "peak_memory_gb",
+    "peak_memory_kind",
+    "train_seconds",
+    "eval_seconds",
+    "wall_seconds",
+    "hardware",
+    "precision",
+    "commit",
+    "code",
+    "key",
+    "error",
+)
+_LITERATURE_COLUMNS = (
+    ("entry", "model"),
+    ("params", "params"),
+    ("gmacs", "GMACs/fwd"),
+    ("fid", "FID, no guidance"),
+    ("fid_guided", "FID, guidance"),
+    ("clip", "CLIP score"),
+    ("training", "training"),
+    ("citation", "source"),
+)
+
+
+# ----------------------------------------------------------------------------------------------- numbers
+def spread_stats(values: list[float]) -> tuple[float, float] | None:
+    """(mean, spread) of a metric over seeds; spread = half the range (0 for one seed)."""
+    values = [v for v in values if v is not None and math.isfinite(v)]
+    if not values:
+        return None
+    return sum(values) / len(values), (max(values) - min(values)) / 2
+
+
+def rank_with_ties(stats: list[tuple[str, float, float]], higher_is_better: bool = False) -> dict[str, str]:
+    """Ranks ``1, =1, 3, ...``: an entry ties with the one above when their mean ± spread intervals overlap."""
+    order = sorted(stats, key=lambda s: -s[1] if higher_is_better else s[1])
+    ranks: dict[str, str] = {}
+    group_rank, previous = 0, None
+    for position, (name, mean, spread) in enumerate(order, start=1):
+        if previous is not None and abs(mean - previous[1]) < spread + previous[2]:
+            ranks[name] = f"={group_rank}"
+            ranks[previous[0]] = f"={group_rank}"
+        else:
+            group_rank = position
+            ranks[name] = str(position)
+        previous = (name, mean, spread)
+    return ranks
+
+
+def compute_to_target(curve: list[list[float]], target: float, higher_is_better: bool = False) -> float | None:
+    """Training FLOPs of the first curve point that reaches the target (None if never)."""
+    for flops, value in sorted(curve):
+        if (value >= target) if higher_is_better else (value <= target):
+            return flops
+    return None
+
+
+# ----------------------------------------------------------------------------------------------- formatting
+def fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}"
+    return f"{value:.{digits}g}"
+
+
+def fmt_params(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value / 1e6:.1f}M" if value >= 1e5 else f"{value / 1e3:.0f}K"
+
+
+def fmt_flops(value: Any) -> str:
+    if value is None:
+        return ""
+    for unit, scale in (("EFLOPs", 1e18), ("PFLOPs", 1e15), ("TFLOPs", 1e12), ("GFLOPs", 1e9)):
+        if value >= scale:
+            return f"{value / scale:.3g} {unit}"
+    return f"{value:.3g} FLOPs"
+
+
+def fmt_stat(stat: tuple[float, float] | None, n: int, scale: float = 1.0, digits: int = 3) -> str:
+    if stat is None:
+        return ""
+    mean, spread = stat[0] * scale, stat[1] * scale
+    return f"{mean:.{digits}g} ± {spread:.2g}" if n > 1 else f"{mean:.{digits}g}"
+
+
+def md_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c).replace("|", "\\|") for c in row) + " |" for row in rows]
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- keys
+def current_keys(suite: Suite, rows: list[dict[str, Any]]) -> set[str]:
+    """The keys this checkout computes for the trained rows' (entry, seed, preset); unparseable entries give none."""
+    from benchmark.leaderboard.runner import entry_key
+
+    entries = {e.name: e for e in suite.entries()}
+    keys = set()
+    wanted = {(r.get("entry"), r.get("seed"), r.get("preset")) for r in rows if r.get("source", "trained") == "trained"}
+    for name, seed, preset_name in sorted(wanted, key=str):
+        if name not in entries or preset_name not in suite.presets:
+            continue
+        preset = suite.presets[preset_name]
+        try:
+            keys.add(entry_key(entries[name], int(seed), suite.budget_for(preset), suite.protocol_for(preset)))
+        except Exception:  # noqa: BLE001 - an entry that no longer parses makes its rows stale, not render fail
+            continue
+    return keys
+
+
+def describe_entries(suite: Suite, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Params and GMACs of entries with no row yet, from the config alone (meta device; no weights, no data)."""
+    from benchmark.cli import describe
+
+    out = {}
+    for entry in suite.entries([n for n in names if n in suite.entry_names]):
+        try:
+            out[entry.name] = describe(["--config", str(entry.path)])
+        except (Exception, SystemExit):  # noqa: BLE001 - a row for the entry is still shown, with blank sizes
+            out[entry.name] = {}
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- render
+def render_suite(
+    suite_path: str | Path,
+    *,
+    results_dir: str | Path | None = None,
+    check_keys: bool = True,
+    describe: bool = False,
+) -> str:
+    """Write ``README.md``, ``results.csv`` and the plot of a suite from its ``results.jsonl``; return the README.
+
+    Args:
+        suite_path: The suite folder.
+        results_dir: Folder holding ``results.jsonl`` (and receiving the outputs); default the suite folder.
+        check_keys: Recompute every trained row's key with this checkout and mark rows that differ as stale.
+        describe: Fill params / GMACs of entries not run yet from their configs.
+    """
+    suite = load_suite(suite_path)
+    out_dir = Path(results_dir) if results_dir is not None else suite.root
+    rows = res.read_rows(out_dir / "results.jsonl")
+    keys = current_keys(suite, rows) if check_keys else None
+    shown = res.latest_rows(rows, keys)
+    write_csv(out_dir / "results.csv", shown)
+    plot = plot_curves(suite, shown, out_dir / "plots" / f"{suite.metric}_vs_compute.png")
+    missing = [n for n in suite.entry_names if not any(r["entry"] == n for r in shown)]
+    described = describe_entries(suite, missing) if describe and missing else {}
+    presets = [r.get("preset") for r in shown if r.get("preset") in suite.presets]
+    preset = max(set(presets), key=presets.count) if presets else suite.default_preset
+    text = "\n".join(readme_lines(suite, shown, out_dir, plot, described, preset)) + "\n"
+    (out_dir / README).write_text(text)
+    return text
+
+
+def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: row.get(k) for k in CSV_COLUMNS})
+
+
+def plot_curves(suite: Suite, rows: list[dict[str, Any]], path: Path) -> Path | None:
+    """The metric against training FLOPs, one line per entry and seed (None when no row has a curve)."""
+    curves = [(r["entry"], r["seed"], r["curve"]) for r in rows if r.get("curve") and not r.get("stale")]
+    if not curves:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=100)
+    colours: dict[str, Any] = {}
+    cycle = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for entry, seed, curve in sorted(curves, key=lambda c: (c[0], c[1])):
+        colour = colours.setdefault(entry, cycle[len(colours) % len(cycle)])
+        xs, ys = zip(*sorted(curve))
+        label = entry if entry not in {line.get_label() for line in ax.lines} else None
+        ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=label, alpha=0.9 if seed == 0 else 0.5)
+    if suite.target:
+        ax.axhline(suite.target["value"], color="grey", linestyle="--", linewidth=1, label="target")
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel(f"{suite.metric} ({'higher' if suite.higher_is_better else 'lower'} is better)")
+    ax.set_title(f"{suite.name}: {suite.metric} against training compute")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _group(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[row["entry"]].append(row)
+    return groups
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    values = [r[key] for r in rows if isinstance(r.get(key), int | float)]
+    return sum(values) / len(values) if values else None
+
+
+def _same(rows: list[dict[str, Any]], key: str) -> str:
+    values = sorted({str(r.get(key)) for r in rows if r.get(key) is not None})
+    return ", ".join(values)
+
+
+def _budget_line(suite: Suite, preset_name: str) -> str:
+    preset = suite.preset(preset_name)
+    budget = suite.budget_for(preset)
+    parts = []
+    if budget.train_flops is not None:
+        text = f"**{fmt_flops(budget.train_flops)}** of training compute per entry ({budget.train_flops:.3g} FLOPs"
+        steps = suite.reference_steps(budget.train_flops)
+        if steps is not None:
+            ref = suite.reference_step
+            text += f"; ≈ {steps:,.0f} {ref.get('name', 'reference')} steps at batch {ref['batch']}"
+        parts.append(text + ")")
+    if budget.images is not None:
+        parts.append(f"**{budget.images:,} images** seen")
+    if budget.seconds is not None:
+        parts.append(f"**{budget.seconds:g} s** of training")
+    return "Budget: " + ", or ".join(parts) + f", whichever comes first (preset `{preset.name}`)."
+
+
+def readme_lines(
+    suite: Suite,
+    rows: list[dict[str, Any]],
+    out_dir: Path,
+    plot: Path | None,
+    described: dict[str, dict[str, Any]],
+    preset: str | None = None,
+) -> list[str]:
+    preset = preset or suite.default_preset
+    metric = suite.metric
+    arrow = "↑" if suite.higher_is_better else "↓"
+    lines = [f"# {suite.title}", ""]
+    if suite.description:
+        lines += [suite.description, ""]
+    contract = (
+        "[leaderboards/README.md](../README.md)"
+        if out_dir.resolve() == suite.root.resolve()
+        else "`leaderboards/README.md`"
+    )
+    command = f"ldmbench leaderboard render {_rel(suite.root)}" + (
+        "" if out_dir.resolve() == suite.root.resolve() else f" --results {_rel(out_dir)}"
+    )
+    lines += [
+        f"_Generated from `results.jsonl` by `{command}`; do not edit by hand. The columns are defined in {contract}._",
+        "",
+        _budget_line(suite, preset),
+        "",
+    ]
+    current = [r for r in rows if not r.get("stale") and r.get("source", "trained") == "trained"]
+    ok = [r for r in current if r.get("status") == "ok"]
+    groups = _group(ok)
+    stats = {name: spread_stats([r.get("metric") for r in g]) for name, g in groups.items()}
+    ranks = rank_with_ties(
+        [(n, s[0], s[1]) for n, s in stats.items() if s is not None], higher_is_better=suite.higher_is_better
+    )
+    guided = suite.protocol.get("guidance_scale")
+    header = [
+        "rank",
+        "entry",
+        "recipe (objective, sampler)",
+        "params",
+        "GMACs/fwd",
+        "train GFLOPs/img",
+        "budget",
+        "images seen",
+        f"{metric} {arrow}" + (f" (CFG {guided:g})" if isinstance(guided, int | float) else ""),
+        f"{metric} no CFG",
+        "class acc. (%)",
+        "CLIP",
+        "control disent.",
+        "train img/s",
+        "sample img/s",
+        "peak mem (GB)",
+        "seeds",
+        "hardware",
+        "commit",
+    ]
+    table = []
+    order = sorted(groups, key=lambda n: (stats[n] is None, _rank_number(ranks.get(n)), n))
+    for name in order:
+        g = groups[name]
+        n = len(g)
+        mem_kind = _same(g, "peak_memory_kind")
+        table.append(
+            [
+                ranks.get(name, ""),
+                name,
+                f"{_same(g, 'objective')}, {_same(g, 'eval_sampler')}",
+                fmt_params(_mean(g, "params")),
+                fmt_num(_mean(g, "gmacs_per_forward"), 4),
+                fmt_num(_mean(g, "train_gflops_per_image")),
+                fmt_flops(_mean(g, "budget_train_flops") or _mean(g, "train_flops")),
+                fmt_num(_mean(g, "images_seen")),
+                fmt_stat(stats[name], n),
+                fmt_stat(spread_stats([r.get("metric_noguidance") for r in g]), n),
+                fmt_stat(spread_stats([r.get("class_accuracy") for r in g]), n, scale=100),
+                fmt_stat(spread_stats([r.get("clip_score") for r in g]), n),
+                fmt_stat(spread_stats([r.get("control_disentanglement") for r in g]), n),
+                fmt_num(_mean(g, "train_images_per_s")),
+                fmt_num(_mean(g, "sampling_images_per_s")),
+                fmt_num(_mean(g, "peak_memory_gb")) + (" (RSS)" if mem_kind == "rss" else ""),
+                ",".join(str(r["seed"]) for r in sorted(g, key=lambda r: r["seed"])),
+                _same(g, "hardware"),
+                _same(g, "commit"),
+            ]
+        )
+    not_run = [n for n in suite.entry_names if n not in groups]
+    for name in not_run:
+        info = described.get(name, {})
+        status = _status_text([r for r in rows if r["entry"] == name])
+        table.append(
+            ["", name, _recipe_of(info), fmt_params(info.get("params")), fmt_num(info.get("gmacs_per_forward"), 4)]
+            + [""] * 3
+            + [status]
+            + [""] * (len(header) - 9)
+        )
+    lines += ["## Results", ""]
+    lines += md_table(header, table) if table else ["No entries yet."]
+    lines += [""]
+    if any(len(g) > 1 for g in groups.values()):
+        lines += [
+            "Values are mean ± half the range over the seeds shown; entries whose intervals overlap share a rank "
+            "(`=k`): their difference is smaller than the seed-to-seed spread.",
+            "",
+        ]
+    elif groups:
+        lines += ["One seed per entry: no spread is measured, so ranks do not show ties (`--seeds 0,1` adds one).", ""]
+    lines += _target_lines(suite, groups)
+    if plot is not None:
+        lines += [
+            f"## {metric} against training compute",
+            "",
+            f"![{metric} against training FLOPs]({plot.relative_to(out_dir).as_posix()})",
+            "",
+        ]
+    grids = [(name, r["grid"]) for name in order for r in sorted(groups[name], key=lambda r: r["seed"])[:1]]
+    grids = [(n, g) for n, g in grids if g and (out_dir / g).is_file()]
+    if grids:
+        lines += [
+            "## Sample grids",
+            "",
+            "One row per class, fixed noise per column, drawn with the protocol's sampler.",
+            "",
+        ]
+        for name, grid in grids:
+            lines += [f"**{name}**", "", f"![{name} samples]({grid})", ""]
+    lines += _other_rows(rows)
+    if suite.literature:
+        lines += ["## Literature", "", "Published numbers, as reported by their authors (not rerun here).", ""]
+        cols = [(k, t) for k, t in _LITERATURE_COLUMNS if any(k in lit for lit in suite.literature)]
+        lines += md_table([t for _, t in cols], [[_lit(lit.get(k)) for k, _ in cols] for lit in suite.literature])
+        lines += [""]
+    if suite.notes:
+        lines += ["## Notes", ""] + [f"- {note}" for note in suite.notes] + [""]
+    lines += ["## Protocol", "", "```yaml"] + _yaml(suite.protocol_for(suite.preset(preset))) + ["```"]
+    return lines
+
+
+def _rank_number(rank: str | None) -> int:
+    return int(rank.lstrip("=")) if rank else 10**9
+
+
+def _recipe_of(info: dict[str, Any]) -> str:
+    if not info:
+        return ""
+    sampler = str(info.get("sampler", "")).removesuffix("Sampler")
+    return f"{info.get('objective', '')}, {sampler}".strip(", ")
+
+
+def _status_text(rows: list[dict[str, Any]]) -> str:
+    if not rows:
+        return "not run"
+    latest = rows[-1]
+    if latest.get("stale"):
+        return "stale (rerun)"
+    return latest.get("status", "not run")
+
+
+def _target_lines(suite: Suite, groups: dict[str, list[dict[str, Any]]]) -> list[str]:
+    target = suite.target
+    if not target:
+        return []
+    higher = bool(target.get("higher_is_better", suite.higher_is_better))
+    relation = "≥" if higher else "≤"
+    lines = [
+        "## Compute to reach target",
+        "",
+        f"Training FLOPs at the first evaluation where `{target['metric']}` {relation} {target['value']:g} "
+        "(from the in-training evaluations and the final one).",
+        "",
+    ]
+    table = []
+    for name, g in sorted(groups.items()):
+        reached = [compute_to_target(r.get("curve") or [], target["value"], higher) for r in g]
+        hits = [x for x in reached if x is not None]
+        budget = _mean(g, "budget_train_flops")
+        text = fmt_flops(sum(hits) / len(hits)) if hits else "not reached"
+        fraction = f"{sum(hits) / len(hits) / budget:.0%}" if hits and budget else ""
+        table.append([name, text, fraction, f"{len(hits)}/{len(g)}"])
+    if not table:
+        return lines + ["No rows yet.", ""]
+    lines += md_table(["entry", "FLOPs to target", "of the budget", "seeds reaching it"], table) + [""]
+    return lines
+
+
+def _other_rows(rows: list[dict[str, Any]]) -> list[str]:
+    others = [r for r in rows if r.get("stale") or r.get("status") != "ok" or r.get("source", "trained") != "trained"]
+    if not others:
+        return []
+    lines = ["## Other rows", "", "Failed, stale (made with other code, config or protocol) and checkpoint rows.", ""]
+    table = [
+        [
+            r["entry"],
+            str(r.get("seed")),
+            r.get("source", "trained"),
+            "stale" if r.get("stale") else r.get("status", ""),
+            fmt_num(r.get("metric")),
+            fmt_num(r.get("metric_noguidance")),
+            (r.get("error") or r.get("weights") or "").replace("\n", " ")[:160],
+            str(r.get("commit") or ""),
+        ]
+        for r in rows
+        if r in others
+    ]
+    return lines + md_table(["entry", "seed", "source", "status", "metric", "no CFG", "note", "commit"], table) + [""]
+
+
+def _lit(value: Any) -> str:
+    return "" if value is None else str(value)
+
+
+def _yaml(data: dict[str, Any]) -> list[str]:
+    import yaml
+
+    return yaml.safe_dump(data, sort_keys=False).rstrip().splitlines()
+
+
+def _rel(path: Path) -> str:
+    try:
+        return path.resolve().relative_to(res.REPO_ROOT).as_posix()
+    except ValueError:
+        return str(path)

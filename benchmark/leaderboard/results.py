@@ -1,0 +1,217 @@
+"""Result rows: their key, the environment they record, and the ``results.jsonl`` file they live in.
+
+A row is keyed by a hash of everything that decides its numbers: the resolved entry config (model, data, the
+trainer settings that change training), the seed, the budget, the evaluation protocol, the code and the versions of
+torch, lightning and diffusers. "The code" is a hash of the packages' sources and shipped weights rather than the
+git commit, so a commit that only touches documentation or results keeps rows current; the commit is recorded too.
+A row whose key differs from the one the current checkout computes is *stale*: shown as such, never mixed in, and
+redone by the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+_PACKAGES = ("benchmark", "baselines", "conditioning", "data")
+_CODE_SUFFIXES = {".py", ".json", ".safetensors", ".yaml", ".npz", ".pt"}
+# Files that cannot change a number: how results are drawn and how the command line is read.
+_NOT_CODE = {"benchmark/leaderboard/render.py", "benchmark/leaderboard/command.py"}
+# Trainer settings that change what is trained (everything else, e.g. loggers and callbacks, is the runner's).
+TRAINER_KEYS = (
+    "precision",
+    "accumulate_grad_batches",
+    "gradient_clip_val",
+    "gradient_clip_algorithm",
+    "deterministic",
+    "devices",
+    "num_nodes",
+)
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    """sha256 of an object's canonical JSON (sorted keys), as hex."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+@cache
+def code_hash() -> str:
+    """Hash of the packages' source files and shipped weights (documentation and results excluded)."""
+    digest = hashlib.sha256()
+    for package in _PACKAGES:
+        for path in sorted((REPO_ROOT / package).rglob("*")):
+            rel = path.relative_to(REPO_ROOT).as_posix()
+            if not path.is_file() or "__pycache__" in rel or path.suffix not in _CODE_SUFFIXES or rel in _NOT_CODE:
+                continue
+            digest.update(rel.encode())
+            digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+@cache
+def git_commit() -> str | None:
+    """Short HEAD commit of the checkout, with ``-dirty`` when tracked files differ; None outside git."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no", "--", *_PACKAGES],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit + ("-dirty" if dirty else "")
+
+
+@cache
+def library_versions() -> dict[str, str | None]:
+    """Versions of the libraries whose changes can move a number."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in ("torch", "lightning", "diffusers"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+@cache
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def hardware(world_size: int = 1) -> str:
+    """The hardware a row ran on, e.g. ``1x NVIDIA H100 80GB HBM3`` or ``AMD EPYC 7B13 (2 cores)``."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{world_size}x {torch.cuda.get_device_name()}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    prefix = f"{world_size}x " if world_size > 1 else ""
+    return f"{prefix}{_cpu_name()} ({cores} cores)"
+
+
+def entry_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
+    """The parts of a resolved ``fit`` config that decide the numbers (model, data, seed, training settings)."""
+    trainer = resolved.get("trainer") or {}
+    return {
+        "model": resolved.get("model"),
+        "data": resolved.get("data"),
+        "trainer": {k: trainer.get(k) for k in TRAINER_KEYS},
+    }
+
+
+def row_key(
+    fingerprint: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any] | None,
+    protocol: dict[str, Any],
+    *,
+    source: str = "trained",
+) -> str:
+    """The key of a row: what would have to be equal for a rerun to reproduce it."""
+    return stable_hash(
+        {
+            "entry": fingerprint,
+            "seed": seed,
+            "budget": budget,
+            "protocol": protocol,
+            "source": source,
+            "code": code_hash(),
+            "versions": library_versions(),
+        }
+    )
+
+
+# ----------------------------------------------------------------------------------------------- the file
+def read_rows(path: str | Path) -> list[dict[str, Any]]:
+    """All rows of a ``results.jsonl`` in file order ([] when it does not exist); a torn last line is ignored."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    rows = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return rows
+
+
+def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
+    """Write all rows atomically: a temporary file in the same folder, then one ``os.replace``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row, sort_keys=False, default=_json_default) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def append_row(path: str | Path, row: dict[str, Any]) -> None:
+    """Add one row; an older row of the same (entry, seed, key) is replaced so a redo never duplicates."""
+    rows = [
+        r
+        for r in read_rows(path)
+        if not (r.get("entry") == row.get("entry") and r.get("seed") == row.get("seed") and r.get("key") == row["key"])
+    ]
+    rows.append(row)
+    write_rows(path, rows)
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    return str(obj)
+
+
+def latest_rows(rows: list[dict[str, Any]], current_keys: set[str] | None) -> list[dict[str, Any]]:
+    """One row per (entry, seed, source): the current one when it exists, else the newest, flagged ``stale``.
+
+    ``current_keys`` holds the keys this checkout computes for the suite's trained rows; None skips the check (rows
+    are then shown as they are). Rows of other sources (evaluated checkpoints) carry their own key and are current.
+    """
+    newest: dict[tuple[Any, Any, str], dict[str, Any]] = {}
+    current: dict[tuple[Any, Any, str], dict[str, Any]] = {}
+    for row in rows:
+        ident = (row.get("entry"), row.get("seed"), row.get("source", "trained"))
+        newest[ident] = row
+        if current_keys is None or ident[2] != "trained" or row.get("key") in current_keys:
+            current[ident] = row
+    return [{**current[i], "stale": False} if i in current else {**row, "stale": True} for i, row in newest.items()]

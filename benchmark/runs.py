@@ -1,0 +1,184 @@
+"""Where a run writes, which run ``--ckpt_path last`` resumes, and how checkpoint files are read.
+
+Layout (``root`` is ``--trainer.default_root_dir``, ``runs`` by default; ``entry`` is ``--run_name`` or
+``<first config file's stem>-<model class>``, e.g. ``dit-DiTModule`` for ``leaderboards/shapes/dit.yaml``)::
+
+    <root>/<entry>/version_<N>/              one training run; a resumed run keeps writing here
+        config.yaml  hparams.yaml  metrics.csv
+        checkpoints/last.ckpt, step=...ckpt
+        samples/step_<step>.png              SampleGrid
+        <validate|test|predict>/<ckpt>/      evaluations of this run's checkpoint <ckpt>.ckpt (predict: PNGs,
+                                             samples.npz)
+
+Every decision about these paths is made here, so the CLI, the callbacks and the tests agree.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.loggers.csv_logs import _ExperimentWriter
+from lightning.pytorch.loggers import CSVLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+from lightning.pytorch.loggers.logger import rank_zero_experiment
+
+DEFAULT_ROOT = "runs"
+_VERSION = re.compile(r"version_(\d+)")
+
+
+class CheckpointError(ValueError):
+    """A file given as a checkpoint cannot be read as one."""
+
+
+def read_checkpoint(path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool = False) -> Any:
+    """``torch.load`` a checkpoint safely (tensors and plain data only), with an error that names the file.
+
+    Args:
+        path: The checkpoint file.
+        allow: Extra classes the file may contain (e.g. ``argparse.Namespace`` in official DiT training checkpoints).
+        mmap: Map the file instead of reading it (cheap for large checkpoints when only a few entries are needed).
+
+    Raises:
+        FileNotFoundError: The file does not exist.
+        CheckpointError: The file is not a checkpoint this project can read (corrupt, truncated, another format, or
+            holding Python objects other than tensors and plain data, which are never loaded since loading them can
+            run code).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            try:
+                return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+            except RuntimeError as error:
+                if not (mmap and "mmap" in str(error)):
+                    raise
+                return torch.load(path, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as error:  # noqa: BLE001 - every failure of torch.load means the same thing to the user
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+        why = (
+            f"it contains a Python object ({found.group(1)}); only tensors and plain data are loaded"
+            if found
+            else "the file is corrupt, truncated or not a PyTorch checkpoint"
+        )
+        # `from None`: torch's own message would advise loading with weights_only=False, i.e. running the file's code.
+        raise CheckpointError(f"{path} is not a valid checkpoint: {why}") from None
+
+
+def checkpoint_step(path: str | os.PathLike) -> int | None:
+    """The ``global_step`` stored in a Lightning checkpoint (None if it has none); raises `CheckpointError`."""
+    state = read_checkpoint(path, mmap=True)
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} is not a valid checkpoint: it holds a {type(state).__name__}, not a dict")
+    step = state.get("global_step")
+    return int(step) if step is not None else None
+
+
+def entry_name(class_path: str, config_files: list[str], run_name: str | None = None) -> str:
+    """The folder name of an entry: ``run_name`` if given, else ``<first config's stem>-<model class>``.
+
+    The model class is part of the name so that a copied config with another ``class_path`` never shares (and
+    resumes) the original's checkpoints.
+    """
+    if run_name:
+        if Path(run_name).name != run_name or run_name in (".", ".."):
+            raise ValueError(f"run_name must be a plain folder name, got {run_name!r}")
+        return run_name
+    model = class_path.rsplit(".", 1)[-1] or "model"
+    return f"{Path(config_files[0]).stem}-{model}" if config_files else model
+
+
+def versions(entry_dir: Path) -> list[int]:
+    """The version numbers of ``<entry_dir>/version_<N>`` folders, ascending."""
+    if not entry_dir.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in entry_dir.iterdir() if p.is_dir() and (m := _VERSION.fullmatch(p.name)))
+
+
+def newest_checkpoint(root: str | os.PathLike, entry: str) -> Path | None:
+    """The checkpoint ``--ckpt_path last`` resumes: the most recently written one of the entry's newest version.
+
+    That is ``last.ckpt`` after a step-interval save and the time-interval checkpoint when that one is younger.
+    """
+    entry_dir = Path(root) / entry
+    for version in reversed(versions(entry_dir)):
+        folder = entry_dir / f"version_{version}" / "checkpoints"
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
+        if found:
+            return found[-1]
+    return None
+
+
+def run_of_checkpoint(path: str | os.PathLike) -> tuple[Path, str, int] | None:
+    """``(root, entry, version)`` when ``path`` is ``<root>/<entry>/version_<N>/checkpoints/<file>``, else None."""
+    path = Path(path).absolute()
+    match = _VERSION.fullmatch(path.parent.parent.name)
+    if path.parent.name != "checkpoints" or match is None:
+        return None
+    return path.parents[3], path.parents[2].name, int(match.group(1))
+
+
+class _ResumingWriter(ExperimentWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued instead of deleted.
+
+    Rows of steps at or after ``resume_step`` are dropped: they were logged after the checkpoint the run resumes
+    from, and the resumed run logs those steps again.
+    """
+
+    def __init__(self, log_dir: str, resume_step: int | None) -> None:
+        self.resume_step = resume_step
+        super().__init__(log_dir)
+
+    def _check_log_dir_exists(self) -> None:
+        path = Path(self.metrics_file_path)
+        if self.resume_step is None or not path.is_file():
+            return _ExperimentWriter._check_log_dir_exists(self)
+        with open(path, newline="") as file:
+            reader = csv.DictReader(file)
+            keys, rows = list(reader.fieldnames or []), list(reader)
+        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < self.resume_step]
+        with open(path, "w", newline="") as file:
+            writer = csv.DictWriter(file, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(kept)
+        self.metrics_keys = keys
+
+
+class RunLogger(CSVLogger):
+    """`CSVLogger` that continues a resumed run's ``metrics.csv`` (Lightning's would delete it).
+
+    Args:
+        save_dir: Root folder (``--trainer.default_root_dir``).
+        name: Entry folder name.
+        version: Version number or folder name; None takes the next free ``version_<N>``.
+        resume_step: Global step of the checkpoint being resumed; rows from this step on are dropped from the log.
+        prefix: Prefix of every metric name.
+        flush_logs_every_n_steps: How often metrics are written to disk.
+    """
+
+    def __init__(
+        self,
+        save_dir: str = DEFAULT_ROOT,
+        name: str = "lightning_logs",
+        version: int | str | None = None,
+        resume_step: int | None = None,
+        prefix: str = "",
+        flush_logs_every_n_steps: int = 100,
+    ) -> None:
+        super().__init__(save_dir, name, version, prefix, flush_logs_every_n_steps)
+        self.resume_step = resume_step
+
+    @property
+    @rank_zero_experiment
+    def experiment(self) -> ExperimentWriter:  # type: ignore[override]
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _ResumingWriter(self.log_dir, self.resume_step)
+        return self._experiment

@@ -1,0 +1,532 @@
+"""A latent cache: every item of a training split encoded once by the frozen autoencoder, shared by a suite.
+
+The frozen autoencoder's encode is a large share of a small model's training step, and every entry of a suite
+encodes the same images again. The cache stores, per item, the autoencoder's posterior moments (mean and std of
+``q(z|x)``, in the autoencoder's raw latent space) with the item's class label, caption and control metadata.
+Training then samples ``z = mean + std * noise`` inside the training step's seeded RNG (`sample_latent`, called
+by ``DiffusionModule.encode``), which draws exactly the noise the uncached encode would draw, so a resumed run
+still continues bit for bit.
+
+Layout of a cache directory::
+
+    manifest.json              what determines the content (the key), shard list with item ranges and sha256
+    shard-00000.safetensors    mean/std (N, V, C, h, w) float32, class_label (N,), control (N, V, 7), index (N,);
+    shard-00001.safetensors    captions as JSON in the safetensors metadata
+    ...
+
+``V`` is the number of stored views of an item: 1 for Shapes (its crop and flip are a pure function of the item
+index, so the cache is exact), 2 for ImageFolder (the image and its horizontal flip, so the flip stays a random
+augmentation and its control metadata stays true). Random crops that a cache would freeze are not cached: no
+dataset here draws them per epoch (``crops_per_item`` in the key records the one stored crop).
+
+Correctness rules:
+
+- The key (dataset class and options, split, resolution, autoencoder id, dtype and a hash of its weights, crops per
+  item, flip moments) is compared with the config; a cache built for something else is refused with a message
+  naming the differing keys. The default location is named by a hash of the key, so different configs never meet.
+- Shards are written in item order, each to a temporary file renamed into place, then recorded in the manifest
+  (also written by rename). A killed build resumes: shards listed in the manifest are verified by sha256 and kept,
+  anything after the last recorded shard is rebuilt, so no item is lost or duplicated.
+- Builders hold an exclusive ``fcntl`` lock on ``<cache>.lock``: a second builder waits, then finds the cache
+  complete. Under DDP, rank 0 builds while the other ranks wait at a barrier, then all ranks read it.
+
+Where it lives: ``latent_cache="auto"`` (the shipped Shapes configs) uses ``$LDMBENCH_CACHE`` or else ``runs/cache``
+(the run root, relative to the working directory), in a sub-folder named by the key. A path uses that folder;
+``None`` or ``"none"`` disables the cache. ``"auto"`` builds on first use when the run reads at least half of the
+training items (otherwise it uses an existing cache, or trains from images and says how to build one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+ENV_ROOT = "LDMBENCH_CACHE"
+DEFAULT_ROOT = "runs/cache"
+MANIFEST = "manifest.json"
+# The control dict of one item as a flat float32 row: key and width (0 = scalar), in `make_control`'s order.
+CONTROL_LAYOUT: tuple[tuple[str, int], ...] = (("orig_size", 2), ("crop_coords", 2), ("crop_size", 2), ("flip", 0))
+_AUTO_BUILD_FRACTION = 0.5  # "auto" builds only for a run that reads at least this fraction of the items
+
+
+class CacheMismatchError(ValueError):
+    """A latent cache exists at the path but was built for a different config."""
+
+
+# ------------------------------------------------------------------------------------------------ keys and paths
+def default_cache_root() -> Path:
+    """``$LDMBENCH_CACHE`` if set, else ``runs/cache`` under the working directory."""
+    return Path(os.environ.get(ENV_ROOT) or DEFAULT_ROOT)
+
+
+def weights_sha256(autoencoder: Any) -> str:
+    """sha256 of the autoencoder's weights (names, dtypes, shapes and bytes of its state dict, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(autoencoder.vae.state_dict().items()):
+        tensor = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def cache_key(dataset: Any, autoencoder: Any) -> dict[str, Any]:
+    """Everything that determines a cache's content: the dataset's own key plus the autoencoder's identity.
+
+    Args:
+        dataset: A dataset with ``cache_key() -> dict`` (``class``, ``split``, ``resolution``, options,
+            ``crops_per_item``, ``flip_moments``) and ``cache_views(index) -> list[item]``.
+        autoencoder: The frozen `data.autoencoder.Autoencoder` the model trains with.
+    """
+    key = {"format": FORMAT_VERSION, **dataset.cache_key()}
+    weights = weights_sha256(autoencoder)
+    key["autoencoder"] = {"id": autoencoder.name, "dtype": str(autoencoder.dtype), "weights": weights}
+    return key
+
+
+def key_digest(key: Mapping[str, Any]) -> str:
+    """A short stable hash of a key (canonical JSON)."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def default_cache_dir(key: Mapping[str, Any], root: str | Path | None = None) -> Path:
+    """``<root>/<dataset>-<split>-<hash of the key>``; root defaults to `default_cache_root`."""
+    name = str(key["class"]).rsplit(".", 1)[-1].lower()
+    return Path(root if root is not None else default_cache_root()) / f"{name}-{key['split']}-{key_digest(key)}"
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, Mapping):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: value}
+
+
+def key_differences(stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
+    """Dotted names of the keys whose values differ (or exist on one side only), sorted."""
+    a, b = _flatten(stored), _flatten(wanted)
+    return sorted(k for k in set(a) | set(b) if a.get(k, "<missing>") != b.get(k, "<missing>"))
+
+
+def _check_key(directory: Path, stored: Mapping[str, Any], wanted: Mapping[str, Any]) -> None:
+    diff = key_differences(stored, wanted)
+    if diff:
+        flat_s, flat_w = _flatten(stored), _flatten(wanted)
+        details = "; ".join(
+            f"{k}: cache has {flat_s.get(k, '<missing>')!r}, config wants {flat_w.get(k, '<missing>')!r}" for k in diff
+        )
+        raise CacheMismatchError(
+            f"latent cache {directory} was built for a different config ({details}); "
+            "point latent_cache at another folder, use 'auto', or delete this one"
+        )
+
+
+# ------------------------------------------------------------------------------------------------ file helpers
+def _atomic_write_json(path: Path, value: Any) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any] | None:
+    """The manifest of a cache directory, or None if there is none."""
+    path = Path(directory) / MANIFEST
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextlib.contextmanager
+def build_lock(directory: Path) -> Iterator[None]:
+    """Exclusive ``fcntl`` lock on ``<directory>.lock``: a second builder blocks here until the first is done."""
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    with open(directory.parent / (directory.name + ".lock"), "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another process is building latent cache %s; waiting for it", directory)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+# ------------------------------------------------------------------------------------------------ the writer
+def _flat_control(control: Mapping[str, Tensor]) -> Tensor:
+    return torch.cat([control[name].reshape(-1).float() for name, _ in CONTROL_LAYOUT])
+
+
+class _Views(Dataset):
+    """Item ``i`` as its stacked views, for the build loader (rendering/decoding runs in loader workers)."""
+
+    def __init__(self, dataset: Any, start: int, stop: int) -> None:
+        self.dataset, self.start, self.stop = dataset, start, stop
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        views = self.dataset.cache_views(self.start + i)
+        return {
+            "image": torch.stack([v["image"] for v in views]),
+            "class_label": torch.as_tensor(views[0]["class_label"], dtype=torch.int64),
+            "control": torch.stack([_flat_control(v["control"]) for v in views]),
+            "caption": [v.get("caption", "") for v in views],
+        }
+
+
+def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "image": torch.stack([it["image"] for it in items]),
+        "class_label": torch.stack([it["class_label"] for it in items]),
+        "control": torch.stack([it["control"] for it in items]),
+        "caption": [it["caption"] for it in items],
+    }
+
+
+@torch.no_grad()
+def _moments(autoencoder: Any, images: Tensor, device: torch.device) -> tuple[Tensor, Tensor]:
+    vae = autoencoder.vae
+    if vae.device != device:
+        vae.to(device)
+    posterior = vae.encode(images.to(device, autoencoder.dtype)).latent_dist
+    return posterior.mean.float().cpu(), posterior.std.float().cpu()
+
+
+def build_cache(
+    dataset: Any,
+    autoencoder: Any,
+    directory: str | Path,
+    key: Mapping[str, Any] | None = None,
+    shard_size: int = 4096,
+    batch_size: int = 512,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Encode every item of ``dataset`` once and store its posterior moments (resumable, locked, atomic).
+
+    Args:
+        dataset: The split to cache (``cache_key`` / ``cache_views`` as in `cache_key`).
+        autoencoder: The frozen autoencoder.
+        directory: The cache folder (created).
+        key: The precomputed `cache_key` (computed if None).
+        shard_size: Items per shard file.
+        batch_size: Items per autoencoder forward.
+        num_workers: Loader workers that render or decode items while the autoencoder runs.
+        device: Where the autoencoder runs.
+        progress: Show a progress bar.
+
+    Returns:
+        The complete manifest.
+
+    Raises:
+        CacheMismatchError: If the folder holds a cache built for another key.
+    """
+    directory = Path(directory)
+    key = dict(key) if key is not None else cache_key(dataset, autoencoder)
+    with build_lock(directory):
+        manifest = read_manifest(directory)
+        if manifest is not None:
+            _check_key(directory, manifest["key"], key)
+            if manifest["complete"]:
+                return manifest
+            manifest["shards"] = _verified_prefix(directory, manifest["shards"])
+        else:
+            directory.mkdir(parents=True, exist_ok=True)
+            manifest = {
+                "key": key,
+                "num_items": len(dataset),
+                "shard_size": shard_size,
+                "shards": [],
+                "complete": False,
+            }
+        shard_size = manifest["shard_size"]
+        done = sum(s["count"] for s in manifest["shards"])
+        _atomic_write_json(directory / MANIFEST, manifest)
+        _write_shards(
+            dataset,
+            autoencoder,
+            directory,
+            manifest,
+            done,
+            shard_size,
+            batch_size,
+            num_workers,
+            torch.device(device),
+            progress,
+        )
+        manifest["complete"] = True
+        _atomic_write_json(directory / MANIFEST, manifest)
+        return manifest
+
+
+def _verified_prefix(directory: Path, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The recorded shards up to the first one that is missing or corrupt (those after it are rebuilt)."""
+    kept: list[dict[str, Any]] = []
+    for shard in shards:
+        path = directory / shard["file"]
+        if not path.is_file() or _sha256_file(path) != shard["sha256"]:
+            log.warning("latent cache shard %s is missing or corrupt; rebuilding from item %d", path, shard["start"])
+            break
+        kept.append(shard)
+    return kept
+
+
+def _write_shards(
+    dataset: Any,
+    autoencoder: Any,
+    directory: Path,
+    manifest: dict[str, Any],
+    done: int,
+    shard_size: int,
+    batch_size: int,
+    num_workers: int,
+    device: torch.device,
+    progress: bool,
+) -> None:
+    from tqdm.auto import tqdm
+
+    total = manifest["num_items"]
+    desc = f"caching latents -> {directory.name}"
+    bar = tqdm(total=total, initial=done, unit="item", desc=desc, disable=not progress)
+    try:
+        for start in range(done, total, shard_size):
+            stop = min(start + shard_size, total)
+            loader = DataLoader(
+                _Views(dataset, start, stop), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+            )
+            parts: dict[str, list[Tensor]] = {"mean": [], "std": [], "class_label": [], "control": []}
+            captions: list[list[str]] = []
+            for batch in loader:
+                n, v = batch["image"].shape[:2]
+                mean, std = _moments(autoencoder, batch["image"].flatten(0, 1), device)
+                parts["mean"].append(mean.unflatten(0, (n, v)))
+                parts["std"].append(std.unflatten(0, (n, v)))
+                parts["class_label"].append(batch["class_label"])
+                parts["control"].append(batch["control"])
+                captions.extend(batch["caption"])
+                bar.update(n)
+            tensors = {name: torch.cat(values).contiguous() for name, values in parts.items()}
+            tensors["index"] = torch.arange(start, stop, dtype=torch.int64)
+            name = f"shard-{len(manifest['shards']):05d}.safetensors"
+            tmp = directory / f".{name}.tmp{os.getpid()}"
+            save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
+            os.chmod(tmp, 0o644)  # shared by every entry (and user) of a suite
+            os.replace(tmp, directory / name)  # a killed build never leaves a half-written shard under this name
+            manifest["shards"].append(
+                {"file": name, "start": start, "count": stop - start, "sha256": _sha256_file(directory / name)}
+            )
+            _atomic_write_json(directory / MANIFEST, manifest)
+    finally:
+        bar.close()
+
+
+# ------------------------------------------------------------------------------------------------ the reader
+def _safetensors_layout(path: Path) -> tuple[int, dict[str, Any]]:
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(length))
+    return 8 + length, header
+
+
+_NUMPY_DTYPES = {"F32": np.float32, "I64": np.int64, "F16": np.float16}
+
+
+class LatentCacheDataset(Dataset):
+    """Items of a complete latent cache: posterior moments, class label, caption and control metadata.
+
+    Shards are memory-mapped (opened lazily in each process), so a cache larger than memory reads only what a batch
+    needs. Items with two stored views (an image and its flip) pick one per draw: item ``index`` at global stream
+    position ``p`` (passed by the training sampler as ``(index, p)``) is flipped when a generator seeded by
+    ``(seed, p)`` says so, which is random per epoch and identical in a resumed run.
+
+    Args:
+        directory: The cache folder.
+        key: If given, the cache must have been built for exactly this key.
+        flip_p: Flip probability for caches with flip moments (0 always takes the unflipped view).
+        seed: Seed of the flip draws.
+    """
+
+    wants_stream_position = True
+
+    def __init__(
+        self, directory: str | Path, key: Mapping[str, Any] | None = None, flip_p: float = 0.5, seed: int = 0
+    ) -> None:
+        self.directory = Path(directory)
+        manifest = read_manifest(self.directory)
+        if manifest is None or not manifest["complete"]:
+            raise FileNotFoundError(f"no complete latent cache in {self.directory}; build it: ldmbench cache-latents")
+        if key is not None:
+            _check_key(self.directory, manifest["key"], key)
+        self.manifest, self.flip_p, self.seed = manifest, flip_p, seed
+        self.starts = np.array([s["start"] for s in manifest["shards"]], dtype=np.int64)
+        self._arrays: list[dict[str, np.ndarray]] | None = None
+        self._captions: list[list[list[str]]] | None = None
+
+    def __len__(self) -> int:
+        return int(self.manifest["num_items"])
+
+    @property
+    def num_views(self) -> int:
+        """Stored views per item (2 when the flip's moments are stored)."""
+        return 2 if self.manifest["key"].get("flip_moments") else 1
+
+    def _open(self) -> list[dict[str, np.ndarray]]:
+        if self._arrays is None:
+            arrays, captions = [], []
+            for shard in self.manifest["shards"]:
+                path = self.directory / shard["file"]
+                offset, header = _safetensors_layout(path)
+                meta = header.pop("__metadata__", {})
+                arrays.append(
+                    {
+                        name: np.memmap(
+                            path,
+                            dtype=_NUMPY_DTYPES[info["dtype"]],
+                            mode="r",
+                            offset=offset + info["data_offsets"][0],
+                            shape=tuple(info["shape"]),
+                        )
+                        for name, info in header.items()
+                    }
+                )
+                captions.append(json.loads(meta.get("captions", "[]")))
+            self._arrays, self._captions = arrays, captions
+        return self._arrays
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_arrays": None, "_captions": None}  # workers map the files themselves
+
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        index, position = item if isinstance(item, tuple) else (item, None)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for a latent cache of {len(self)} items")
+        arrays = self._open()
+        s = int(np.searchsorted(self.starts, index, side="right")) - 1
+        shard, row = arrays[s], index - int(self.starts[s])
+        view = 0
+        if self.num_views == 2 and self.flip_p > 0:
+            draw = np.random.default_rng([self.seed, 0 if position is None else position + 1, index]).random()
+            view = int(draw < self.flip_p)
+        control = torch.from_numpy(np.array(shard["control"][row, view]))
+        out: dict[str, Any] = {
+            "latent_mean": torch.from_numpy(np.array(shard["mean"][row, view])),
+            "latent_std": torch.from_numpy(np.array(shard["std"][row, view])),
+            "class_label": torch.tensor(int(shard["class_label"][row]), dtype=torch.int64),
+            "control": {},
+        }
+        at = 0
+        for name, width in CONTROL_LAYOUT:
+            out["control"][name] = control[at] if width == 0 else control[at : at + width]
+            at += max(width, 1)
+        assert self._captions is not None
+        out["caption"] = self._captions[s][row][view]
+        return out
+
+
+def sample_latent(autoencoder: Any, mean: Tensor, std: Tensor) -> Tensor:
+    """A normalised latent from stored posterior moments, as ``autoencoder.encode`` would return it.
+
+    ``mean + std * randn_like(mean)`` draws the same noise from the same RNG state as the diffusers posterior
+    sample of the uncached path; with ``sample_posterior=False`` the mean is used.
+    """
+    z = mean + std * torch.randn_like(mean) if autoencoder.sample_posterior else mean
+    return (z - autoencoder.shift_factor) * autoencoder.scaling_factor
+
+
+# ------------------------------------------------------------------------------------------------ DataModule glue
+def _planned_items(trainer: Any, batch_size: int) -> float:
+    """Training items this run will read in all (inf when unbounded), to decide whether "auto" builds."""
+    if getattr(trainer, "fast_dev_run", False):
+        return 0
+    steps = trainer.max_steps
+    if steps is None or steps < 0:
+        return float("inf")
+    return steps * batch_size * trainer.accumulate_grad_batches * trainer.world_size
+
+
+def resolve_train_cache(datamodule: Any, dataset: Any, option: str | None, flip_p: float = 0.0) -> Dataset | None:
+    """The cached training set a DataModule should use, building it if the option says so; None to use images.
+
+    Called from a DataModule's ``setup("fit")`` with a trainer attached (the model's autoencoder is the one the
+    cache must match). Under DDP, rank 0 builds while the others wait at a barrier; the file lock additionally keeps
+    separate jobs from writing the same cache at once.
+
+    Args:
+        datamodule: The DataModule (its ``trainer``, ``batch_size``, ``num_workers`` and ``seed`` are read).
+        dataset: Its training dataset.
+        option: ``None``/``"none"``: no cache; ``"auto"``: the default location; else a folder path.
+        flip_p: Flip probability for datasets that store flip moments.
+    """
+    if option is None or str(option).lower() == "none":
+        return None
+    trainer = datamodule.trainer
+    module = getattr(trainer, "lightning_module", None) if trainer is not None else None
+    autoencoder = getattr(module, "autoencoder", None)
+    if autoencoder is None:
+        log.warning("latent_cache=%r ignored: no model with an autoencoder is attached", option)
+        return None
+    key = cache_key(dataset, autoencoder)
+    auto = str(option).lower() == "auto"
+    directory = default_cache_dir(key) if auto else Path(option)
+    manifest = read_manifest(directory)
+    if manifest is not None:
+        _check_key(directory, manifest["key"], key)
+    complete = manifest is not None and manifest["complete"]
+    if not complete and auto and _planned_items(trainer, datamodule.batch_size) < _AUTO_BUILD_FRACTION * len(dataset):
+        _info(
+            trainer,
+            f"latent cache {directory} not built and this run reads under half of the {len(dataset)} training "
+            "items; training from images (build it once with `ldmbench cache-latents --config ...`)",
+        )
+        return None
+    if not complete:
+        if trainer.global_rank == 0:
+            _info(trainer, f"building latent cache {directory} ({len(dataset)} items, once for every entry)")
+            start = time.perf_counter()
+            build_cache(
+                dataset,
+                autoencoder,
+                directory,
+                key=key,
+                num_workers=datamodule.num_workers,
+                device=trainer.strategy.root_device,
+            )
+            _info(trainer, f"latent cache built in {time.perf_counter() - start:.1f} s")
+        if trainer.world_size > 1:
+            trainer.strategy.barrier("latent_cache")
+    _info(trainer, f"training from latent cache {directory}")
+    return LatentCacheDataset(directory, key=key, flip_p=flip_p, seed=datamodule.seed)
+
+
+def _info(trainer: Any, message: str) -> None:
+    if trainer is None or trainer.global_rank == 0:
+        print(message, flush=True)
+        log.info(message)

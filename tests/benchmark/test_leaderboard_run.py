@@ -1,0 +1,128 @@
+"""The leaderboard runner end to end on the Shapes suite: the smoke preset, and a run killed and resumed."""
+
+import math
+import signal
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+
+from benchmark.leaderboard import runner
+from benchmark.leaderboard.results import read_rows
+from benchmark.leaderboard.runner import run_suite
+
+ROOT = Path(__file__).resolve().parents[2]
+SHAPES = ROOT / "leaderboards" / "shapes"
+
+
+class _KillAfterStep(pl.Callback):
+    """Interrupt training like Ctrl+C right after step ``step`` (its checkpoint is already written)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+@pytest.fixture
+def restore_sigint():
+    # Lightning ignores SIGINT while it shuts down after a KeyboardInterrupt; give the test process its handler back.
+    yield
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def test_killed_run_resumes_training_and_evaluation(tmp_path, monkeypatch, restore_sigint):
+    calls = []
+
+    def fake_evaluate(module, protocol, datamodule, device):
+        calls.append(protocol.num_samples)
+        return {"fd_shapes": 42.0, "sampling_images_per_s": 10.0}
+
+    monkeypatch.setattr(runner, "evaluate_module", fake_evaluate)
+    kwargs = {"preset": "smoke", "entries": ["dit"], "output": tmp_path, "progress": False}
+
+    # 1. Killed during training, after the checkpoint of step 1.
+    with pytest.raises(SystemExit):
+        run_suite(SHAPES, callbacks=[_KillAfterStep(1)], **kwargs)
+    (run_dir,) = (tmp_path / "dit").iterdir()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "train.json").exists()
+    assert not read_rows(tmp_path / "results.jsonl")
+
+    # 2. Resumed: training continues from step 1; then killed during evaluation.
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runner, "evaluate_module", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run_suite(SHAPES, **kwargs)
+    assert (run_dir / "train.json").is_file() and (run_dir / "final.ckpt").is_file()
+    versions = sorted(p.name for p in (run_dir / "lightning_logs").iterdir())
+    assert len(versions) == 2  # two training attempts
+
+    # 3. Resumed again: no training, the final weights are evaluated and the row is written.
+    monkeypatch.setattr(runner, "evaluate_module", fake_evaluate)
+    (row,) = run_suite(SHAPES, **kwargs)
+    assert sorted(p.name for p in (run_dir / "lightning_logs").iterdir()) == versions, "trained again"
+    assert row["status"] == "ok" and row["metric"] == 42.0 and calls == [20]
+    assert row["resumed_from_step"] == 1 and row["steps"] == 2
+    # The budget's counters came back from the checkpoint: both attempts' images are counted once.
+    assert row["images_seen"] == 2 * 64 and row["train_flops"] >= row["budget_train_flops"]
+    assert read_rows(tmp_path / "results.jsonl")[0]["key"] == row["key"]
+
+    # 4. Nothing left to do: finished rows are skipped.
+    assert run_suite(SHAPES, **kwargs) == []
+    assert len(read_rows(tmp_path / "results.jsonl")) == 1
+
+
+def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
+
+    class _Diverge(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            if pl_module.objective.__class__.__name__ == "RectifiedFlow":
+                raise FloatingPointError("non-finite training loss nan at global step 0")
+
+    rows = run_suite(SHAPES, preset="smoke", output=tmp_path, progress=False, callbacks=[_Diverge()])
+    status = {r["entry"]: r["status"] for r in rows}
+    assert status["dit"] == "diverged" and status["dit_ddpm"] == "ok"
+    assert "diverged" in (tmp_path / "README.md").read_text()
+
+
+def test_eval_adds_a_marked_row_for_an_existing_checkpoint(tmp_path, monkeypatch):
+    import torch
+
+    from benchmark.leaderboard.runner import eval_checkpoint, instantiate, training_config
+    from benchmark.leaderboard.suite import load_suite
+
+    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 7.0, "fd_shapes_noguidance": 9.0})
+    suite = load_suite(SHAPES)
+    (entry,) = suite.entries(["dit"])
+    module = instantiate(training_config(entry, 0, tmp_path / "x", suite.preset("smoke"), progress=False)).model
+    ckpt = tmp_path / "some.ckpt"
+    torch.save({"state_dict": module.state_dict(), "global_step": 123}, ckpt)
+    row = eval_checkpoint(SHAPES, "dit", ckpt, preset="smoke", output=tmp_path)
+    assert row["status"] == "ok" and row["source"] == "checkpoint" and row["steps"] == 123
+    assert row["metric"] == 7.0 and row["metric_noguidance"] == 9.0
+    readme = (tmp_path / "README.md").read_text()
+    assert "## Other rows" in readme and "checkpoint" in readme and "some.ckpt" in readme
+
+
+def test_smoke_preset_end_to_end(tmp_path):
+    """The CI preset on the Shapes suite's two DiT recipes: train, evaluate for real, write rows, README and CSV."""
+    entries = ["dit", "dit_ddpm"]
+    rows = run_suite(SHAPES, preset="smoke", entries=entries, output=tmp_path, progress=False)
+    assert [r["entry"] for r in rows] == entries
+    for row in rows:
+        assert row["status"] == "ok", row.get("traceback")
+        assert row["steps"] == 2 and row["images_seen"] == 128 and row["stopped_by"] == "train_flops"
+        assert row["train_flops"] >= row["budget_train_flops"] > row["train_flops"] / 2
+        assert math.isfinite(row["metric"]) and math.isfinite(row["metric_noguidance"])
+        assert 0.0 <= row["class_accuracy"] <= 1.0 and row["sampling_images_per_s"] > 0
+        assert row["metrics"]["num_samples"] == 20 and row["eval_sampler"] in ("Euler-4", "DDIM-4")
+        assert row["commit"] and row["versions"]["torch"] and row["hardware"]
+        assert (tmp_path / row["grid"]).stat().st_size > 0
+    readme = (tmp_path / "README.md").read_text()
+    assert "| dit |" in readme and "| dit_ddpm |" in readme and "preset `smoke`" in readme
+    assert len((tmp_path / "results.csv").read_text().splitlines()) == 3
