@@ -1,7 +1,9 @@
 """Training callbacks: one per file, named after what it produces."""
 
+from benchmark.callbacks.evaluation import Evaluation
 from benchmark.callbacks.predictions import ImageWriter
 from benchmark.callbacks.progress import ProgressBar
 from benchmark.callbacks.samples import SampleGrid
+from benchmark.callbacks.throughput import Throughput
 
-__all__ = ["ImageWriter", "ProgressBar", "SampleGrid"]
+__all__ = ["Evaluation", "ImageWriter", "ProgressBar", "SampleGrid", "Throughput"]

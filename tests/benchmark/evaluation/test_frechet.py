@@ -8,7 +8,13 @@ import scipy.linalg
 import torch
 from torch_fidelity.metric_fid import fid_features_to_statistics, fid_statistics_to_metric
 
-from benchmark.evaluation.frechet import cached_stats, frechet_distance, load_npz_stats, stats_from_features
+from benchmark.evaluation.frechet import (
+    cached_stats,
+    frechet_distance,
+    frechet_distance_of_features,
+    load_npz_stats,
+    stats_from_features,
+)
 
 
 def _scipy_fd(a: np.ndarray, b: np.ndarray) -> float:
@@ -33,6 +39,10 @@ def test_fd_matches_torch_fidelity_and_scipy_on_the_same_features():
     assert ours == pytest.approx(theirs, rel=1e-6)
     assert ours == pytest.approx(direct, rel=1e-6)
     assert frechet_distance(*stats_from_features(a), *stats_from_features(a)) == pytest.approx(0, abs=1e-8)
+    # The SVD form for few samples of wide features agrees, with more dims than samples too.
+    assert frechet_distance_of_features(a, b) == pytest.approx(ours, rel=1e-6)
+    narrow, wide = a[:10], b[:12]
+    assert frechet_distance_of_features(narrow, wide) == pytest.approx(_scipy_fd(narrow, wide), rel=1e-6)
 
 
 def test_cached_stats_are_reused_and_recomputed_when_the_protocol_changes(tmp_path):
