@@ -12,16 +12,8 @@ import torch
 from diffusers import UNet2DConditionModel
 from torch.utils.flop_counter import FlopCounterMode
 
-from baselines.ldm_unet import (
-    SIZES,
-    LDMModule,
-    LDMUNet,
-    diffusers_config,
-    from_diffusers,
-    ldm_unet_size,
-    load_ldm_checkpoint,
-    to_diffusers,
-)
+from baselines.ldm_unet import SIZES, LDMModule, LDMUNet, ldm_unet_size
+from baselines.ldm_unet_convert import diffusers_config, from_diffusers, load_ldm_checkpoint, to_diffusers
 from conditioning.text_time import TextTimeEmbedder
 from conditioning.types import Cond
 
