@@ -466,10 +466,27 @@ def _planned_items(trainer: Any, batch_size: int) -> float:
     """Training items this run will read in all (inf when unbounded), to decide whether "auto" builds."""
     if getattr(trainer, "fast_dev_run", False):
         return 0
+    global_batch = batch_size * trainer.accumulate_grad_batches * trainer.world_size
     steps = trainer.max_steps
     if steps is None or steps < 0:
-        return float("inf")
-    return steps * batch_size * trainer.accumulate_grad_batches * trainer.world_size
+        steps = _budget_steps(trainer, global_batch)
+    return float("inf") if steps is None else steps * global_batch
+
+
+def _budget_steps(trainer: Any, global_batch: int) -> int | None:
+    """Steps a compute / images budget callback allows (a leaderboard run has no max_steps), or None."""
+    module = getattr(trainer, "lightning_module", None)
+    for callback in getattr(trainer, "callbacks", []):
+        if not hasattr(callback, "planned_steps"):
+            continue
+        if getattr(callback, "flops_per_image", 1.0) is None and module is not None:
+            from benchmark.callbacks.budget import train_flops_per_image
+
+            callback.flops_per_image = train_flops_per_image(module)  # what its on_fit_start would measure
+        steps = callback.planned_steps(global_batch)
+        if steps is not None:
+            return steps
+    return None
 
 
 def resolve_train_cache(datamodule: Any, dataset: Any, option: str | None, flip_p: float = 0.0) -> Dataset | None:

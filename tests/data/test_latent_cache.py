@@ -237,3 +237,19 @@ def test_short_auto_run_trains_from_images_and_a_mismatched_path_is_refused(tmp_
             "--seed_everything=0",
             "--data.init_args.seed=5",
         )
+
+
+def test_auto_reads_a_leaderboard_budget_instead_of_max_steps():
+    """A leaderboard run has no max_steps: 'auto' must plan from its budget callback, not assume an endless run."""
+    from types import SimpleNamespace
+
+    from benchmark.callbacks.budget import ComputeBudget
+    from data.latent_cache import _planned_items
+
+    budget = ComputeBudget(train_flops=1e10, flops_per_image=1e6)  # 10,000 images
+    trainer = SimpleNamespace(
+        fast_dev_run=False, max_steps=-1, accumulate_grad_batches=1, world_size=2, callbacks=[budget]
+    )
+    assert _planned_items(trainer, batch_size=32) == 157 * 64  # ceil(10,000 / 64) steps of a global batch of 64
+    trainer.callbacks = []
+    assert _planned_items(trainer, batch_size=32) == float("inf")
