@@ -9,6 +9,8 @@ for key, value in {
     "TRANSFORMERS_OFFLINE": "1",
     "HF_HOME": os.path.join(_cache, "hf"),
     "TORCH_HOME": os.path.join(_cache, "torch"),
+    # Latent caches and reference statistics: never under the checkout's runs/ or the user's ~/.cache.
+    "LDMBENCH_CACHE": os.path.join(_cache, "ldmbench"),
     "WANDB_MODE": "disabled",
     "WANDB_SILENT": "true",
     "JSONARGPARSE_DEPRECATION_WARNINGS": "off",
