@@ -5,6 +5,7 @@
     ldmbench validate|test|predict --config ... --ckpt_path path/to.ckpt
     ldmbench describe --config leaderboards/imagenet-256/dit_xl_2.yaml   # params / GMACs as JSON, no data
     ldmbench cache-latents --config leaderboards/shapes/dit.yaml [--output DIR]   # latents of the train split
+    ldmbench perf --models dit,mdt --size tiny [--precision fp32,bf16] [--output leaderboards/perf/README.md]
     ldmbench evaluate --config ... --ckpt_path C [--protocol P.yaml] [--output metrics.json]   # metrics table + JSON
 
 Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so any importable subclass of
@@ -117,6 +118,11 @@ def main(args: ArgsType = None) -> None:
         from benchmark.leaderboard.command import main as leaderboard_main
 
         leaderboard_main(argv[1:])
+        return
+    if argv and argv[0] == "perf":  # ours vs reference implementations, interleaved (benchmark/perf.py)
+        from benchmark.perf import main as perf_main
+
+        perf_main(argv[1:])
         return
     if argv and argv[0] == "evaluate":
         from benchmark.evaluation.command import evaluate_command
