@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Attention", "Mlp", "PatchEmbed", "get_2d_sincos_pos_embed", "unpatchify"]
+__all__ = ["Attention", "CrossAttention", "Mlp", "PatchEmbed", "get_2d_sincos_pos_embed", "unpatchify"]
 
 
 class Attention(nn.Module):
@@ -51,6 +51,47 @@ class Attention(nn.Module):
         n, t, d = x.shape
         qkv = self.qkv(x).view(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, h, T, D/h)
         x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, h, T, D/h)
+        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+
+
+class CrossAttention(nn.Module):
+    """Multi-head cross-attention: queries from the tokens (``q_linear``), keys and values from a context through one
+    fused ``kv_linear`` laid out (k | v), each head-major, then ``proj``; PixArt-α's names and layout, so that the two
+    row blocks of ``kv_linear`` are diffusers' ``to_k`` / ``to_v``."""
+
+    def __init__(self, dim: int, num_heads: int) -> None:
+        """Build the layer.
+
+        Args:
+            dim: width D of both the tokens and the context; divisible by ``num_heads``.
+            num_heads: attention heads h.
+        """
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"cross-attention width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.q_linear = nn.Linear(dim, dim)
+        self.kv_linear = nn.Linear(dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Attend.
+
+        Args:
+            x: (N, T, D) tokens (the queries).
+            context: (N, L, D) context tokens (keys and values).
+            mask: (N, L) bool, True on the keys to attend to; None attends to all. A row must have a True entry.
+
+        Returns:
+            (N, T, D).
+        """
+        n, t, d = x.shape
+        q = self.q_linear(x).view(n, t, self.num_heads, self.head_dim).transpose(1, 2)  # (N, h, T, D/h)
+        kv = self.kv_linear(context).view(n, context.shape[1], 2, self.num_heads, self.head_dim)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # 2 x (N, h, L, D/h)
+        attn_mask = None if mask is None else mask[:, None, None, :]  # broadcast over heads and queries
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
         return self.proj(x.transpose(1, 2).reshape(n, t, d))
 
 
@@ -106,7 +147,7 @@ def _sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
     return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
 
 
-def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) -> np.ndarray:
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int], scale: float = 1.0) -> np.ndarray:
     """Fixed 2-D sin-cos position table in the MAE / DiT convention.
 
     Tokens are row-major over a (gh, gw) grid. The *first* half of the channels encodes the column (x / width)
@@ -118,6 +159,9 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) ->
     Args:
         embed_dim: width D; must be divisible by 4.
         grid_size: tokens per side, or (rows, columns).
+        scale: the token positions are ``index / scale``. 1 (MAE, DiT) encodes integer positions; PixArt-α's
+            ``lewei_scale`` (diffusers' ``interpolation_scale``, 0.5 at 256², 1 at 512², 2 at 1024²) maps every
+            resolution onto the position range of its 512² model.
 
     Returns:
         (gh * gw, D) float64 array.
@@ -125,7 +169,10 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int | tuple[int, int]) ->
     if embed_dim % 4:
         raise ValueError(f"2-D sin-cos position embedding needs a width divisible by 4, got {embed_dim}")
     gh, gw = (grid_size, grid_size) if isinstance(grid_size, int) else grid_size
+    if scale <= 0:
+        raise ValueError(f"the position scale must be positive, got {scale}")
     rows, cols = np.meshgrid(np.arange(gh, dtype=np.float32), np.arange(gw, dtype=np.float32), indexing="ij")
+    rows, cols = rows / np.float32(scale), cols / np.float32(scale)
     return np.concatenate([_sincos_1d(embed_dim // 2, cols), _sincos_1d(embed_dim // 2, rows)], axis=1)
 
 
