@@ -62,3 +62,27 @@ def test_matmul_ceiling_is_positive():
 def test_mdt_step_runs_both_passes_against_dit():
     impls, _ = build_impls("mdt", "tiny", 2, 16, torch.device("cpu"))
     assert len(impls[0].forward()) == 2 and len(impls[1].forward()) == 1
+
+
+def test_dit_gradient_checkpointing_gives_the_same_outputs_and_gradients():
+    from baselines.dit import DiT
+    from conditioning.types import Cond
+
+    torch.manual_seed(0)
+    plain = DiT(input_size=8, num_classes=10, depth=2, hidden_size=64, num_heads=4)
+    with torch.no_grad():
+        for p in plain.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn_like(p) * 0.05)
+    ckpt = DiT(input_size=8, num_classes=10, depth=2, hidden_size=64, num_heads=4, gradient_checkpointing=True)
+    ckpt.load_state_dict(plain.state_dict())
+    x, t, cond = torch.randn(3, 4, 8, 8), torch.rand(3), Cond(label=torch.tensor([0, 3, 9]))
+    outs = []
+    for model in (plain, ckpt):
+        out = model(x, t, cond)
+        out.square().mean().backward()
+        outs.append((out.detach(), [p.grad for p in model.parameters() if p.requires_grad]))
+    torch.testing.assert_close(outs[0][0], outs[1][0])
+    assert outs[0][0].abs().max() > 0.1
+    for a, b in zip(outs[0][1], outs[1][1], strict=True):
+        torch.testing.assert_close(a, b)
