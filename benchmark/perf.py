@@ -30,9 +30,9 @@ that a machine whose load changes during the run slows all of them alike; every 
   evaluations; classifier-free guidance would double them);
 - achieved FLOP/s: the training step's FLOPs (``torch.utils.flop_counter.FlopCounterMode`` on the math SDPA
   backend, forward + backward) over its time, and its fraction of the fp32 matmul ceiling, measured in the same
-  loop by a ``(batch·tokens, D) @ (D, 4D)`` matmul probe (the MLP's shape);
-- peak memory of one training step: ``torch.cuda.max_memory_allocated`` on a GPU; on a CPU the resident-set growth
-  over the step, sampled every millisecond by a watcher thread (an estimate: the allocator may keep freed pages).
+  loop by a ``(batch·tokens, D) @ (D, 4D)`` matmul probe (the MLP's shape; median of its timings);
+- peak tensor memory of one training step: ``torch.cuda.max_memory_allocated`` on a GPU, the profiler's allocation
+  record on a CPU (:func:`peak_memory`).
 
 bf16 means ``torch.autocast(dtype=torch.bfloat16)`` around forward and loss, with fp32 weights and optimizer.
 
@@ -48,12 +48,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import gc
+import itertools
 import os
 import platform
 import shlex
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -114,13 +114,13 @@ class MatmulProbe:
         return time.perf_counter() - start
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated while ``fn()`` runs: CUDA's counter on a GPU, RSS growth (1 ms sampling) on a CPU."""
+    """Peak bytes of tensors allocated while ``fn()`` runs, over what was allocated before.
+
+    On a GPU, CUDA's ``max_memory_allocated``. On a CPU, the same quantity from the profiler's allocation record
+    (``profile_memory``): the running sum of every allocation and free, in time order, at its maximum. (The
+    process's RSS cannot show it: the allocator keeps freed pages, so a second model reuses the first one's.)
+    """
     gc.collect()
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -129,22 +129,12 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
         fn()
         torch.cuda.synchronize(device)
         return torch.cuda.max_memory_allocated(device) - base
-    base = _rss_bytes()
-    peak, done = [base], threading.Event()
+    from torch.profiler import ProfilerActivity, profile
 
-    def watch() -> None:
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.001)
-
-    watcher = threading.Thread(target=watch, daemon=True)
-    watcher.start()
-    try:
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         fn()
-    finally:
-        done.set()
-        watcher.join()
-    return max(peak[0], _rss_bytes()) - base
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    return max(itertools.accumulate(nbytes for _, nbytes in events), default=0)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -209,7 +199,10 @@ class Trainer:
 def time_interleaved(
     trainers: Sequence[Trainer], probe: MatmulProbe, repeats: int, warmup: int = 1
 ) -> tuple[list[dict[str, float]], float]:
-    """Median step and sampling seconds of each trainer and the best matmul-probe FLOP/s, timed in rotation.
+    """Median step and sampling seconds of each trainer and the median matmul-probe FLOP/s, timed in rotation.
+
+    The probe's median (not its best) is the ceiling: on a shared machine the best call is a lucky moment, while
+    the medians of the probe and of the steps are taken under the same load.
 
     Args:
         trainers: the implementations to compare (same configuration).
@@ -224,16 +217,16 @@ def time_interleaved(
         probe()
     train = [[] for _ in trainers]
     sample = [[] for _ in trainers]
-    ceiling = 0.0
+    probes = []
     for _ in range(repeats):
         for i, tr in enumerate(trainers):
             train[i].append(tr.timed(tr.step))
         for i, tr in enumerate(trainers):
             sample[i].append(tr.timed(tr.sample))
-        ceiling = max(ceiling, probe.flops / probe())
+        probes.append(probe())
     return [
         {"train_s": statistics.median(a), "sample_s": statistics.median(b)} for a, b in zip(train, sample, strict=True)
-    ], ceiling
+    ], probe.flops / statistics.median(probes)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -648,8 +641,8 @@ def render(rows: list[dict[str, object]], header: str) -> str:
         flop_ratio = f"{r['flop_ratio']:.2f}" if mine else ""
         diff = f"{r['max_diff']:.1e}" if mine and r["max_diff"] == r["max_diff"] else ""
         lines.append(
-            f"| {r['model']} | {r['impl']} | {r['precision']} | {r['train_img_s']:.1f} | {ratio_train} | "
-            f"{r['sample_img_s']:.2f} | {ratio_sample} | {r['train_gflop_img']:.3f} | {r['achieved_gflop_s']:.1f} | "
+            f"| {r['model']} | {r['impl']} | {r['precision']} | {r['train_img_s']:.3g} | {ratio_train} | "
+            f"{r['sample_img_s']:.3g} | {ratio_sample} | {r['train_gflop_img']:.3f} | {r['achieved_gflop_s']:.1f} | "
             f"{100 * r['fraction_of_ceiling']:.0f} % | {flop_ratio} | {r['peak_mib']:.0f} | {diff} |"
         )
     return "\n".join(lines) + "\n"

@@ -86,3 +86,16 @@ def test_dit_gradient_checkpointing_gives_the_same_outputs_and_gradients():
     assert outs[0][0].abs().max() > 0.1
     for a, b in zip(outs[0][1], outs[1][1], strict=True):
         torch.testing.assert_close(a, b)
+
+
+def test_peak_memory_counts_live_tensors_on_cpu():
+    from benchmark.perf import peak_memory
+
+    def two_live_matrices():
+        a = torch.randn(500, 500)
+        b = a @ a  # a and b alive together: 2 x 1 MB
+        del a
+        return b.sum()
+
+    peak = peak_memory(two_live_matrices, torch.device("cpu"))
+    assert 2 * 500 * 500 * 4 <= peak < 3 * 500 * 500 * 4
