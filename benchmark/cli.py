@@ -5,6 +5,7 @@
     ldmbench validate|test|predict --config ... --ckpt_path path/to.ckpt
     ldmbench describe --config leaderboards/imagenet-256/dit_xl_2.yaml   # params / GMACs as JSON, no data
     ldmbench cache-latents --config leaderboards/shapes/dit.yaml [--output DIR]   # latents of the train split
+    ldmbench perf --models dit,mdt --size tiny [--precision fp32,bf16] [--output leaderboards/perf/README.md]
     ldmbench evaluate --config ... --ckpt_path C [--protocol P.yaml] [--output metrics.json]   # metrics table + JSON
 
 Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so any importable subclass of
@@ -373,6 +374,7 @@ def main(args: ArgsType = None) -> None:
         "cache-latents": ("benchmark.cache_cli", "cache_latents"),
         "leaderboard": ("benchmark.leaderboard.command", "main"),
         "evaluate": ("benchmark.evaluation.command", "evaluate_command"),
+        "perf": ("benchmark.perf", "main"),
     }
     try:
         if argv and argv[0] == "describe":

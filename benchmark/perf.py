@@ -1,0 +1,548 @@
+"""`ldmbench perf`: training and sampling throughput of every baseline next to its reference implementation.
+
+    python -m benchmark.cli perf --models dit,mdt --size tiny --batch 64 --precision fp32,bf16 --repeats 7 \
+        --threads 1 --output leaderboards/perf/README.md
+
+For each model at the chosen size the command builds *our* backbone and, where one is installable, the reference
+implementation at the same configuration with our weights converted by our converters (so both compute the same
+function; the largest output difference is reported as ``max |Δ|``):
+
+==========  ==================================================  ============================================
+model       ours                                                reference
+==========  ==================================================  ============================================
+dit         ``baselines.dit.DiT``                               diffusers ``DiTTransformer2DModel``
+pixart      ``baselines.pixart_alpha.PixArt`` (text tokens)     diffusers ``PixArtTransformer2DModel``
+mmdit       ``baselines.mmdit.MMDiT`` (text tokens + pooled)    diffusers ``SD3Transformer2DModel``
+mdt         ``baselines.mdt.MDTv2`` (full + masked pass)        our DiT at equal width, depth and tokens
+ldm         the LDM UNet, when its module is in the checkout    diffusers ``UNet2DConditionModel``
+==========  ==================================================  ============================================
+
+MDT has no installable reference; it is compared to a DiT of the same width and tokens, and the table gives the
+FLOP ratio (its masked second pass and side-interpolater are extra work), so that ``ratio × FLOP ratio`` is the
+work-normalised speed. A model whose module is not in the checkout is listed as skipped.
+
+Measured, per model and precision, INTERLEAVED in one loop (ours, reference, matmul probe, ours, reference, ...) so
+that a machine whose load changes during the run slows all of them alike; every figure is the median of
+``--repeats``:
+
+- training images/s: backbone forward + a mean-square loss + backward + ``AdamW.step`` + ``zero_grad``;
+- sampling images/s: one denoiser forward under ``no_grad``, divided by ``--steps`` (one image needs ``steps``
+  evaluations; classifier-free guidance would double them);
+- achieved FLOP/s: the training step's FLOPs (``torch.utils.flop_counter.FlopCounterMode`` on the math SDPA
+  backend, forward + backward) over its time, and its fraction of the fp32 matmul ceiling, measured in the same
+  loop by a ``(batch·tokens, D) @ (D, 4D)`` matmul probe (the MLP's shape; median of its timings);
+- peak tensor memory of one training step: ``torch.cuda.max_memory_allocated`` on a GPU, the profiler's allocation
+  record on a CPU (:func:`peak_memory`).
+
+bf16 means ``torch.autocast(dtype=torch.bfloat16)`` around forward and loss, with fp32 weights and optimizer.
+
+Official DiT comparison by hand (its ``models.py`` is not a package): clone facebookresearch/DiT at ed81ce2, then in
+that directory ``from models import DiT_models; ref = DiT_models["DiT-S/2"](input_size=32, num_classes=1000)``,
+``ref.load_state_dict({k.replace("adaLN_modulation.linear.", "adaLN_modulation.1."): v for k, v in
+ours.state_dict().items()})`` with ``ours = baselines.dit.DiT(input_size=32, **dit_size("DiT-S/2"))``, and time it
+with :func:`time_interleaved` exactly like the reference here, calling ``ref(x, t * 1000, labels)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import itertools
+import os
+import platform
+import shlex
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from conditioning.types import Cond
+
+MODELS = ("dit", "mdt", "pixart", "mmdit", "ldm")
+# Per size: (our size suffix, default tokens, default batch). "tiny" is the Shapes suite's size (8x8 latents).
+SIZE_DEFAULTS = {"S": ("S/2", 256, 8), "tiny": ("tiny/2", 16, 64)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Timing primitives
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_ceiling(m: int, k: int, n: int, device: torch.device | str = "cpu", repeats: int = 5) -> float:
+    """FLOP/s of an fp32 ``(m, k) @ (k, n)`` matmul, the best of ``repeats`` timings (the ceiling, not the median).
+
+    Args:
+        m, k, n: the matmul's shape (``batch·tokens``, width, 4·width for a transformer MLP).
+        device: where to run it.
+        repeats: timed calls after one warm-up.
+
+    Returns:
+        2·m·k·n / seconds of the fastest call.
+    """
+    probe = MatmulProbe(m, k, n, torch.device(device))
+    probe()
+    return max(2 * m * k * n / probe() for _ in range(repeats))
+
+
+class MatmulProbe:
+    """One timed fp32 matmul at a fixed shape; calling it returns the seconds it took."""
+
+    def __init__(self, m: int, k: int, n: int, device: torch.device) -> None:
+        self.a = torch.randn(m, k, device=device)
+        self.b = torch.randn(k, n, device=device)
+        self.flops = 2 * m * k * n
+        self.device = device
+
+    def __call__(self) -> float:
+        _sync(self.device)
+        start = time.perf_counter()
+        self.a @ self.b
+        _sync(self.device)
+        return time.perf_counter() - start
+
+
+def peak_memory(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes of tensors allocated while ``fn()`` runs, over what was allocated before.
+
+    On a GPU, CUDA's ``max_memory_allocated``. On a CPU, the same quantity from the profiler's allocation record
+    (``profile_memory``): the running sum of every allocation and free, in time order, at its maximum. (The
+    process's RSS cannot show it: the allocator keeps freed pages, so a second model reuses the first one's.)
+    """
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - base
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    return max(itertools.accumulate(nbytes for _, nbytes in events), default=0)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What is measured: an implementation with its inputs and its training step
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Impl:
+    """A backbone with a closure that runs it on fixed inputs.
+
+    Attributes:
+        label: name in the table ("ours", "diffusers", ...).
+        module: the backbone (trained by the step).
+        forward: runs the training forward on the fixed inputs; returns the output tensors the loss reads.
+        sample_forward: one sampling evaluation (defaults to ``forward``).
+    """
+
+    label: str
+    module: nn.Module
+    forward: Callable[[], Sequence[Tensor]]
+    sample_forward: Callable[[], Sequence[Tensor]] | None = None
+
+
+class Trainer:
+    """The training step of one implementation: forward + loss + backward + AdamW step, optionally under autocast."""
+
+    def __init__(self, impl: Impl, precision: str, device: torch.device) -> None:
+        self.impl, self.device = impl, device
+        self.optimizer = torch.optim.AdamW([p for p in impl.module.parameters() if p.requires_grad], lr=1e-4)
+        self.autocast = torch.autocast(device.type, dtype=torch.bfloat16) if precision == "bf16" else nullcontext()
+
+    def loss(self) -> Tensor:
+        with self.autocast:
+            outputs = self.impl.forward()
+            return sum(out.float().square().mean() for out in outputs)
+
+    def step(self) -> None:
+        self.loss().backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def sample(self) -> None:
+        with torch.no_grad(), self.autocast:
+            (self.impl.sample_forward or self.impl.forward)()
+
+    def timed(self, fn: Callable[[], None]) -> float:
+        _sync(self.device)
+        start = time.perf_counter()
+        fn()
+        _sync(self.device)
+        return time.perf_counter() - start
+
+    def train_flops(self) -> int:
+        """FLOPs of one training forward + backward (math attention, so the counter sees every matmul)."""
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+            self.loss().backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        return counter.get_total_flops()
+
+
+def time_interleaved(
+    trainers: Sequence[Trainer], probe: MatmulProbe, repeats: int, warmup: int = 1
+) -> tuple[list[dict[str, float]], float]:
+    """Median step and sampling seconds of each trainer and the median matmul-probe FLOP/s, timed in rotation.
+
+    The probe's median (not its best) is the ceiling: on a shared machine the best call is a lucky moment, while
+    the medians of the probe and of the steps are taken under the same load.
+
+    Args:
+        trainers: the implementations to compare (same configuration).
+        probe: the matmul ceiling probe, timed in the same rotation.
+        repeats: timed rounds; every round times each trainer's step, then each one's sampling call, then the probe.
+        warmup: untimed rounds first (allocator and kernel warm-up).
+    """
+    for _ in range(warmup):
+        for tr in trainers:
+            tr.step()
+            tr.sample()
+        probe()
+    train = [[] for _ in trainers]
+    sample = [[] for _ in trainers]
+    probes = []
+    for _ in range(repeats):
+        for i, tr in enumerate(trainers):
+            train[i].append(tr.timed(tr.step))
+        for i, tr in enumerate(trainers):
+            sample[i].append(tr.timed(tr.sample))
+        probes.append(probe())
+    return [
+        {"train_s": statistics.median(a), "sample_s": statistics.median(b)} for a, b in zip(train, sample, strict=True)
+    ], probe.flops / statistics.median(probes)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Models: ours and the reference at the same configuration
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _randomise(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Small random weights (away from the zero init, where every comparison would be trivially 0 == 0)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.02)
+    return model
+
+
+def _side(tokens: int, patch: int) -> int:
+    side = round(tokens**0.5)
+    if side * side != tokens:
+        raise ValueError(f"--tokens must be a square number, got {tokens}")
+    return side * patch
+
+
+def build_impls(name: str, size: str, batch: int, tokens: int, device: torch.device) -> tuple[list[Impl], str]:
+    """Our implementation and its reference for ``name`` at ``size`` with ``tokens`` image tokens.
+
+    Returns:
+        ([ours, reference], note); raises ImportError when the model's module is not in this checkout.
+    """
+    suffix = SIZE_DEFAULTS[size][0]
+    gen = torch.Generator().manual_seed(1)
+    t = torch.rand(batch, generator=gen).to(device)
+    labels = (torch.arange(batch) % 10).to(device)
+
+    if name in ("dit", "mdt"):
+        from baselines.dit import DiT, diffusers_config, dit_size, to_diffusers_state_dict
+
+        if name == "dit":
+            kw = dit_size(f"DiT-{suffix}")
+            side = _side(tokens, kw["patch_size"])
+            ours = _randomise(DiT(input_size=side, num_classes=10, **kw)).to(device)
+            ours.t_embedder.downscale_freq_shift = 1.0  # diffusers' frequency spacing, for the parity check
+            import diffusers
+
+            ref = diffusers.DiTTransformer2DModel(**diffusers_config(ours)).to(device)
+            ref.load_state_dict(to_diffusers_state_dict(ours.state_dict()))
+            x = torch.randn(batch, 4, side, side, generator=gen).to(device)
+            cond = Cond(label=labels)
+            steps = t * 1000
+            return [
+                Impl("ours", ours, lambda: [ours(x, t, cond)]),
+                Impl("diffusers", ref, lambda: [ref(x, timestep=steps, class_labels=labels).sample]),
+            ], "diffusers DiTTransformer2DModel"
+        from baselines.mdt import MDTv2, mdt_size
+
+        kw = mdt_size(f"MDTv2-{suffix}")
+        side = _side(tokens, kw["patch_size"])
+        ours = _randomise(MDTv2(input_size=side, num_classes=10, **kw)).to(device)
+        n_blocks = len(list(ours.blocks()))
+        dit_kw = {k: kw[k] for k in ("hidden_size", "num_heads", "patch_size")}
+        dit = _randomise(DiT(input_size=side, num_classes=10, depth=kw["depth"], **dit_kw)).to(device)
+        x = torch.randn(batch, 4, side, side, generator=gen).to(device)
+        cond = Cond(label=labels)
+        return [
+            Impl(
+                "ours",
+                ours,
+                lambda: [ours(x, t, cond), ours(x, t, cond, mask_ratio=0.4)],  # the recipe's full + masked pass
+                lambda: [ours(x, t, cond)],
+            ),
+            Impl("DiT (same width/depth)", dit, lambda: [dit(x, t, cond)]),
+        ], f"our DiT, depth {kw['depth']} ({n_blocks} MDT blocks)"
+
+    if name == "pixart":
+        import diffusers
+
+        from baselines.pixart_alpha import PixArt, diffusers_config, pixart_size, to_diffusers_state_dict
+
+        kw = pixart_size(f"PixArt-{suffix}")
+        side = _side(tokens, kw["patch_size"])
+        ctx_len, ctx_dim = (8, 32) if size == "tiny" else (77, 768)
+        ours = _randomise(PixArt(input_size=side, context_dim=ctx_dim, **kw)).to(device)
+        ref = diffusers.PixArtTransformer2DModel(**diffusers_config(ours)).to(device)
+        ref.load_state_dict(to_diffusers_state_dict(ours.state_dict()))
+        x = torch.randn(batch, 4, side, side, generator=gen).to(device)
+        tokens_ = torch.randn(batch, ctx_len, ctx_dim, generator=gen).to(device)
+        mask = torch.ones(batch, ctx_len, dtype=torch.bool, device=device)
+        cond = Cond(tokens=tokens_, token_mask=mask)
+        steps = t * 1000
+        extra = {"resolution": None, "aspect_ratio": None}
+        return [
+            Impl("ours", ours, lambda: [ours(x, t, cond)]),
+            Impl(
+                "diffusers",
+                ref,
+                lambda: [
+                    ref(
+                        x,
+                        encoder_hidden_states=tokens_,
+                        timestep=steps,
+                        encoder_attention_mask=mask,
+                        added_cond_kwargs=extra,
+                    ).sample
+                ],
+            ),
+        ], f"diffusers PixArtTransformer2DModel, {ctx_len} text tokens of width {ctx_dim}"
+
+    if name == "mmdit":
+        import diffusers
+
+        from baselines.mmdit import MMDiT, diffusers_config, mmdit_size, to_diffusers_state_dict
+
+        kw = mmdit_size(f"mmDiT-{suffix}")
+        side = _side(tokens, kw["patch_size"])
+        ctx_len, ctx_dim, pooled_dim = (8, 32, 24) if size == "tiny" else (77, 768, 768)
+        ours = _randomise(MMDiT(input_size=side, context_dim=ctx_dim, pooled_dim=pooled_dim, **kw)).to(device)
+        ref = diffusers.SD3Transformer2DModel(**diffusers_config(ours)).to(device)
+        ref.load_state_dict(to_diffusers_state_dict(ours.state_dict()))
+        x = torch.randn(batch, 4, side, side, generator=gen).to(device)
+        tokens_ = torch.randn(batch, ctx_len, ctx_dim, generator=gen).to(device)
+        pooled = torch.randn(batch, pooled_dim, generator=gen).to(device)
+        cond = Cond(tokens=tokens_, pooled=pooled)
+        steps = t * 1000
+        return [
+            Impl("ours", ours, lambda: [ours(x, t, cond)]),
+            Impl(
+                "diffusers",
+                ref,
+                lambda: [ref(x, encoder_hidden_states=tokens_, pooled_projections=pooled, timestep=steps).sample],
+            ),
+        ], f"diffusers SD3Transformer2DModel, {ctx_len} text tokens of width {ctx_dim}"
+
+    if name == "ldm":
+        import baselines.ldm  # noqa: F401  (the UNet branch's module; ImportError while it is not merged)
+
+        raise ImportError("the LDM UNet comparison is not wired yet")
+    raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+
+
+def _max_diff(impls: list[Impl]) -> float:
+    """Largest output difference of ours and the converted reference, in eval mode (diffusers' DiT drops labels
+    at random in train mode); NaN where the second implementation is not a conversion of ours (MDT)."""
+    if impls[1].label != "diffusers":
+        return float("nan")
+    modes = [impl.module.training for impl in impls]
+    try:
+        with torch.no_grad():
+            for impl in impls:
+                impl.module.eval()
+            a, b = (impl.forward()[0] for impl in impls)
+    finally:
+        for impl, mode in zip(impls, modes, strict=True):
+            impl.module.train(mode)
+    return float((a - b).abs().max())
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The run and its table
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def measure(
+    models: Sequence[str],
+    size: str = "tiny",
+    batch: int | None = None,
+    tokens: int | None = None,
+    precisions: Sequence[str] = ("fp32", "bf16"),
+    repeats: int = 7,
+    steps: int = 250,
+    device: str = "cpu",
+) -> list[dict[str, object]]:
+    """Measure every model × precision; one row per implementation (see the module docstring for the figures).
+
+    Args:
+        models: names from :data:`MODELS`.
+        size: "S" (DiT-S/2 widths) or "tiny" (the Shapes suite's size).
+        batch: images per step (default 8 at S, 64 at tiny).
+        tokens: image tokens (default 256 at S = 32x32 latents, 16 at tiny = 8x8 latents).
+        precisions: "fp32" and/or "bf16" (autocast).
+        repeats: timed rounds (medians are reported).
+        steps: sampler steps per image, for sampling images/s.
+        device: "cpu" or "cuda".
+    """
+    if size not in SIZE_DEFAULTS:
+        raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZE_DEFAULTS)}")
+    dev = torch.device(device)
+    batch = batch or SIZE_DEFAULTS[size][2]
+    tokens = tokens or SIZE_DEFAULTS[size][1]
+    rows: list[dict[str, object]] = []
+    for name in models:
+        try:
+            impls, note = build_impls(name, size, batch, tokens, dev)
+        except ImportError as err:
+            rows.append({"model": name, "impl": "skipped", "note": f"not available in this checkout ({err})"})
+            continue
+        diff = _max_diff(impls)
+        width = next(m for m in impls[0].module.modules() if isinstance(m, nn.Linear)).in_features
+        width = getattr(impls[0].module, "hidden_size", width)
+        probe = MatmulProbe(batch * tokens, width, 4 * width, dev)
+        for precision in precisions:
+            trainers = [Trainer(impl, precision, dev) for impl in impls]
+            flops = [tr.train_flops() for tr in trainers]
+            mem = [peak_memory(tr.step, dev) for tr in trainers]
+            times, ceiling = time_interleaved(trainers, probe, repeats)
+            for i, (impl, tm) in enumerate(zip(impls, times, strict=True)):
+                rows.append(
+                    {
+                        "model": name,
+                        "impl": impl.label,
+                        "precision": precision,
+                        "train_img_s": batch / tm["train_s"],
+                        "sample_img_s": batch / (tm["sample_s"] * steps),
+                        "train_gflop_img": flops[i] / batch / 1e9,
+                        "achieved_gflop_s": flops[i] / tm["train_s"] / 1e9,
+                        "ceiling_gflop_s": ceiling / 1e9,
+                        "fraction_of_ceiling": flops[i] / tm["train_s"] / ceiling,
+                        "peak_mib": mem[i] / 2**20,
+                        "ratio_train": times[1]["train_s"] / tm["train_s"] if i == 0 else 1.0,
+                        "ratio_sample": times[1]["sample_s"] / tm["sample_s"] if i == 0 else 1.0,
+                        "flop_ratio": flops[0] / flops[1] if i == 0 else 1.0,
+                        "max_diff": diff,
+                        "note": note,
+                    }
+                )
+            del trainers
+    return rows
+
+
+def hardware(device: str, threads: int) -> str:
+    """One line: CPU model (from /proc/cpuinfo), threads, GPU if any, torch version, load average."""
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if device == "cuda" else ""
+    return f"{cpu} ({os.cpu_count()} cores), {threads} torch thread(s){gpu}, torch {torch.__version__}"
+
+
+def _load() -> str:
+    try:
+        return " / ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def render(rows: list[dict[str, object]], header: str) -> str:
+    """The markdown table of :func:`measure`'s rows under ``header``."""
+    lines = [
+        header,
+        "",
+        "| model | impl | precision | train img/s | ours/ref | sample img/s | ours/ref | train GFLOP/img | "
+        "GFLOP/s | % fp32 matmul ceiling | FLOP ratio | peak MiB | max abs diff |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r["impl"] == "skipped":
+            lines.append(f"| {r['model']} | skipped: {r['note']} | | | | | | | | | | | |")
+            continue
+        mine = r["impl"] == "ours"
+        ratio_train = f"{r['ratio_train']:.2f}x" if mine else ""
+        ratio_sample = f"{r['ratio_sample']:.2f}x" if mine else ""
+        flop_ratio = f"{r['flop_ratio']:.2f}" if mine else ""
+        diff = f"{r['max_diff']:.1e}" if mine and r["max_diff"] == r["max_diff"] else ""
+        lines.append(
+            f"| {r['model']} | {r['impl']} | {r['precision']} | {r['train_img_s']:.3g} | {ratio_train} | "
+            f"{r['sample_img_s']:.3g} | {ratio_sample} | {r['train_gflop_img']:.3f} | {r['achieved_gflop_s']:.1f} | "
+            f"{100 * r['fraction_of_ceiling']:.0f} % | {flop_ratio} | {r['peak_mib']:.0f} | {diff} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """Parse ``ldmbench perf`` arguments, measure, print the table and write it to ``--output`` (if given)."""
+    parser = argparse.ArgumentParser(prog="ldmbench perf", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default="dit,mdt,pixart,mmdit,ldm", help=f"comma list of {', '.join(MODELS)}")
+    parser.add_argument("--size", default="tiny", choices=list(SIZE_DEFAULTS))
+    parser.add_argument("--batch", type=int, default=None, help="images per step (default: 8 at S, 64 at tiny)")
+    parser.add_argument("--tokens", type=int, default=None, help="image tokens (default: 256 at S, 16 at tiny)")
+    parser.add_argument("--resolution", type=int, default=None, help="latent side; sets tokens = (side / 2)^2")
+    parser.add_argument("--precision", default="fp32,bf16", help="comma list of fp32, bf16 (autocast)")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=250, help="sampler steps per image (sampling images/s)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--output", default=None, help="markdown file to write (e.g. leaderboards/perf/README.md)")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    tokens = (args.resolution // 2) ** 2 if args.resolution else args.tokens
+    load_before = _load()
+    rows = measure(
+        [m for m in args.models.split(",") if m],
+        size=args.size,
+        batch=args.batch,
+        tokens=tokens,
+        precisions=[p for p in args.precision.split(",") if p],
+        repeats=args.repeats,
+        steps=args.steps,
+        device=args.device,
+    )
+    command = "ldmbench perf " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    header = (
+        f"Hardware: {hardware(args.device, args.threads)}; load average (1/5/15 min) {load_before} before, "
+        f"{_load()} after.\n\nCommand: `{command}`\n\n"
+        f"Ratios are ours / reference (> 1: ours faster), timed interleaved, median of {args.repeats}; "
+        f"sampling images/s is one denoiser forward per step × {args.steps} steps (no CFG)."
+    )
+    table = render(rows, header)
+    print(table)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(table)
+    return table
+
+
+if __name__ == "__main__":
+    main()
