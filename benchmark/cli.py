@@ -70,8 +70,9 @@ more commands (ldmbench <command> --help):
   sample          images of chosen classes from a checkpoint: PNGs and a grid
                   (ldmbench sample --config X.yaml --ckpt_path C --classes 3,7 --n 8 [--output DIR])
   cache-latents   encode a dataset once and train on the stored latents
-  evaluate        FID and related metrics of a checkpoint under the benchmark's protocol
-  leaderboard     the table of evaluated entries
+  evaluate        fd_shapes / FID and related metrics of a checkpoint under a suite's protocol
+  leaderboard     run / render / eval a suite: every entry under one budget and one protocol
+  perf            training and sampling speed of ours vs the reference implementations, side by side
 """
 
 _OUR_PACKAGES = tuple(

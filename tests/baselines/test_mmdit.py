@@ -288,10 +288,10 @@ def test_imagenet_config_is_class_conditional_xl2():
 
 
 def test_shapes_entry_costs_within_a_quarter_of_dit():
-    from benchmark.flops import train_flops_per_sample
+    from benchmark.flops import train_gflops_per_image
 
     flops = {
-        name: train_flops_per_sample(_configured(str(ROOT / f"leaderboards/shapes/{name}.yaml"), meta=False))
+        name: train_gflops_per_image(_configured(str(ROOT / f"leaderboards/shapes/{name}.yaml"), meta=False))
         for name in ("dit", "mmdit")
     }
     assert 0.75 <= flops["mmdit"] / flops["dit"] <= 1.25
