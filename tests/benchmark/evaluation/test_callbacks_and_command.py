@@ -41,7 +41,8 @@ def test_evaluation_and_throughput_callbacks_log_during_a_tiny_fit(tiny_vae, tmp
 
     assert [h["step"] for h in evaluation.history] == [2, 4]  # every 2 steps; the end (step 4) is not repeated
     assert evaluation.history[-1]["train_images_seen"] == 16
-    lines = [json.loads(line) for line in (tmp_path / "run" / "version_0" / "evaluation.jsonl").read_text().splitlines()]
+    jsonl = tmp_path / "run" / "version_0" / "evaluation.jsonl"
+    lines = [json.loads(line) for line in jsonl.read_text().splitlines()]
     assert [line["step"] for line in lines] == [2, 4]
     for key in ("fd_shapes", "class_accuracy", "fd_shapes_noguidance", "protocol_id"):
         assert key in lines[0], key
