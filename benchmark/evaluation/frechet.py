@@ -150,7 +150,7 @@ def cached_stats(
         log.info("reference statistics %s were made under another protocol; recomputing", npz)
     mu, sigma = compute()
     root.mkdir(parents=True, exist_ok=True)
-    tmp = stem.with_suffix(".tmp.npz")
+    tmp = stem.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: ranks may compute the same statistics
     np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
     os.replace(tmp, npz)  # atomic: a concurrent reader sees the old file or the new one, never half of one
     sidecar.write_text(json.dumps({"spec": spec, "dim": int(np.asarray(mu).shape[0])}, indent=2, sort_keys=True))
