@@ -76,6 +76,13 @@ KNOWN_CONFIGS: dict[str, dict] = {
     "stabilityai/sd-vae-ft-mse": {**_SD_FAMILY, "scaling_factor": 0.18215},
     "stabilityai/sdxl-vae": {**_SD_FAMILY, "scaling_factor": 0.13025},
     "madebyollin/sdxl-vae-fp16-fix": {**_SD_FAMILY, "scaling_factor": 0.13025},
+    # SD3's 16-channel VAE lives in the pipeline repository's "vae" subfolder (key "<repo>:<subfolder>").
+    "stabilityai/stable-diffusion-3-medium-diffusers:vae": {
+        "latent_channels": 16,
+        "block_out_channels": [128, 256, 512, 512],
+        "scaling_factor": 1.5305,
+        "shift_factor": 0.0609,
+    },
 }
 
 
@@ -122,8 +129,9 @@ def _load_config(pretrained: str, subfolder: str | None) -> dict:
     except OSError as err:
         if source != pretrained:  # local folder: the diffusers message already names the bad file
             raise
-        if pretrained in KNOWN_CONFIGS and subfolder is None:
-            return dict(KNOWN_CONFIGS[pretrained])
+        known = KNOWN_CONFIGS.get(pretrained if subfolder is None else f"{pretrained}:{subfolder}")
+        if known is not None:
+            return dict(known)
         raise _hub_error(pretrained, subfolder, err) from err
 
 
