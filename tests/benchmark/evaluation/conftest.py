@@ -4,8 +4,8 @@ import pytest
 from diffusers import AutoencoderKL
 
 from baselines.dit import DiTModule
-from benchmark.objectives import DDPM
-from benchmark.samplers import DDPMSampler
+from benchmark.objectives import DDPM, RectifiedFlow
+from benchmark.samplers import DDPMSampler, EulerSampler
 from data.autoencoder import Autoencoder
 
 
@@ -25,6 +25,9 @@ def tiny_vae(tmp_path_factory):
 
 
 def tiny_dit(vae: str, **kwargs) -> DiTModule:
+    """Rectified flow with Euler sampling (the DiT module's own default objective is DDPM)."""
+    kwargs.setdefault("objective", RectifiedFlow())
+    kwargs.setdefault("sampler", EulerSampler(steps=3))
     return DiTModule(size="DiT-tiny/2", num_classes=10, resolution=32, autoencoder=Autoencoder(vae), **kwargs)
 
 
