@@ -219,3 +219,41 @@ def test_disentanglement_of_a_trivial_model_lies_in_the_unit_interval():
     # no control is obeyed.
     assert metrics["disentanglement_semantic_kept"] == 1.0 and metrics["disentanglement_control_obeyed"] == 0.0
     assert metrics["control_disentanglement"] == 0.0
+
+
+# ------------------------------------------------------------------------------------------------ the study's YAMLs
+
+
+def test_each_ablation_cell_changes_its_axis_only():
+    import contextlib
+    import warnings
+    from pathlib import Path
+
+    from benchmark.cli import CLI_KWARGS, _DescribeCLI
+
+    root = Path(__file__).resolve().parents[2] / "leaderboards" / "shapes-ablations"
+
+    def build(name: str):
+        with torch.device("meta"), warnings.catch_warnings(), contextlib.redirect_stdout(None):
+            warnings.simplefilter("ignore")
+            args = ["--config", str(root / f"{name}.yaml")]
+            return _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=args, run=False).model
+
+    def axes(m) -> tuple:
+        c = m.conditioner
+        return (m.semantic_path, m.control_schedule.kind, c.control_names, c.control_dropout,
+                m.guidance.control_scale, c.semantic, c.padding)  # fmt: skip
+
+    base = ("attention", "cosine", CONTROL_NAMES, 0.1, 1.0, "class", "encoder")
+    expected = {
+        "scheduled": base,
+        "class_adaln": ("adaln", *base[1:]),
+        "additive": ("attention", "constant", *base[2:]),
+        "control_none": ("attention", "cosine", (), 0.0, 1.0, "class", "encoder"),
+        "control_cfg_off": ("attention", "cosine", CONTROL_NAMES, 0.0, 1.0, "class", "encoder"),
+        "control_cfg_on": ("attention", "cosine", CONTROL_NAMES, 0.1, 2.0, "class", "encoder"),
+        "padding_zero": ("attention", "cosine", CONTROL_NAMES, 0.1, 1.0, "caption", "zero"),
+    }
+    for name, want in expected.items():
+        assert axes(build(name)) == want, name
+    assert build("padding_noisy").conditioner.padding == "noisy_replicate"
