@@ -20,6 +20,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from conditioning.padding import PADDING_MODES, PaddingMode, pad_text
 from conditioning.text import TextEncoder
 from conditioning.types import Cond
 
@@ -85,6 +86,10 @@ class Conditioner(nn.Module):
             every encoder is dropped counts as semantically dropped.
         text_null: The states of a dropped text: ``"zeros"`` (tokens and pooled vector zero, every token
             attended; SD3) or ``"empty"`` (the encoders' output for the empty caption).
+        padding: What the padding slots of the combined text sequence hold (`conditioning.padding`):
+            ``"encoder"`` (the encoder's pad states, SD3), ``"zero"``, ``"replicate"`` (the real tokens repeated)
+            or ``"noisy_replicate"`` (repeated plus Gaussian noise); the replicate modes attend every slot.
+        padding_sigma: Noise of ``noisy_replicate``, relative to each copied token's RMS.
 
     Batches may carry precomputed text states as ``batch["text"] = {name: {"tokens", "mask", "pooled"}}``
     (``pooled`` optional for T5); those encoders are then not run. ``num_classes`` and ``resolution`` are set
@@ -106,6 +111,8 @@ class Conditioner(nn.Module):
         text_encoders: dict[str, TextEncoder] | None = None,
         text_dropout: dict[str, float] | None = None,
         text_null: Literal["zeros", "empty"] = "zeros",
+        padding: PaddingMode = "encoder",
+        padding_sigma: float = 0.1,
     ) -> None:
         super().__init__()
         text_dropout = dict(text_dropout or {})
@@ -118,6 +125,8 @@ class Conditioner(nn.Module):
             raise ValueError(f"semantic must be 'class', 'caption' or 'none', got {semantic!r}")
         if text_null not in ("zeros", "empty"):
             raise ValueError(f"text_null must be 'zeros' or 'empty', got {text_null!r}")
+        if padding not in PADDING_MODES or padding_sigma < 0:
+            raise ValueError(f"padding must be one of {PADDING_MODES} with padding_sigma >= 0, got {padding!r}")
         encoders = dict(text_encoders or {})
         unknown = sorted(set(text_dropout) - set(encoders))
         if unknown:
@@ -131,6 +140,7 @@ class Conditioner(nn.Module):
         self.text_encoders = nn.ModuleDict({name: _owned(e) for name, e in encoders.items()})
         self.text_dropout = {name: float(text_dropout.get(name, 0.0)) for name in encoders}
         self.text_null = text_null
+        self.padding, self.padding_sigma = padding, float(padding_sigma)
         # Encoded empty prompts, per (encoder, device), for text_null="empty"; derived, never saved.
         self.__dict__["_empty_states"] = {}
 
@@ -343,10 +353,14 @@ class Conditioner(nn.Module):
             dropped[:, i] = drop
             states[name] = _where_states(drop, nulls[name], states[name])
         tokens, mask, pooled = self.combine_text(states)
+        tokens, mask = pad_text(tokens, mask, self.padding, self.padding_sigma)
         fields: dict[str, Any] = {"tokens": tokens, "token_mask": mask, "pooled": pooled}
         fields["text_names"], fields["text_null"] = self.text_names, dropped
         if self.text_null == "empty":
-            fields["null_tokens"], fields["null_token_mask"], fields["null_pooled"] = self.combine_text(nulls)
+            null_tokens, null_mask, fields["null_pooled"] = self.combine_text(nulls)
+            fields["null_tokens"], fields["null_token_mask"] = pad_text(
+                null_tokens, null_mask, self.padding, self.padding_sigma
+            )
         # A sample whose every encoder was dropped has no text left: it is semantically dropped.
         fields["semantic_null"] = dropped.all(1)
         return fields

@@ -20,6 +20,10 @@ also measures without it (scale 1.0), and those keys carry the suffix ``_noguida
                                asked for; for caption entries, the kind the caption names. Shapes only.
 ``flip_obeyed``                Fraction of asymmetric-kind samples (arrow, crescent, L shape) facing the way the flip
                                control asked; 0.5 is chance. Entries conditioned on control metadata only.
+``control_disentanglement``    For entries conditioned on control metadata: each control swept at fixed noise and
+                               condition; harmonic mean of ``disentanglement_semantic_kept`` (shape kind unchanged)
+                               and ``disentanglement_control_obeyed`` (mirrored on flip, larger on a smaller crop),
+                               with per-sweep ``disentanglement_*`` keys (see `benchmark.evaluation.disentanglement`).
 ``clip_score``                 100 × mean positive cosine of image and caption embeddings (caption entries; the Shapes
                                CLIP, or the CLIP named in the protocol for real data).
 ``sampling_images_per_s``      Generated images per second under the protocol (with guidance; all ranks together).

@@ -63,6 +63,12 @@ def evaluate(
             if not suffix:
                 metrics["sampling_images_per_s"] = generated.images_per_s
             metrics.update({f"{name}{suffix}": value for name, value in measure(generated).items()})
+        if protocol.feature_extractor == "shapes-clip" and getattr(module.conditioner, "control_names", ()):
+            # Entries conditioned on control metadata: sweep each control at fixed noise and condition.
+            from benchmark.evaluation.disentanglement import control_disentanglement
+            from benchmark.evaluation.shapes_clip import ShapesCLIP
+
+            metrics.update(control_disentanglement(module, protocol, ShapesCLIP.load()))
     finally:
         module.train(was_training)
     metrics["num_samples"] = protocol.num_samples
