@@ -263,7 +263,8 @@ def build_impls(name: str, size: str, batch: int, tokens: int, device: torch.dev
     labels = (torch.arange(batch) % 10).to(device)
 
     if name in ("dit", "mdt"):
-        from baselines.dit import DiT, diffusers_config, dit_size, to_diffusers_state_dict
+        from baselines.dit import DiT, dit_size
+        from baselines.dit_convert import diffusers_config, to_diffusers_state_dict
 
         if name == "dit":
             kw = dit_size(f"DiT-{suffix}")

@@ -185,7 +185,7 @@ CHECKPOINT_EVERY_2 = """
 trainer:
   callbacks:
     - class_path: lightning.pytorch.callbacks.ModelCheckpoint
-      init_args: {dirpath: runs/shapes/dit/checkpoints, save_last: true, every_n_train_steps: 2, save_top_k: 0}
+      init_args: {save_last: true, every_n_train_steps: 2, save_top_k: 0}
 """
 
 
@@ -205,14 +205,13 @@ def test_shipped_config_builds_on_first_fit_and_resumes_exactly(tmp_path, monkey
     assert "building latent cache" in capsys.readouterr().out
     (cache,) = [p for p in (tmp_path / "runs/cache").iterdir() if p.is_dir()]
     assert lc.read_manifest(cache)["complete"] and cache.name.startswith("shapes-train-")
-    straight = torch.load(tmp_path / "runs/shapes/dit/checkpoints/last.ckpt", weights_only=True)
-    for f in (tmp_path / "runs/shapes/dit/checkpoints").glob("*.ckpt"):
-        f.unlink()
-    _fit(tmp_path, "--trainer.max_steps=4")
-    _fit(tmp_path, "--trainer.max_steps=6", "--ckpt_path=last")
+    run = tmp_path / "runs/dit-DiTModule"
+    straight = torch.load(run / "version_0/checkpoints/last.ckpt", weights_only=True)
+    _fit(tmp_path, "--trainer.max_steps=4")  # a new run: version_1
+    _fit(tmp_path, "--trainer.max_steps=6", "--ckpt_path=last")  # resumes the newest run, in its own folder
     out = capsys.readouterr().out
     assert "building latent cache" not in out and "training from latent cache" in out
-    resumed = torch.load(tmp_path / "runs/shapes/dit/checkpoints/last.ckpt", weights_only=True)
+    resumed = torch.load(run / "version_1/checkpoints/last.ckpt", weights_only=True)
     assert resumed["global_step"] == straight["global_step"] == 6
     for key, value in straight["state_dict"].items():
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
