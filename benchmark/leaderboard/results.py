@@ -52,54 +52,86 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
+# Modules every trained row runs through, whatever its entry: the training loop, the runner and the evaluation.
+_RUN_ROOTS = ("benchmark.module", "benchmark.leaderboard.runner", "benchmark.evaluation")
+# Files read at run time by path rather than imported (embedded autoencoder, Shapes CLIP, their configs).
+_DATA_FILES = ("data/weights",)
+
+
 @cache
-def code_hash(model_class_path: str | None = None) -> str:
+def code_hash(class_paths: tuple[str, ...] | str | None = None) -> str:
     """Hash of the source files and shipped weights that can change an entry's numbers.
 
-    The engine packages (``benchmark``, ``conditioning``, ``data`` with its weights) count for every entry. Of
-    ``baselines/`` only the entry's own module and the baseline modules it imports (followed transitively) count, so
-    adding or editing another baseline leaves this entry's rows current. Without ``model_class_path`` every baseline
-    file counts. Documentation and results never count.
+    The files are the import closure (followed through the project's own packages, with each package's
+    ``__init__``) of the modules a row runs through: the training loop, the runner and the evaluation, plus the
+    module of every ``class_path`` in the entry's resolved config (model, data, objective, sampler, conditioner,
+    autoencoder, ...); and the shipped weights, which are read by path. A new module that no entry imports, or an
+    edit to another entry's baseline, therefore leaves a row current. ``None`` hashes every file of the packages.
+    Documentation and results never count.
     """
+    if isinstance(class_paths, str):
+        class_paths = (class_paths,)
     digest = hashlib.sha256()
-    for path in _code_files(model_class_path):
+    for path in _code_files(class_paths):
         digest.update(path.relative_to(REPO_ROOT).as_posix().encode())
         digest.update(hashlib.sha256(path.read_bytes()).digest())
     return digest.hexdigest()[:16]
 
 
-def _code_files(model_class_path: str | None) -> list[Path]:
-    files = []
-    for package in _PACKAGES:
-        for path in sorted((REPO_ROOT / package).rglob("*")):
-            rel = path.relative_to(REPO_ROOT).as_posix()
-            if not path.is_file() or "__pycache__" in rel or path.suffix not in _CODE_SUFFIXES or rel in _NOT_CODE:
-                continue
-            if package == "baselines" and model_class_path is not None and path.suffix == ".py":
-                if path.stem not in _baseline_modules(model_class_path):
-                    continue
-            files.append(path)
-    return files
+def _code_files(class_paths: tuple[str, ...] | None) -> list[Path]:
+    if class_paths is None:
+        candidates = [p for package in _PACKAGES for p in (REPO_ROOT / package).rglob("*")]
+    else:
+        roots = [*_RUN_ROOTS, *(c.rpartition(".")[0] for c in class_paths if "." in c)]
+        candidates = [_module_file(m) for m in _import_closure(roots)]
+        candidates += [p for folder in _DATA_FILES for p in (REPO_ROOT / folder).rglob("*")]
+    files = set()
+    for path in candidates:
+        rel = path.relative_to(REPO_ROOT).as_posix()
+        if path.is_file() and "__pycache__" not in rel and path.suffix in _CODE_SUFFIXES and rel not in _NOT_CODE:
+            files.add(path)
+    return sorted(files)
 
 
-def _baseline_modules(model_class_path: str) -> set[str]:
-    """Names of the ``baselines`` modules an entry's model class depends on: its own and those it imports."""
+def _module_file(module: str) -> Path:
+    base = REPO_ROOT.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def _project_module(name: str) -> str | None:
+    """The longest prefix of a dotted name that is a module of the project's packages (None outside them)."""
+    parts = name.split(".")
+    if parts[0] not in _PACKAGES:
+        return None
+    for end in range(len(parts), 0, -1):
+        module = ".".join(parts[:end])
+        if _module_file(module).is_file():
+            return module
+    return None
+
+
+def _import_closure(roots: Iterable[str]) -> set[str]:
+    """Every project module the roots import, directly or not, including the ``__init__`` of each package on the
+    way (Python runs it on import). Imports inside functions count too: they may run."""
     import ast
 
-    module = model_class_path.rpartition(".")[0]
-    todo = [module.split(".", 1)[1]] if module.startswith("baselines.") else []
-    seen = {"__init__"}
+    todo = [m for m in (_project_module(r) for r in roots) if m]
+    seen: set[str] = set()
     while todo:
-        name = todo.pop()
-        path = REPO_ROOT / "baselines" / f"{name}.py"
-        if name in seen or not path.is_file():
+        module = todo.pop()
+        if module in seen:
             continue
-        seen.add(name)
+        seen.add(module)
+        parts = module.split(".")
+        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__
+        path = _module_file(module)
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("baselines."):
-                todo.append(node.module.split(".", 1)[1])
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
-                todo += [a.name.split(".", 1)[1] for a in node.names if a.name.startswith("baselines.")]
+                names = [a.name for a in node.names]
+            todo += [m for m in (_project_module(n) for n in names) if m]
     return seen
 
 
@@ -185,15 +217,24 @@ def row_key(
             "budget": budget,
             "protocol": protocol,
             "source": source,
-            "code": code_hash(_class_path(fingerprint)),
+            "code": code_hash(_class_paths(fingerprint)),
             "versions": library_versions(),
         }
     )
 
 
-def _class_path(fingerprint: dict[str, Any]) -> str | None:
-    model = fingerprint.get("model")
-    return model.get("class_path") if isinstance(model, dict) else None
+def _class_paths(fingerprint: Any) -> tuple[str, ...]:
+    """Every ``class_path`` in a resolved config, sorted."""
+    found: set[str] = set()
+    if isinstance(fingerprint, dict):
+        if isinstance(fingerprint.get("class_path"), str):
+            found.add(fingerprint["class_path"])
+        for value in fingerprint.values():
+            found.update(_class_paths(value))
+    elif isinstance(fingerprint, list):
+        for value in fingerprint:
+            found.update(_class_paths(value))
+    return tuple(sorted(found))
 
 
 # ----------------------------------------------------------------------------------------------- the file

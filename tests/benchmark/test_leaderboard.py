@@ -188,19 +188,37 @@ def test_row_key_depends_on_code_and_versions(monkeypatch):
     base = res.row_key(fp, 0, None, {})
     monkeypatch.setattr(res, "library_versions", lambda: {"torch": "0.0"})
     assert res.row_key(fp, 0, None, {}) != base
-    monkeypatch.setattr(res, "code_hash", lambda class_path=None: "other")
+    monkeypatch.setattr(res, "code_hash", lambda class_paths=None: "other")
     assert res.row_key(fp, 0, None, {}) != base
 
 
-def test_code_hash_covers_the_entrys_own_baseline_and_what_it_imports_only():
-    """Adding or editing another baseline must not make an entry's rows stale; its own module (and imports) must."""
-    dit_files = {p.name for p in res._code_files("baselines.dit.DiTModule") if p.parent.name == "baselines"}
-    assert {"dit.py", "layers.py", "dit_convert.py"} <= dit_files and "mdt.py" not in dit_files
-    mdt_files = {p.name for p in res._code_files("baselines.mdt.MDTModule") if p.parent.name == "baselines"}
+def test_code_hash_covers_the_import_closure_of_the_entrys_classes_only(tmp_path, monkeypatch):
+    """Adding or editing another baseline, or adding a module no entry imports, must not make an entry's rows
+    stale; its own modules, what they import, the engine and the shipped weights must."""
+    dit = ("baselines.dit.DiTModule", "data.shapes.ShapesDataModule")
+    dit_files = {p.relative_to(res.REPO_ROOT).as_posix() for p in res._code_files(dit)}
+    assert {"baselines/dit.py", "baselines/layers.py", "baselines/dit_convert.py"} <= dit_files
+    assert "baselines/mdt.py" not in dit_files and "benchmark/perf.py" not in dit_files
+    assert {"benchmark/module.py", "data/shapes.py", "data/latent_cache.py", "benchmark/evaluation/evaluate.py"} <= (
+        dit_files
+    )
+    assert any(f.startswith("data/weights/") for f in dit_files)  # read by path, not imported
+    mdt_files = {p.name for p in res._code_files(("baselines.mdt.MDTModule",)) if p.parent.name == "baselines"}
     assert {"mdt.py", "dit.py"} <= mdt_files  # MDT builds on DiT's layers: a DiT change re-keys MDT too
-    assert res.code_hash("baselines.dit.DiTModule") != res.code_hash("baselines.mdt.MDTModule")
-    engine = [p for p in res._code_files("baselines.dit.DiTModule") if p.parent.name != "baselines"]
-    assert any(p.name == "module.py" for p in engine)  # the engine always counts
+    assert res.code_hash(dit) != res.code_hash(("baselines.mdt.MDTModule", "data.shapes.ShapesDataModule"))
+
+    # A module that nothing imports does not count; once an engine module imports it, it does.
+    fake_root = tmp_path / "repo"
+    for package in res._PACKAGES:
+        (fake_root / package).mkdir(parents=True)
+        (fake_root / package / "__init__.py").write_text("")
+    (fake_root / "benchmark" / "module.py").write_text("import math\n")
+    (fake_root / "data" / "extra.py").write_text("X = 1\n")
+    monkeypatch.setattr(res, "REPO_ROOT", fake_root)
+    names = {p.name for p in res._code_files(("benchmark.module.M",))}
+    assert "extra.py" not in names and "module.py" in names
+    (fake_root / "benchmark" / "module.py").write_text("def f():\n    from data.extra import X\n")
+    assert "extra.py" in {p.name for p in res._code_files(("benchmark.module.M",))}
 
 
 def test_results_file_is_atomic_deduplicated_and_stale_rows_are_flagged(tmp_path):
