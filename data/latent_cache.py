@@ -65,6 +65,21 @@ MANIFEST = "manifest.json"
 # The control dict of one item as a flat float32 row: key and width (0 = scalar), in `make_control`'s order.
 CONTROL_LAYOUT: tuple[tuple[str, int], ...] = (("orig_size", 2), ("crop_coords", 2), ("crop_size", 2), ("flip", 0))
 _AUTO_BUILD_FRACTION = 0.5  # "auto" builds only for a run that reads at least this fraction of the items
+# How many runs, this one included, will read the same training data in this process (a leaderboard suite sets it
+# with `shared_by`): "auto" weighs the build against what all of them read, not against one run alone.
+_SHARED_RUNS = 1
+
+
+@contextlib.contextmanager
+def shared_by(runs: int) -> Iterator[None]:
+    """Within the block, ``latent_cache: auto`` counts ``runs`` runs (this one and the next ones of a suite with the
+    same data) as readers of the cache when deciding whether to build it."""
+    global _SHARED_RUNS
+    previous, _SHARED_RUNS = _SHARED_RUNS, max(1, int(runs))
+    try:
+        yield
+    finally:
+        _SHARED_RUNS = previous
 
 
 class CacheMismatchError(ValueError):
@@ -517,16 +532,22 @@ def resolve_train_cache(datamodule: Any, dataset: Any, option: str | None, flip_
     if manifest is not None:
         _check_key(directory, manifest["key"], key)
     complete = manifest is not None and manifest["complete"]
-    if not complete and auto and _planned_items(trainer, datamodule.batch_size) < _AUTO_BUILD_FRACTION * len(dataset):
+    planned = _planned_items(trainer, datamodule.batch_size) * _SHARED_RUNS
+    readers = "this run" if _SHARED_RUNS == 1 else f"the {_SHARED_RUNS} runs of this suite that share it"
+    if not complete and auto and planned < _AUTO_BUILD_FRACTION * len(dataset):
         _info(
             trainer,
-            f"latent cache {directory} not built and this run reads under half of the {len(dataset)} training "
+            f"latent cache {directory} not built and {readers} read under half of the {len(dataset)} training "
             "items; training from images (build it once with `ldmbench cache-latents --config ...`)",
         )
         return None
     if not complete:
         if trainer.global_rank == 0:
-            _info(trainer, f"building latent cache {directory} ({len(dataset)} items, once for every entry)")
+            _info(
+                trainer,
+                f"building latent cache {directory} ({len(dataset)} items, once for every entry; {readers} read "
+                f"{planned:,.0f} items)",
+            )
             start = time.perf_counter()
             build_cache(
                 dataset,

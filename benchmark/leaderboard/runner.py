@@ -34,6 +34,7 @@ from lightning.pytorch import Callback
 from benchmark.callbacks.budget import ComputeBudget
 from benchmark.leaderboard import results as res
 from benchmark.leaderboard.suite import Budget, Entry, Preset, Suite, load_suite
+from data import latent_cache
 
 _CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 _FINAL = "final.ckpt"
@@ -454,16 +455,19 @@ def run_suite(
         console.rule(
             f"[{index + 1}/{len(todo)}] {job.entry.name} · seed {job.seed} · elapsed {_clock(elapsed)} · {left}"
         )
-        row = run_job(
-            suite,
-            job,
-            preset_obj,
-            budget,
-            protocol,
-            progress=progress,
-            callbacks=callbacks,
-            results_dir=results_dir,
-        )
+        # The entries still to train on the same data share one latent cache: "auto" builds it if they read enough.
+        sharing = sum(_same_data(job, later) for later in todo[index:])
+        with latent_cache.shared_by(sharing):
+            row = run_job(
+                suite,
+                job,
+                preset_obj,
+                budget,
+                protocol,
+                progress=progress,
+                callbacks=callbacks,
+                results_dir=results_dir,
+            )
         if _is_rank_zero():
             res.append_row(results_file, row)
             if render:
@@ -475,6 +479,10 @@ def run_suite(
         console.print(_row_text(row, suite.metric))
     console.rule(f"done in {_clock(time.perf_counter() - suite_started)} · {results_file}")
     return written
+
+
+def _same_data(a: Job, b: Job) -> bool:
+    return a.entry.config.get("data") == b.entry.config.get("data")
 
 
 def _clock(seconds: float) -> str:

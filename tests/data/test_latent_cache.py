@@ -252,3 +252,18 @@ def test_auto_reads_a_leaderboard_budget_instead_of_max_steps():
     assert _planned_items(trainer, batch_size=32) == 157 * 64  # ceil(10,000 / 64) steps of a global batch of 64
     trainer.callbacks = []
     assert _planned_items(trainer, batch_size=32) == float("inf")
+
+
+def test_auto_builds_when_the_runs_of_a_suite_together_read_enough(tmp_path, monkeypatch, capsys):
+    """One 1-step run reads 8 of 64 items (under half: from images); the same run as the first of 4 suite runs
+    that share the data makes 'auto' build, since the 4 together read 32 items."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(lc.ENV_ROOT, raising=False)
+    with lc.shared_by(3):
+        _fit(tmp_path, "--trainer.max_steps=1")
+    assert "training from images" in capsys.readouterr().out and not (tmp_path / "runs/cache").exists()
+    with lc.shared_by(4):
+        _fit(tmp_path, "--trainer.max_steps=1")
+    out = capsys.readouterr().out
+    assert "building latent cache" in out and "the 4 runs of this suite" in out
+    assert lc._SHARED_RUNS == 1  # restored after the block
