@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 # Run as a plain script from a checkout: make the repository root importable for ``data.shapes``.
@@ -72,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-every", type=int, default=100)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data/weights/shapes-clip"), help="output folder")
+    p.add_argument("--init", type=Path, default=None, help="continue from the weights in this folder (same sizes)")
     p.add_argument("--evaluate-only", action="store_true", help="only measure the accuracies of the model in --out")
     return p.parse_args(argv)
 
@@ -277,6 +279,10 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_model(args, tokenizer)
     heads = nn.ModuleDict({k: nn.Linear(args.width, len(v)) for k, v in HEAD_NAMES.items()})
+    if args.init is not None:  # fine-tune shipped weights on a new pool instead of starting from scratch
+        model.load_state_dict(load_file(str(args.init / "model.safetensors")))
+        heads.load_state_dict(load_file(str(args.init / "heads.safetensors")))
+        print(f"initialised from {args.init}", flush=True)
     params = list(model.parameters()) + list(heads.parameters())
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.05)
 
@@ -324,8 +330,6 @@ def main(argv: list[str] | None = None) -> None:
     results["total_seconds"] = round(time.time() - start, 1)
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     print(json.dumps(results, indent=2), flush=True)
-
-    from safetensors.torch import save_file
 
     model.save_pretrained(args.out)
     save_file({k: v.contiguous() for k, v in heads.state_dict().items()}, str(args.out / "heads.safetensors"))
