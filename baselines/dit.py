@@ -40,7 +40,19 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from baselines.dit_convert import load_official_checkpoint
-from baselines.layers import Attention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from baselines.layers import (
+    Attention,
+    Mlp,
+    PatchEmbed,
+    check_latent_input,
+    check_transformer_shape,
+    fill_sincos_pos_embed,
+    init_embedder_mlps,
+    init_patch_embed_like_linear,
+    unpatchify,
+    xavier_init_linears,
+    zero_linear,
+)
 from benchmark.guidance import ClassifierFreeGuidance
 from benchmark.module import DiffusionModule
 from benchmark.objectives import DDPM, Objective
@@ -151,10 +163,7 @@ class DiT(nn.Module):
                 same.
         """
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}")
-        if hidden_size % num_heads or hidden_size % 4:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
+        check_transformer_shape(input_size, patch_size, hidden_size, num_heads)
         self.input_size = input_size
         self.patch_size = patch_size
         self.in_channels = in_channels
@@ -179,35 +188,19 @@ class DiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """The reference's ``initialize_weights``, in the same order (so a seed gives the reference's weights)."""
-
-        def xavier_linear(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(xavier_linear)
-        if not self.pos_embed.is_meta:  # a meta tensor has no storage to fill; meta builds only count and trace
-            table = get_2d_sincos_pos_embed(self.hidden_size, self.grid_size)
-            self.pos_embed.data.copy_(torch.from_numpy(table).float().unsqueeze(0))
-        # The patch projection is a Linear over flattened p x p x C patches, so initialise it like one, zero bias
-        # included (the reference's "Fix patchify bias init").
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        xavier_init_linears(self)
+        fill_sincos_pos_embed(self.pos_embed, self.grid_size)
+        # Zero patch bias included: the reference's "Fix patchify bias init".
+        init_patch_embed_like_linear(self.x_embedder, zero_bias=True)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        if self.control_embedder is not None:  # not in the reference: treated like the timestep MLP
-            nn.init.normal_(self.control_embedder.mlp[0].weight, std=0.02)
-            nn.init.normal_(self.control_embedder.mlp[2].weight, std=0.02)
+        # The control embedder is not in the reference: it is treated like the timestep MLP.
+        init_embedder_mlps(self.t_embedder, self.control_embedder)
         # adaLN-Zero: zero modulation makes every block the identity at init, and a zero output layer makes the
         # initial prediction exactly zero.
         for block in self.blocks:
             block.adaLN_modulation.reset_parameters()
         self.final_layer.adaLN_modulation.reset_parameters()
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_linear(self.final_layer.linear)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """Predict from a noisy latent.
@@ -222,7 +215,7 @@ class DiT(nn.Module):
             (N, out_channels, H, W): with ``learn_sigma`` the first C channels are the mean prediction (ε) and the
             last C the variance interpolation values.
         """
-        self._check_inputs(x, t)
+        check_latent_input("DiT", x, t, self.in_channels, self.input_size)
         x = self.x_embedder(x) + self.pos_embed  # (N, T, D)
         c = self.t_embedder(t) + self.y_embedder(cond)  # (N, D)
         if self.control_embedder is not None:
@@ -235,18 +228,6 @@ class DiT(nn.Module):
                 x = block(x, c)  # (N, T, D)
         x = self.final_layer(x, c)  # (N, T, p * p * out_channels)
         return unpatchify(x, self.patch_size, self.out_channels, (self.grid_size, self.grid_size))
-
-    def _check_inputs(self, x: Tensor, t: Tensor) -> None:
-        expected = (self.in_channels, self.input_size, self.input_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(
-                f"DiT was built for inputs (N, {self.in_channels}, {self.input_size}, {self.input_size}), "
-                f"got {tuple(x.shape)}; set in_channels / input_size to the latent's shape"
-            )
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape (N,) = ({x.shape[0]},), got {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise ValueError(f"t must be float time in [0, 1] (step k is k / 1000), got dtype {t.dtype}")
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["Attention", "CrossAttention", "Mlp", "PatchEmbed", "get_2d_sincos_pos_embed", "unpatchify"]
+__all__ = [
+    "Attention",
+    "CrossAttention",
+    "Mlp",
+    "PatchEmbed",
+    "check_latent_input",
+    "check_transformer_shape",
+    "fill_sincos_pos_embed",
+    "get_2d_sincos_pos_embed",
+    "init_embedder_mlps",
+    "init_patch_embed_like_linear",
+    "unpatchify",
+    "xavier_init_linears",
+    "zero_linear",
+]
 
 
 class Attention(nn.Module):
@@ -203,3 +217,121 @@ def unpatchify(x: Tensor, patch_size: int, channels: int, grid_size: tuple[int, 
     x = x.reshape(n, gh, gw, p, p, channels)
     x = torch.einsum("nhwpqc->nchpwq", x)
     return x.reshape(n, channels, gh * p, gw * p)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Argument checks and DiT-style initialisation shared by the patch transformers (DiT, MDTv2, PixArt-α, mmDiT)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def check_transformer_shape(input_size: int, patch_size: int, hidden_size: int, num_heads: int) -> None:
+    """Raise ``ValueError`` unless a patch transformer of these sizes can be built.
+
+    Args:
+        input_size: latent side H = W; must be divisible by ``patch_size``.
+        patch_size: patch side p.
+        hidden_size: width D; must be divisible by ``num_heads`` and by 4 (the 2-D sin-cos table).
+        num_heads: attention heads.
+    """
+    if input_size % patch_size:
+        raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}")
+    if hidden_size % num_heads or hidden_size % 4:
+        raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
+
+
+def check_latent_input(
+    model: str, x: Tensor, t: Tensor, in_channels: int, input_size: int | None, patch_size: int = 1
+) -> None:
+    """Raise ``ValueError`` unless ``x`` is a latent batch the backbone was built for and ``t`` its float times.
+
+    Args:
+        model: the backbone's name, for the message.
+        x: (N, C, H, W) noisy latent.
+        t: (N,) float diffusion time in [0, 1].
+        in_channels: the C the backbone was built for.
+        input_size: the side H = W it was built for; None accepts any side divisible by ``patch_size``.
+        patch_size: patch side p that H and W must be divisible by.
+    """
+    fixed = input_size is not None
+    if x.dim() != 4 or x.shape[1] != in_channels or (fixed and tuple(x.shape[2:]) != (input_size, input_size)):
+        want = f"(N, {in_channels}, {input_size}, {input_size})" if fixed else f"(N, {in_channels}, H, W)"
+        raise ValueError(f"{model} was built for inputs {want}, got {tuple(x.shape)}; set in_channels / input_size")
+    if x.shape[-2] % patch_size or x.shape[-1] % patch_size:
+        raise ValueError(f"latent {tuple(x.shape[2:])} is not divisible by patch_size={patch_size}")
+    if t.shape != (x.shape[0],) or not t.is_floating_point():
+        raise ValueError(
+            f"t must be float time in [0, 1] (step k is k / 1000) of shape (N,) = ({x.shape[0]},), "
+            f"got {t.dtype} {tuple(t.shape)}"
+        )
+
+
+def xavier_init_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every ``nn.Linear`` in ``module`` (DiT's basic initialisation).
+
+    The Linears are visited in registration order, so a seed draws the same weights as the reference's
+    ``self.apply(_basic_init)``.
+
+    Args:
+        module: the model (or part) to initialise.
+    """
+
+    def init(layer: nn.Module) -> None:
+        if isinstance(layer, nn.Linear):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+    module.apply(init)
+
+
+def init_patch_embed_like_linear(embed: PatchEmbed, zero_bias: bool = True) -> None:
+    """Initialise the patch projection as the Linear over flattened p x p x C patches that it is (xavier-uniform).
+
+    Args:
+        embed: the patch embedding.
+        zero_bias: also zero its bias (DiT, MDT); PixArt-α and SD3 keep the convolution's default bias.
+    """
+    w = embed.proj.weight.data
+    nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+    if zero_bias and embed.proj.bias is not None:
+        nn.init.zeros_(embed.proj.bias)
+
+
+def init_embedder_mlps(*embedders: nn.Module | None) -> None:
+    """Draw the two Linear weights of each embedder's ``mlp`` (Linear, activation, Linear) from N(0, 0.02²).
+
+    This is DiT's initialisation of its timestep MLP, applied alike to the control and pooled-vector embedders.
+
+    Args:
+        *embedders: embedders with an ``mlp`` attribute, in the order to draw them; None and modules without an
+            ``mlp`` (e.g. a class table) are skipped.
+    """
+    for embedder in embedders:
+        mlp = getattr(embedder, "mlp", None)
+        if mlp is not None:
+            nn.init.normal_(mlp[0].weight, std=0.02)
+            nn.init.normal_(mlp[2].weight, std=0.02)
+
+
+def zero_linear(layer: nn.Linear) -> None:
+    """Zero a Linear's weight and bias (adaLN-Zero's output layers: the branch starts closed)."""
+    nn.init.zeros_(layer.weight)
+    if layer.bias is not None:
+        nn.init.zeros_(layer.bias)
+
+
+def fill_sincos_pos_embed(table: Tensor, grid_size: int, scale: float = 1.0) -> None:
+    """Fill a (1, grid_size², D) position table (parameter or buffer) in place with :func:`get_2d_sincos_pos_embed`.
+
+    A table on the meta device has no storage and is left as it is (meta builds only count and trace).
+
+    Args:
+        table: the (1, T, D) tensor to overwrite.
+        grid_size: tokens per side.
+        scale: the position scale of :func:`get_2d_sincos_pos_embed`.
+    """
+    if table.is_meta:
+        return
+    values = torch.from_numpy(get_2d_sincos_pos_embed(table.shape[-1], grid_size, scale=scale)).float()
+    with torch.no_grad():
+        table.copy_(values.unsqueeze(0))

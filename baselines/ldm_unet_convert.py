@@ -63,39 +63,45 @@ def _prefixes(model: LDMUNet, layout: str) -> dict[str, tuple[str, str]]:
         kind, j = name.split(".")
         other = f"middle_block.{i}." if ldm else f"mid_block.{'resnets' if kind == 'res' else 'attentions'}.{j}."
         pairs[f"mid.{name}."] = (other, kind)
-    k = 1
-    for i, level in enumerate(model.down):
-        for j in range(len(level.res)):
-            pairs[f"down.{i}.res.{j}."] = (f"input_blocks.{k}.0." if ldm else f"down_blocks.{i}.resnets.{j}.", "res")
-            if len(level.attn):
-                pairs[f"down.{i}.attn.{j}."] = (
-                    f"input_blocks.{k}.1." if ldm else f"down_blocks.{i}.attentions.{j}.",
-                    "attn",
-                )
-            k += 1
-        if level.resample is not None:
-            pairs[f"down.{i}.resample."] = (
-                f"input_blocks.{k}.0.op." if ldm else f"down_blocks.{i}.downsamplers.0.conv.",
-                "plain",
-            )
-            k += 1
-    k = 0
-    for i, level in enumerate(model.up):
-        for j in range(len(level.res)):
-            pairs[f"up.{i}.res.{j}."] = (f"output_blocks.{k}.0." if ldm else f"up_blocks.{i}.resnets.{j}.", "res")
-            if len(level.attn):
-                pairs[f"up.{i}.attn.{j}."] = (
-                    f"output_blocks.{k}.1." if ldm else f"up_blocks.{i}.attentions.{j}.",
-                    "attn",
-                )
-            k += 1
-        if level.resample is not None:
-            slot = 2 if len(level.attn) else 1  # the upsampler follows the last ResBlock (and its transformer)
-            pairs[f"up.{i}.resample."] = (
-                f"output_blocks.{k - 1}.{slot}.conv." if ldm else f"up_blocks.{i}.upsamplers.0.conv.",
-                "plain",
-            )
+    _level_pairs(pairs, model.down, "down", ldm)
+    _level_pairs(pairs, model.up, "up", ldm)
     return pairs
+
+
+def _level_pairs(pairs: dict[str, tuple[str, str]], levels: torch.nn.ModuleList, side: str, ldm: bool) -> None:
+    """Add the prefixes of the encoder (``side="down"``) or decoder (``"up"``) levels to ``pairs``.
+
+    LDM numbers the modules of a side in one flat sequence (``input_blocks`` starts at 1, after ``conv_in``;
+    ``output_blocks`` at 0), one element per ResBlock with its transformer as sub-module 1. A downsampler is an
+    element of its own; an upsampler joins the element of the level's last ResBlock, after its transformer.
+
+    Args:
+        pairs: The mapping being built (this model's prefix → (prefix in the layout, kind)); extended in place.
+        levels: ``model.down`` or ``model.up``.
+        side: ``"down"`` or ``"up"``, the prefix of ``levels`` in this model.
+        ldm: Name in LDM's layout (True) or diffusers' (False).
+    """
+    down = side == "down"
+    sequence, blocks = ("input_blocks", "down_blocks") if down else ("output_blocks", "up_blocks")
+    k = 1 if down else 0
+    for i, level in enumerate(levels):
+        for j in range(len(level.res)):
+            pairs[f"{side}.{i}.res.{j}."] = (f"{sequence}.{k}.0." if ldm else f"{blocks}.{i}.resnets.{j}.", "res")
+            if len(level.attn):
+                pairs[f"{side}.{i}.attn.{j}."] = (
+                    f"{sequence}.{k}.1." if ldm else f"{blocks}.{i}.attentions.{j}.",
+                    "attn",
+                )
+            k += 1
+        if level.resample is None:
+            continue
+        if down:
+            ldm_name, diffusers_name = f"input_blocks.{k}.0.op.", f"down_blocks.{i}.downsamplers.0.conv."
+            k += 1
+        else:
+            slot = 2 if len(level.attn) else 1
+            ldm_name, diffusers_name = f"output_blocks.{k - 1}.{slot}.conv.", f"up_blocks.{i}.upsamplers.0.conv."
+        pairs[f"{side}.{i}.resample."] = (ldm_name if ldm else diffusers_name, "plain")
 
 
 def _key_map(model: LDMUNet, layout: str) -> dict[str, str]:

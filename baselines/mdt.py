@@ -68,7 +68,19 @@ from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
 from baselines.dit import FinalLayer
-from baselines.layers import Attention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from baselines.layers import (
+    Attention,
+    Mlp,
+    PatchEmbed,
+    check_latent_input,
+    check_transformer_shape,
+    fill_sincos_pos_embed,
+    init_embedder_mlps,
+    init_patch_embed_like_linear,
+    unpatchify,
+    xavier_init_linears,
+    zero_linear,
+)
 from benchmark.guidance import ClassifierFreeGuidance
 from benchmark.module import DiffusionModule
 from benchmark.objectives import DDPM, Objective
@@ -236,10 +248,7 @@ class MDTv2(nn.Module):
             control_names: control scalars to embed with a ``ControlEmbedder`` and add to ``c``; None disables.
         """
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}")
-        if hidden_size % num_heads or hidden_size % 4:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
+        check_transformer_shape(input_size, patch_size, hidden_size, num_heads)
         half_depth = (depth - decode_layer) // 2
         if decode_layer < 0 or half_depth < 1:
             raise ValueError(f"need 0 <= decode_layer < depth - 1, got depth={depth}, decode_layer={decode_layer}")
@@ -271,37 +280,21 @@ class MDTv2(nn.Module):
 
     def initialize_weights(self) -> None:
         """The reference's ``initialize_weights`` (with ``mask_ratio`` set, i.e. the trained configuration)."""
-
-        def xavier_linear(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
-        self.apply(xavier_linear)
+        xavier_init_linears(self)
         for module in self.modules():
             if isinstance(module, RelativePositionBias):
                 module.reset_parameters()
-        if self.pos_embed.is_meta:  # a meta build only counts and traces: nothing to fill
-            return
-        table = torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, self.grid_size)).float().unsqueeze(0)
-        self.pos_embed.data.copy_(table)
-        self.decoder_pos_embed.data.copy_(table)
-        # The patch projection is a Linear over flattened patches: initialise it like one (bias zero, unlike DiT).
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.zeros_(self.x_embedder.proj.bias)
+        # Both learnable position tables start from the same sin-cos table.
+        fill_sincos_pos_embed(self.pos_embed, self.grid_size)
+        fill_sincos_pos_embed(self.decoder_pos_embed, self.grid_size)
+        init_patch_embed_like_linear(self.x_embedder, zero_bias=True)
         nn.init.normal_(self.y_embedder.embedding_table.weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
-        if self.control_embedder is not None:  # not in the reference: treated like the timestep MLP
-            nn.init.normal_(self.control_embedder.mlp[0].weight, std=0.02)
-            nn.init.normal_(self.control_embedder.mlp[2].weight, std=0.02)
+        # The control embedder is not in the reference: it is treated like the timestep MLP.
+        init_embedder_mlps(self.t_embedder, self.control_embedder)
         for blk in self.blocks():  # adaLN-Zero: every block starts as the identity
             blk.adaLN_modulation.reset_parameters()
         self.final_layer.adaLN_modulation.reset_parameters()
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_linear(self.final_layer.linear)
         nn.init.normal_(self.mask_token, std=0.02)
 
     def blocks(self) -> list[MDTBlock]:
@@ -360,7 +353,7 @@ class MDTv2(nn.Module):
         Returns:
             (N, out_channels, H, W); with ``learn_sigma`` the first C channels are ε, the last C the variance values.
         """
-        self._check_inputs(x, t)
+        check_latent_input("MDTv2", x, t, self.in_channels, self.input_size)
         mask_ratio = float(mask_ratio)
         if not 0.0 <= mask_ratio < 1.0:
             raise ValueError(f"mask_ratio must lie in [0, 1), got {mask_ratio}")
@@ -384,13 +377,6 @@ class MDTv2(nn.Module):
             x = blk(x, c, skip=tokens)
         x = self.final_layer(x, c)  # (N, T, p * p * out_channels)
         return unpatchify(x, self.patch_size, self.out_channels, (self.grid_size, self.grid_size))
-
-    def _check_inputs(self, x: Tensor, t: Tensor) -> None:
-        expected = (self.in_channels, self.input_size, self.input_size)
-        if x.dim() != 4 or tuple(x.shape[1:]) != expected:
-            raise ValueError(f"MDTv2 was built for inputs (N, *{expected}), got {tuple(x.shape)}: check input_size")
-        if t.shape != (x.shape[0],) or not t.is_floating_point():
-            raise ValueError(f"t must be float time in [0, 1] of shape ({x.shape[0]},), got {t.dtype} {tuple(t.shape)}")
 
 
 # --------------------------------------------------------------------------------------------------------------------

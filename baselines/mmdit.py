@@ -45,7 +45,19 @@ from jsonargparse import lazy_instance
 from torch import Tensor, nn
 
 from baselines.dit import FinalLayer
-from baselines.layers import Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from baselines.layers import (
+    Mlp,
+    PatchEmbed,
+    check_latent_input,
+    check_transformer_shape,
+    fill_sincos_pos_embed,
+    get_2d_sincos_pos_embed,
+    init_embedder_mlps,
+    init_patch_embed_like_linear,
+    unpatchify,
+    xavier_init_linears,
+    zero_linear,
+)
 from benchmark.guidance import ClassifierFreeGuidance
 from benchmark.module import DiffusionModule
 from benchmark.objectives import Objective, RectifiedFlow
@@ -233,11 +245,7 @@ class MMDiT(nn.Module):
             mask_context: mask padding context tokens (``cond.token_mask`` False) out of the attention keys.
         """
         super().__init__()
-        if input_size % patch_size or hidden_size % num_heads or hidden_size % 4:
-            raise ValueError(
-                f"need input_size={input_size} % patch_size={patch_size} == 0 and hidden_size={hidden_size} "
-                f"divisible by num_heads={num_heads} and by 4"
-            )
+        check_transformer_shape(input_size, patch_size, hidden_size, num_heads)
         if num_classes is None and context_dim is None:
             raise ValueError("MMDiT needs a semantic condition: set num_classes (class) or context_dim (text)")
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
@@ -277,20 +285,11 @@ class MMDiT(nn.Module):
 
     def initialize_weights(self) -> None:
         """DiT's initialisation (see the module docstring): the reference ships no training code."""
-
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                nn.init.zeros_(module.bias)
-        if not self.pos_embed.is_meta:  # meta builds only count and trace
-            side = self.pos_embed_max_size or self.grid_size
-            self.pos_embed.copy_(torch.from_numpy(get_2d_sincos_pos_embed(self.hidden_size, side)).float()[None])
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        mlps = [self.t_embedder.mlp, getattr(self.y_embedder, "mlp", None), getattr(self.control_embedder, "mlp", None)]
-        for mlp in filter(None, mlps):
-            nn.init.normal_(mlp[0].weight, std=0.02)
-            nn.init.normal_(mlp[2].weight, std=0.02)
+        xavier_init_linears(self)
+        fill_sincos_pos_embed(self.pos_embed, self.pos_embed_max_size or self.grid_size)
+        init_patch_embed_like_linear(self.x_embedder, zero_bias=False)
+        # A class-table y_embedder has no MLP and is skipped here (it is drawn with the tables below).
+        init_embedder_mlps(self.t_embedder, self.y_embedder, self.control_embedder)
         for table in (getattr(getattr(self, "class_embedder", None), "embedder", None), self.y_embedder):
             if isinstance(table, ClassEmbedder):
                 nn.init.normal_(table.embedding_table.weight, std=0.02)
@@ -298,8 +297,7 @@ class MMDiT(nn.Module):
             block.context_block.adaLN_modulation.reset_parameters()
             block.x_block.adaLN_modulation.reset_parameters()
         self.final_layer.adaLN_modulation.reset_parameters()
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_linear(self.final_layer.linear)
 
     # ------------------------------------------------------------------------------------------- conditioning
 
@@ -349,7 +347,8 @@ class MMDiT(nn.Module):
             cond: ``label`` (class models) or ``tokens`` (+ ``pooled``, ``token_mask``) (text models); ``control``
                 when built with ``control_names``.
         """
-        self._check_inputs(x, t)
+        fixed = None if self.pos_embed_max_size is not None else self.input_size  # a cropped table takes any size
+        check_latent_input("MMDiT", x, t, self.in_channels, fixed, self.patch_size)
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
         tokens = self.x_embedder(x) + self.cropped_pos_embed(*grid).to(x.dtype)  # (N, T, D)
         c = self.embed_vector(t, cond)  # (N, D)
@@ -362,16 +361,6 @@ class MMDiT(nn.Module):
             context, tokens = block(context, tokens, c, attn_mask)
         out = self.final_layer(tokens, c)  # (N, T, p * p * out_channels)
         return unpatchify(out, self.patch_size, self.out_channels, grid)
-
-    def _check_inputs(self, x: Tensor, t: Tensor) -> None:
-        fixed = self.pos_embed_max_size is None
-        if x.dim() != 4 or x.shape[1] != self.in_channels or (fixed and tuple(x.shape[2:]) != (self.input_size,) * 2):
-            want = f"(N, {self.in_channels}, {self.input_size}, {self.input_size})" if fixed else "(N, C, H, W)"
-            raise ValueError(f"MMDiT was built for inputs {want}, got {tuple(x.shape)}")
-        if x.shape[-2] % self.patch_size or x.shape[-1] % self.patch_size:
-            raise ValueError(f"latent {tuple(x.shape[2:])} is not divisible by patch_size={self.patch_size}")
-        if t.shape != (x.shape[0],) or not t.is_floating_point():
-            raise ValueError(f"t must be float time in [0, 1] of shape ({x.shape[0]},), got {tuple(t.shape)} {t.dtype}")
 
 
 # ---------------------------------------------------------------------------------------------------------------- Sizes

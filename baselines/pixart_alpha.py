@@ -61,7 +61,21 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
-from baselines.layers import Attention, CrossAttention, Mlp, PatchEmbed, get_2d_sincos_pos_embed, unpatchify
+from baselines.layers import (
+    Attention,
+    CrossAttention,
+    Mlp,
+    PatchEmbed,
+    check_latent_input,
+    check_transformer_shape,
+    fill_sincos_pos_embed,
+    get_2d_sincos_pos_embed,
+    init_embedder_mlps,
+    init_patch_embed_like_linear,
+    unpatchify,
+    xavier_init_linears,
+    zero_linear,
+)
 from benchmark.guidance import ClassifierFreeGuidance
 from benchmark.module import DiffusionModule
 from benchmark.objectives import DDPM, Objective
@@ -184,10 +198,7 @@ class PixArt(nn.Module):
                 added to the time embedding; None disables it (the reference model).
         """
         super().__init__()
-        if input_size % patch_size:
-            raise ValueError(f"input_size={input_size} is not divisible by patch_size={patch_size}")
-        if hidden_size % num_heads or hidden_size % 4:
-            raise ValueError(f"hidden_size={hidden_size} must be divisible by num_heads={num_heads} and by 4")
+        check_transformer_shape(input_size, patch_size, hidden_size, num_heads)
         self.input_size, self.patch_size, self.in_channels = input_size, patch_size, in_channels
         self.out_channels = 2 * in_channels if learn_sigma else in_channels
         self.learn_sigma, self.hidden_size, self.depth, self.num_heads = learn_sigma, hidden_size, depth, num_heads
@@ -210,43 +221,27 @@ class PixArt(nn.Module):
 
     def initialize_weights(self) -> None:
         """The reference's ``initialize_weights`` (same order), plus our class / control embedders and the tables."""
-
-        def xavier_linear(module: nn.Module) -> None:
-            if isinstance(module, nn.Linear):
-                nn.init.xavier_uniform_(module.weight)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-
         # The patch bias keeps nn.Conv2d's default init, as in the reference; redrawn so that a model materialised
         # from the meta device has one too.
         self.x_embedder.proj.reset_parameters()
-        self.apply(xavier_linear)
-        if not self.pos_embed.is_meta:  # a meta tensor has no storage; meta builds only count and trace
-            table = get_2d_sincos_pos_embed(self.hidden_size, self.grid_size, scale=self.pos_embed_scale)
-            self.pos_embed.copy_(torch.from_numpy(table).float().unsqueeze(0))
-        # The patch projection is a Linear over flattened p x p x C patches, so initialise it like one.
-        w = self.x_embedder.proj.weight.data
-        nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-        nn.init.normal_(self.t_embedder.mlp[0].weight, std=0.02)
-        nn.init.normal_(self.t_embedder.mlp[2].weight, std=0.02)
+        xavier_init_linears(self)
+        fill_sincos_pos_embed(self.pos_embed, self.grid_size, scale=self.pos_embed_scale)
+        init_patch_embed_like_linear(self.x_embedder, zero_bias=False)
+        init_embedder_mlps(self.t_embedder)
         self.t_block.reset_parameters()  # N(0, 0.02²)
         nn.init.normal_(self.caption_projection.fc1.weight, std=0.02)
         nn.init.normal_(self.caption_projection.fc2.weight, std=0.02)
         if self.class_embedder is not None:  # not in the reference: DiT's label-table init
             nn.init.normal_(self.class_embedder.embedding_table.weight, std=0.02)
-        if self.control_embedder is not None:  # not in the reference: treated like the timestep MLP
-            nn.init.normal_(self.control_embedder.mlp[0].weight, std=0.02)
-            nn.init.normal_(self.control_embedder.mlp[2].weight, std=0.02)
+        init_embedder_mlps(self.control_embedder)  # not in the reference: treated like the timestep MLP
         # The reference draws the tables N(0, 1/D) at construction; redrawn here so that a model materialised from
         # the meta device is initialised too.
         for block in self.blocks:
             block.modulation.reset_parameters()
             # A zero cross-attention output: the text branch starts closed (it has no gate).
-            nn.init.zeros_(block.cross_attn.proj.weight)
-            nn.init.zeros_(block.cross_attn.proj.bias)
+            zero_linear(block.cross_attn.proj)
         self.final_layer.modulation.reset_parameters()
-        nn.init.zeros_(self.final_layer.linear.weight)
-        nn.init.zeros_(self.final_layer.linear.bias)
+        zero_linear(self.final_layer.linear)
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond) -> Tensor:
         """Predict from a noisy latent.
@@ -261,7 +256,7 @@ class PixArt(nn.Module):
             (N, out_channels, H, W): with ``learn_sigma`` the first C channels are ε, the last C the variance
             interpolation values.
         """
-        self._check_inputs(x, t)
+        check_latent_input("PixArt", x, t, self.in_channels, self.input_size)
         x = self.x_embedder(x) + self.pos_embed.to(x.dtype)  # (N, T, D)
         temb = self.t_embedder(t)  # (N, D)
         if self.control_embedder is not None:
@@ -291,15 +286,6 @@ class PixArt(nn.Module):
             # A sample with no real token would softmax over nothing (NaN); let it attend to all its tokens.
             mask = mask.bool() | ~mask.bool().any(dim=1, keepdim=True)
         return tokens, mask
-
-    def _check_inputs(self, x: Tensor, t: Tensor) -> None:
-        if x.dim() != 4 or tuple(x.shape[1:]) != (self.in_channels, self.input_size, self.input_size):
-            size = f"(N, {self.in_channels}, {self.input_size}, {self.input_size})"
-            raise ValueError(f"PixArt was built for inputs {size}, got {tuple(x.shape)}; set in_channels / input_size")
-        if t.shape != (x.shape[0],):
-            raise ValueError(f"t must have shape (N,) = ({x.shape[0]},), got {tuple(t.shape)}")
-        if not t.is_floating_point():
-            raise ValueError(f"t must be float time in [0, 1] (step k is k / 1000), got dtype {t.dtype}")
 
 
 # -------------------------------------------------------------------------------------------------------------- Sizes

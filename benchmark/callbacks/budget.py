@@ -20,14 +20,11 @@ import torch
 def train_flops_per_image(module: pl.LightningModule) -> float:
     """Training FLOPs (forward + backward, not MACs) of one image for ``module``, from the engine's FLOP counter.
 
-    Uses ``benchmark.flops.train_gflops_per_image`` when the engine provides it (it accounts for recipes that call
-    the backbone more than once per image), else the backbone's forward + backward counted once.
+    ``benchmark.flops.train_gflops_per_image`` accounts for recipes that call the backbone more than once per image.
     """
     from benchmark import flops
 
-    if hasattr(flops, "train_gflops_per_image"):
-        return float(flops.train_gflops_per_image(module)) * 1e9
-    return float(flops.train_flops_per_sample(module))
+    return float(flops.train_gflops_per_image(module)) * 1e9
 
 
 def batch_size_of(batch: Any) -> int:

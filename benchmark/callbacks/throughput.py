@@ -116,12 +116,10 @@ def device_peak_tflops(device: torch.device, precision: str | int | None = None)
 
 
 def train_gflops_per_image(module: Any) -> float:
-    """The engine's training cost per image (GFLOPs), from whichever counter this version provides."""
+    """The engine's training cost per image (GFLOPs), from ``benchmark.flops.train_gflops_per_image``."""
     from benchmark import flops
 
-    if hasattr(flops, "train_gflops_per_image"):
-        return float(flops.train_gflops_per_image(module))
-    return flops.train_flops_per_sample(module) / 1e9
+    return float(flops.train_gflops_per_image(module))
 
 
 def _peak_memory_gib(device: torch.device) -> float:
