@@ -61,7 +61,9 @@ class ComputeBudget(pl.Callback):
         train_flops: Budget in training FLOPs (forward + backward, all ranks together); None for no FLOPs limit.
         images: Budget in images seen; None for no limit.
         seconds: Budget in wall-clock seconds of training steps, summed over attempts (a resumed run does not
-            restart the clock); None for no limit.
+            restart the clock); None for no limit. The clock runs from the end of one step's callbacks to the end of
+            the next optimizer step (data loading, forward, backward, optimizer, EMA), so in-training evaluation,
+            sample grids and checkpoint writing neither spend the budget nor lower ``train_images_per_s``.
         flops_per_image: Training FLOPs per image; None measures it from the module with the FLOP counter.
         warmup_steps: Optimizer steps left out of the throughput estimate (``images_per_second``).
     """
@@ -153,6 +155,8 @@ class ComputeBudget(pl.Callback):
                 loop = trainer.fit_loop.epoch_loop
                 loop.max_steps = planned if loop.max_steps < 0 else min(loop.max_steps, planned)
         self._clock = time.perf_counter()
+        if not any(isinstance(c, _RestartClock) and c.budget is self for c in trainer.callbacks):
+            trainer.callbacks.append(_RestartClock(self))  # last: runs after every other callback's batch end
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
         now = time.perf_counter()
@@ -208,3 +212,17 @@ class ComputeBudget(pl.Callback):
         self.train_seconds = float(state_dict["train_seconds"])
         if self.flops_per_image is None:
             self.flops_per_image = state_dict.get("flops_per_image")
+
+
+class _RestartClock(pl.Callback):
+    """Restarts a `ComputeBudget`'s clock after every other callback's ``on_train_batch_end`` has run.
+
+    Appended to the end of ``trainer.callbacks`` when training starts (after the checkpoint callbacks, which
+    Lightning already moves to the end), so the time those callbacks take is not counted as training time.
+    """
+
+    def __init__(self, budget: ComputeBudget) -> None:
+        self.budget = budget
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs, batch, batch_idx) -> None:
+        self.budget._clock = time.perf_counter()

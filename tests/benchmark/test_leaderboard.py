@@ -3,6 +3,7 @@
 import csv
 import json
 import math
+import time
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -111,12 +112,12 @@ class _Data(pl.LightningDataModule):
         return DataLoader([{"image": x} for x in data], batch_size=self.batch_size, drop_last=True)
 
 
-def _fit(budget: ComputeBudget, accumulate: int = 1, max_steps: int = -1) -> pl.Trainer:
+def _fit(budget: ComputeBudget, accumulate: int = 1, max_steps: int = -1, others: list | None = None) -> pl.Trainer:
     trainer = pl.Trainer(
         max_steps=max_steps,
         max_epochs=-1,
         accumulate_grad_batches=accumulate,
-        callbacks=[budget],
+        callbacks=[budget, *(others or [])],
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,
@@ -155,6 +156,20 @@ def test_compute_budget_seconds_and_state():
     assert fresh.images_seen == 8 and fresh.flops_per_image == 1
     with pytest.raises(ValueError):
         ComputeBudget()
+
+
+class _SlowEvaluation(pl.Callback):
+    """Stands in for an in-training evaluation: 50 ms after every optimizer step."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        time.sleep(0.05)
+
+
+def test_compute_budget_clock_leaves_out_other_callbacks():
+    """In-training evaluation and checkpoints must not count as training time (nor lower train images/s)."""
+    budget = ComputeBudget(images=80, flops_per_image=1)  # 10 steps; the slow callback adds >= 0.5 s
+    _fit(budget, others=[_SlowEvaluation()])
+    assert budget.train_seconds < 0.25, budget.train_seconds
 
 
 def test_compute_budget_measures_flops_per_image():
