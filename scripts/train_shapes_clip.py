@@ -271,7 +271,15 @@ def main(argv: list[str] | None = None) -> None:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    tokenizer = build_tokenizer(args.out)
+    if args.init is not None:  # the init weights' token ids: BPE training breaks frequency ties differently per run
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(args.init)
+        tokenizer.save_pretrained(args.out)
+        for name in ("vocab.json", "merges.txt"):
+            (args.out / name).write_text((args.init / name).read_text())
+    else:
+        tokenizer = build_tokenizer(args.out)
     train = render("train", args.train_size, args.seed)
     val = render("val", args.val_size, args.seed)
     print(f"rendered {args.train_size} + {args.val_size} images in {time.time() - start:.0f} s", flush=True)
