@@ -36,6 +36,8 @@ that a machine whose load changes during the run slows all of them alike; every 
   record on a CPU (:func:`peak_memory`).
 
 bf16 means ``torch.autocast(dtype=torch.bfloat16)`` around forward and loss, with fp32 weights and optimizer.
+``--compile`` times our backbone under ``torch.compile`` (inductor) against the eager reference and names the
+compilation time in the row (minutes per model and precision on a 2-core CPU).
 
 Official DiT comparison by hand (its ``models.py`` is not a package): clone facebookresearch/DiT at ed81ce2, then in
 that directory ``from models import DiT_models; ref = DiT_models["DiT-S/2"](input_size=32, num_classes=1000)``,
