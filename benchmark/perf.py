@@ -14,7 +14,8 @@ dit         ``baselines.dit.DiT``                               diffusers ``DiTT
 pixart      ``baselines.pixart_alpha.PixArt`` (text tokens)     diffusers ``PixArtTransformer2DModel``
 mmdit       ``baselines.mmdit.MMDiT`` (text tokens + pooled)    diffusers ``SD3Transformer2DModel``
 mdt         ``baselines.mdt.MDTv2`` (full + masked pass)        our DiT at equal width, depth and tokens
-ldm         the LDM UNet, when its module is in the checkout    diffusers ``UNet2DConditionModel``
+ldm         ``baselines.ldm_unet.LDMUNet`` (LDM-4's shape)       diffusers ``UNet2DConditionModel``
+sdxl        ``baselines.ldm_unet.LDMUNet`` (SDXL's shape)        diffusers ``UNet2DConditionModel``
 ==========  ==================================================  ============================================
 
 MDT has no installable reference; it is compared to a DiT of the same width and tokens, and the table gives the
@@ -35,6 +36,8 @@ that a machine whose load changes during the run slows all of them alike; every 
   record on a CPU (:func:`peak_memory`).
 
 bf16 means ``torch.autocast(dtype=torch.bfloat16)`` around forward and loss, with fp32 weights and optimizer.
+``--compile`` times our backbone under ``torch.compile`` (inductor) against the eager reference and names the
+compilation time in the row (minutes per model and precision on a 2-core CPU).
 
 Official DiT comparison by hand (its ``models.py`` is not a package): clone facebookresearch/DiT at ed81ce2, then in
 that directory ``from models import DiT_models; ref = DiT_models["DiT-S/2"](input_size=32, num_classes=1000)``,
@@ -66,7 +69,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from conditioning.types import Cond
 
-MODELS = ("dit", "mdt", "pixart", "mmdit", "ldm")
+MODELS = ("dit", "mdt", "pixart", "mmdit", "ldm", "sdxl")
 # Per size: (our size suffix, default tokens, default batch). "tiny" is the Shapes suite's size (8x8 latents).
 SIZE_DEFAULTS = {"S": ("S/2", 256, 8), "tiny": ("tiny/2", 16, 64)}
 
@@ -361,11 +364,76 @@ def build_impls(name: str, size: str, batch: int, tokens: int, device: torch.dev
             ),
         ], f"diffusers SD3Transformer2DModel, {ctx_len} text tokens of width {ctx_dim}"
 
-    if name == "ldm":
-        import baselines.ldm  # noqa: F401  (the UNet branch's module; ImportError while it is not merged)
-
-        raise ImportError("the LDM UNet comparison is not wired yet")
+    if name in ("ldm", "sdxl"):
+        return _unet_impls(name, size, batch, tokens, device, t, labels, gen)
     raise ValueError(f"unknown model {name!r}; valid: {', '.join(MODELS)}")
+
+
+# SDXL's micro-conditioning: original size, crop corner and target size, added to the time embedding.
+SDXL_CONTROLS = ["orig_h", "orig_w", "crop_top", "crop_left", "crop_h", "crop_w"]
+
+
+def unet_kwargs(size_name: str) -> dict[str, object]:
+    """``LDMUNet`` keyword arguments of a row of the UNet size table (conditioning widths as the row sets them)."""
+    from baselines.ldm_unet import ldm_unet_size
+
+    spec = ldm_unet_size(size_name)
+    names = ("model_channels", "channel_mult", "num_res_blocks", "transformer_depth", "mid_transformer_depth")
+    names += ("num_heads", "head_dim", "context_dim", "time_scale_shift", "norm_groups")
+    return {key: getattr(spec, key) for key in names}
+
+
+def _unet_impls(
+    name: str,
+    size: str,
+    batch: int,
+    tokens: int,
+    device: torch.device,
+    t: Tensor,
+    labels: Tensor,
+    gen: torch.Generator,
+) -> tuple[list[Impl], str]:
+    """Our LDM UNet (``ldm``: LDM-4's shape, class token; ``sdxl``: SDXL's, text + pooled + size/crop) and diffusers'
+    ``UNet2DConditionModel`` with our weights converted by ``baselines/ldm_unet_convert.py``.
+
+    The latent is the transformers' (side = 2·√tokens: 32x32 at S, 8x8 at tiny), so every row trains on the same
+    input. diffusers' UNet has no class table: it receives our table's rows as its one context token, precomputed
+    (a lookup, no FLOPs), so both compute the same function.
+    """
+    import diffusers
+
+    from baselines.ldm_unet import LDMUNet
+    from baselines.ldm_unet_convert import diffusers_config, to_diffusers
+
+    side = _side(tokens, 2)
+    size_name = {"ldm": {"S": "LDM-S", "tiny": "LDM-tiny"}, "sdxl": {"S": "SDXL-S", "tiny": "SDXL-tiny"}}[name][size]
+    kw = unet_kwargs(size_name)
+    x = torch.randn(batch, 4, side, side, generator=gen).to(device)
+    steps = t * 1000
+    if name == "ldm":
+        ours = _randomise(LDMUNet(in_channels=4, num_classes=10, **kw)).to(device)
+        cond = Cond(label=labels)
+        table = ours.class_embedder.embedding_table.weight.detach().clone()
+        context, added, linear = table[labels][:, None], None, False  # LDM: 1x1-convolution projections
+        note = f"diffusers UNet2DConditionModel ({size_name}, 1x1-conv projections, class as one context token)"
+    else:
+        ctx_len, pooled_dim = (77, 1280) if size == "S" else (8, 12)
+        ours = LDMUNet(in_channels=4, num_classes=None, pooled_dim=pooled_dim, control_names=SDXL_CONTROLS, **kw)
+        ours = _randomise(ours).to(device)
+        context = torch.randn(batch, ctx_len, int(kw["context_dim"]), generator=gen).to(device)
+        pooled = torch.randn(batch, pooled_dim, generator=gen).to(device)
+        control = (torch.rand(batch, len(SDXL_CONTROLS), generator=gen) * 8 * side).to(device)
+        cond = Cond(tokens=context, pooled=pooled, control=control)
+        added, linear = {"text_embeds": pooled, "time_ids": control}, True
+        note = f"diffusers UNet2DConditionModel ({size_name}, {ctx_len} text tokens, pooled + size/crop)"
+    ref = diffusers.UNet2DConditionModel(**diffusers_config(ours, sample_size=side, linear_projection=linear))
+    state, _ = to_diffusers(ours, linear_projection=linear)
+    ref.load_state_dict(state)
+    ref = ref.to(device)
+    return [
+        Impl("ours", ours, lambda: [ours(x, t, cond)]),
+        Impl("diffusers", ref, lambda: [ref(x, steps, context, added_cond_kwargs=added).sample]),
+    ], note
 
 
 def _max_diff(impls: list[Impl]) -> float:
@@ -399,6 +467,7 @@ def measure(
     repeats: int = 7,
     steps: int = 250,
     device: str = "cpu",
+    compile: bool = False,
 ) -> list[dict[str, object]]:
     """Measure every model × precision; one row per implementation (see the module docstring for the figures).
 
@@ -411,6 +480,8 @@ def measure(
         repeats: timed rounds (medians are reported).
         steps: sampler steps per image, for sampling images/s.
         device: "cpu" or "cuda".
+        compile: time our backbone under ``torch.compile`` (inductor); its FLOPs and output difference are the eager
+            model's, and the first compiled step + sampling call (compilation included) is reported as ``compile_s``.
     """
     if size not in SIZE_DEFAULTS:
         raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZE_DEFAULTS)}")
@@ -428,16 +499,31 @@ def measure(
         width = next(m for m in impls[0].module.modules() if isinstance(m, nn.Linear)).in_features
         width = getattr(impls[0].module, "hidden_size", width)
         probe = MatmulProbe(batch * tokens, width, 4 * width, dev)
+        # FLOPs are counted on the eager models, before any compilation (the counter does not see compiled kernels).
+        plans = []
         for precision in precisions:
             trainers = [Trainer(impl, precision, dev) for impl in impls]
-            flops = [tr.train_flops() for tr in trainers]
+            plans.append((precision, trainers, [tr.train_flops() for tr in trainers]))
+        if compile:
+            impls[0].module.compile()
+        for precision, trainers, flops in plans:
+            compile_s = None
+            if compile:  # the first call compiles (again for each precision: autocast changes the graph)
+                start = time.perf_counter()
+                trainers[0].step()
+                trainers[0].sample()
+                compile_s = time.perf_counter() - start
             mem = [peak_memory(tr.step, dev) for tr in trainers]
             times, ceiling = time_interleaved(trainers, probe, repeats)
             for i, (impl, tm) in enumerate(zip(impls, times, strict=True)):
+                label = impl.label
+                if i == 0 and compile_s is not None:
+                    label = f"{label} (torch.compile: {compile_s:.0f} s to compile)"
                 rows.append(
                     {
                         "model": name,
-                        "impl": impl.label,
+                        "impl": label,
+                        "compile_s": compile_s if i == 0 else None,
                         "precision": precision,
                         "train_img_s": batch / tm["train_s"],
                         "sample_img_s": batch / (tm["sample_s"] * steps),
@@ -453,7 +539,7 @@ def measure(
                         "note": note,
                     }
                 )
-            del trainers
+        del plans
     return rows
 
 
@@ -489,7 +575,7 @@ def render(rows: list[dict[str, object]], header: str) -> str:
         if r["impl"] == "skipped":
             lines.append(f"| {r['model']} | skipped: {r['note']} | | | | | | | | | | | |")
             continue
-        mine = r["impl"] == "ours"
+        mine = str(r["impl"]).startswith("ours")
         ratio_train = f"{r['ratio_train']:.2f}x" if mine else ""
         ratio_sample = f"{r['ratio_sample']:.2f}x" if mine else ""
         flop_ratio = f"{r['flop_ratio']:.2f}" if mine else ""
@@ -505,7 +591,7 @@ def render(rows: list[dict[str, object]], header: str) -> str:
 def main(argv: Sequence[str] | None = None) -> str:
     """Parse ``ldmbench perf`` arguments, measure, print the table and write it to ``--output`` (if given)."""
     parser = argparse.ArgumentParser(prog="ldmbench perf", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--models", default="dit,mdt,pixart,mmdit,ldm", help=f"comma list of {', '.join(MODELS)}")
+    parser.add_argument("--models", default="dit,mdt,pixart,mmdit,ldm,sdxl", help=f"comma list of {', '.join(MODELS)}")
     parser.add_argument("--size", default="tiny", choices=list(SIZE_DEFAULTS))
     parser.add_argument("--batch", type=int, default=None, help="images per step (default: 8 at S, 64 at tiny)")
     parser.add_argument("--tokens", type=int, default=None, help="image tokens (default: 256 at S, 16 at tiny)")
@@ -516,6 +602,9 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (CPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--output", default=None, help="markdown file to write (e.g. leaderboards/perf/README.md)")
+    parser.add_argument(
+        "--compile", action="store_true", help="time our backbone under torch.compile (minutes to compile on a CPU)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokens = (args.resolution // 2) ** 2 if args.resolution else args.tokens
@@ -529,6 +618,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         repeats=args.repeats,
         steps=args.steps,
         device=args.device,
+        compile=args.compile,
     )
     command = "ldmbench perf " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     header = (

@@ -31,6 +31,35 @@ def test_every_shipped_yaml_parses_and_builds(path):
     assert info["params"] > 0 and info["gmacs_per_forward"] > 0
 
 
+SUITE_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "leaderboards").rglob("suite.yaml"))
+PROTOCOL_FILES = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "leaderboards").rglob("protocol.yaml"))
+
+
+@pytest.mark.parametrize("path", SUITE_FILES)
+def test_every_shipped_suite_parses_with_its_presets_protocols_and_entries(path):
+    """The suite and protocol files the test above leaves out: every preset's protocol is a valid EvalProtocol, and
+    every entry's YAML names an importable model class."""
+    import importlib
+
+    from benchmark.evaluation.protocol import EvalProtocol
+    from benchmark.leaderboard.suite import load_suite
+
+    suite = load_suite(ROOT / path)
+    assert suite.default_preset in suite.presets
+    for name in suite.presets:
+        EvalProtocol.from_dict(suite.protocol_for(suite.preset(name)))
+    for entry in suite.entries():
+        module, _, cls = entry.model_class.rpartition(".")
+        assert hasattr(importlib.import_module(module), cls), f"{entry.path}: no class {entry.model_class}"
+
+
+@pytest.mark.parametrize("path", PROTOCOL_FILES)
+def test_every_shipped_protocol_file_parses(path):
+    from benchmark.evaluation.protocol import EvalProtocol
+
+    assert EvalProtocol.from_yaml(ROOT / path).num_samples > 0
+
+
 def test_describe_dit_xl_2_reference_config():
     info = describe(["--config", str(ROOT / "leaderboards/imagenet-256/dit_xl_2.yaml")])
     assert info["params"] == 675_129_632
