@@ -210,8 +210,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(suite: Suite, rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """The metric against training FLOPs, one line per entry and seed (None when no row has a curve)."""
-    curves = [(r["entry"], r["seed"], r["curve"]) for r in rows if r.get("curve") and not r.get("stale")]
+    """The metric against training FLOPs, one line per entry and seed (None when no row has a curve).
+
+    Entries a suite lists under ``stages`` (pre-training stages of a transfer suite, trained at another resolution
+    or on other data) are left out, so the plot is the metric against compute at the target.
+    """
+    stages = set(getattr(suite, "raw", {}).get("stages") or [])
+    curves = [
+        (r["entry"], r["seed"], r["curve"])
+        for r in rows
+        if r.get("curve") and not r.get("stale") and r["entry"] not in stages
+    ]
     if not curves:
         return None
     import matplotlib
@@ -230,7 +239,7 @@ def plot_curves(suite: Suite, rows: list[dict[str, Any]], path: Path) -> Path | 
     if suite.target:
         ax.axhline(suite.target["value"], color="grey", linestyle="--", linewidth=1, label="target")
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
+    ax.set_xlabel("training FLOPs at the target" if stages else "training FLOPs")
     ax.set_ylabel(f"{suite.metric} ({'higher' if suite.higher_is_better else 'lower'} is better)")
     ax.set_title(f"{suite.name}: {suite.metric} against training compute")
     ax.grid(True, which="both", alpha=0.3)
