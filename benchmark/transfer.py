@@ -3,7 +3,7 @@
 The pre-training study (Berrada Ifriqi et al., "On Improved Conditioning Mechanisms and Pre-training Strategies for
 Diffusion Models", NeurIPS 2024, §2.6 and §3.3; SD3, Esser et al. 2024, §5.3; PixArt-α, Chen et al. 2024, §2.4)
 trains at a low resolution or on class-labelled data first and continues at a higher resolution or on captions.
-`InitFrom` is the Lightning callback that does the hand-over: before the first optimizer step it copies the
+`InitFrom` is the Lightning callback that does the hand-over: before the first training step it copies the
 backbone (EMA weights when the checkpoint has them) of a ``.ckpt`` written by ``ldmbench fit`` or the leaderboard
 runner into the new entry's backbone, adapts what depends on the token grid, refreshes the EMA copy and logs a
 table of what was kept, resized, re-initialised or dropped. Official checkpoints (DiT, MDT, PixArt) keep their own
@@ -399,9 +399,9 @@ def format_report(rows: Sequence[TransferRow], source: str = "") -> str:
 class InitFrom(pl.Callback):
     """Initialise the backbone (and its EMA copy) from one of our checkpoints before training starts.
 
-    Applied in ``setup("fit")``, after the model is built and before the optimizer exists. A run resumed with
-    ``--ckpt_path`` (``last``, or the leaderboard runner's resume) is not re-initialised: its checkpoint already
-    holds the transferred and trained weights.
+    Applied in ``on_fit_start``, before the first training step. A run resumed with ``--ckpt_path`` (``last``, or
+    the leaderboard runner's resume) is not re-initialised: its checkpoint already holds the transferred and
+    trained weights.
 
     Args:
         checkpoint: A ``.ckpt`` of ``ldmbench fit`` / the leaderboard runner, a glob (newest match), or
@@ -428,9 +428,10 @@ class InitFrom(pl.Callback):
         self.report: list[TransferRow] | None = None
         self.source_path: Path | None = None
 
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
-            return
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here rather than in `setup`: a resumed run's checkpoint is restored between the two, and only here does
+        # `trainer.ckpt_path` tell a resumed run from a new one. The optimizer already exists but has no state yet,
+        # and holds the same parameter tensors, which are overwritten in place.
         if trainer.ckpt_path is not None:
             rank_zero_info(f"InitFrom: resuming from {trainer.ckpt_path}; its weights are used as they are")
             return
