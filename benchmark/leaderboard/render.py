@@ -318,9 +318,14 @@ def readme_lines(
     ok = [r for r in current if r.get("status") == "ok"]
     groups = _group(ok)
     stats = {name: spread_stats([r.get("metric") for r in g]) for name, g in groups.items()}
+    # Pre-training stages of a transfer suite (suite.yaml `stages`) are measured on other data or at another
+    # resolution: listed last, without a rank.
+    stages = set(suite.raw.get("stages") or [])
     ranks = rank_with_ties(
-        [(n, s[0], s[1]) for n, s in stats.items() if s is not None], higher_is_better=suite.higher_is_better
+        [(n, s[0], s[1]) for n, s in stats.items() if s is not None and n not in stages],
+        higher_is_better=suite.higher_is_better,
     )
+    ranks.update({n: "stage" for n in stages if n in groups})
     guided = suite.protocol.get("guidance_scale")
     header = [
         "rank",
@@ -344,7 +349,7 @@ def readme_lines(
         "commit",
     ]
     table = []
-    order = sorted(groups, key=lambda n: (stats[n] is None, _rank_number(ranks.get(n)), n))
+    order = sorted(groups, key=lambda n: (n in stages, stats[n] is None, _rank_number(ranks.get(n)), n))
     for name in order:
         g = groups[name]
         n = len(g)
@@ -425,7 +430,8 @@ def readme_lines(
 
 
 def _rank_number(rank: str | None) -> int:
-    return int(rank.lstrip("=")) if rank else 10**9
+    number = (rank or "").lstrip("=")
+    return int(number) if number.isdigit() else 10**9  # unranked: no metric, or a pre-training stage
 
 
 def _recipe_of(info: dict[str, Any]) -> str:
