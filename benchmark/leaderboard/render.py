@@ -398,6 +398,12 @@ def readme_lines(
         ]
     elif groups:
         lines += ["One seed per entry: no spread is measured, so ranks do not show ties (`--seeds 0,1` adds one).", ""]
+    if stages & set(groups):
+        lines += [
+            "Rows ranked `stage` are pre-training stages (trained at another resolution or on other data and read by "
+            "the transferred entries); they are not ranked with the others and not on the plot.",
+            "",
+        ]
     lines += _target_lines(suite, groups)
     if plot is not None:
         lines += [
