@@ -37,9 +37,16 @@ carries over bit-equal; the class table is dropped; the modules that read the te
 embedder, pooled-vector embedder, cross-attention keys and values of UNets) start from their fresh initialisation.
 Every other shape difference fails, naming the tensor, unless ``strict_shapes`` is False or it matches ``reinit``.
 
-Resolution-dependent noise shift is configuration, not this callback: ``RectifiedFlow(shift=α)`` with
+The conventions follow the reference code they name: PixArt-α's ``lewei_scale``
+(https://github.com/PixArt-alpha/PixArt-alpha/blob/cac2fd3/diffusion/model/nets/PixArt.py), SD3's
+``cropped_pos_embed`` (https://github.com/Stability-AI/sd3-ref/blob/65e453f/mmdit.py) and BEiT's resizing of
+relative-position tables; the code here is written against our own tables (``baselines.layers``).
+
+Resolution-dependent noise shift and crop policy are configuration, not this callback: ``RectifiedFlow(shift=α)`` with
 α = ``RectifiedFlow.shift_for_resolution(new, old)`` = sqrt(m / n) shifts the training times and the Euler grid;
-``DDPM(shift=α)`` divides the schedule's SNR by α² for training and every sampler. α = 1 is the identity.
+``DDPM(shift=α)`` divides the schedule's SNR by α² for training and every sampler. α = 1 is the identity. The crop
+policy is the data's: ``ShapesDataModule(augment, min_scale)`` (random resized crops at low resolution,
+``augment: false`` for whole canvases), ``ImageFolderDataModule`` centre-crops.
 """
 
 from __future__ import annotations

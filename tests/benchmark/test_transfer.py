@@ -188,6 +188,20 @@ def test_class_to_text_pixart_reinitialises_the_text_projection():
     _assert_rest_bit_equal(source, target, set(projection))
 
 
+def test_class_to_text_unet_reinitialises_cross_attention_keys_and_values():
+    from baselines.ldm_unet import LDMUNet
+
+    kwargs = dict(in_channels=4, model_channels=16, channel_mult=(1, 2), num_res_blocks=1, transformer_depth=(0, 1))
+    kwargs |= dict(head_dim=16, norm_groups=8)
+    source = LDMUNet(context_dim=32, num_classes=10, **kwargs).state_dict()
+    target = LDMUNet(context_dim=24, num_classes=None, **kwargs)
+    rows = _rows(transfer_weights(source, target, "interpolate"))
+    kv = [n for n in rows if ".attn2.to_k." in n or ".attn2.to_v." in n]
+    assert kv and all(rows[n].action == "reinit" for n in kv)  # they read the 24-wide text, not the class token
+    assert rows["class_embedder.embedding_table.weight"].action == "dropped"
+    _assert_rest_bit_equal(source, target, set(kv))
+
+
 # ------------------------------------------------------------------------------- the callback, fit and resume
 @pytest.fixture(scope="module")
 def tiny_vae(tmp_path_factory):
