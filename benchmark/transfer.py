@@ -6,8 +6,9 @@ trains at a low resolution or on class-labelled data first and continues at a hi
 `InitFrom` is the Lightning callback that does the hand-over: before the first training step it copies the
 backbone (EMA weights when the checkpoint has them) of a ``.ckpt`` written by ``ldmbench fit`` or the leaderboard
 runner into the new entry's backbone, adapts what depends on the token grid, refreshes the EMA copy and logs a
-table of what was kept, resized, re-initialised or dropped. Official checkpoints (DiT, MDT, PixArt) keep their own
-path, each model's ``init_from`` argument.
+table of what was kept, resized, re-initialised or dropped. Official checkpoints (DiT, MDT, PixArt) load into a
+model of their own resolution through each model's ``init_from`` argument, and into any other resolution through
+``InitFrom(source_format=...)``, which reads them with the same importers.
 
 Where each backbone keeps its positions (the tensors resized here; everything else must keep its shape):
 
@@ -74,6 +75,7 @@ __all__ = [
     "TransferRow",
     "format_report",
     "load_backbone_state",
+    "load_source_state",
     "resolve_checkpoint",
     "sincos_scale",
     "transfer_weights",
@@ -144,6 +146,33 @@ def load_backbone_state(path: str | Path, weights: Literal["ema", "raw"] = "ema"
     if any(k.startswith(("ema.", "backbone.", "autoencoder.")) for k in state):
         raise ValueError(f"{path} has no {' or '.join(prefixes)} weights")
     return dict(state)  # a plain backbone state dict
+
+
+SourceFormat = Literal["lightning", "dit", "mdt", "pixart"]
+# Official checkpoints read by each baseline's own importer (which renames to our tensor names and checks the keys).
+_OFFICIAL_IMPORTERS = {
+    "dit": "baselines.dit_convert",
+    "mdt": "baselines.mdt",
+    "pixart": "baselines.pixart_alpha",
+}
+
+
+def load_source_state(path: str | Path, source_format: SourceFormat = "lightning", weights: str = "ema") -> dict:
+    """The backbone state dict of a checkpoint in one of the formats `InitFrom` reads.
+
+    Args:
+        path: The checkpoint file.
+        source_format: ``lightning`` (ours, `load_backbone_state`), or an official release read by that baseline's
+            importer: ``dit`` (facebookresearch/DiT ``.pt``), ``mdt`` (sail-sg/MDT), ``pixart`` (PixArt-α ``.pth``).
+        weights: ``ema`` or ``raw`` (ours only; official importers take the EMA weights when the file has both).
+    """
+    if source_format == "lightning":
+        return load_backbone_state(path, weights)  # type: ignore[arg-type]
+    if source_format not in _OFFICIAL_IMPORTERS:
+        raise ValueError(f"source_format must be 'lightning' or one of {sorted(_OFFICIAL_IMPORTERS)}")
+    import importlib
+
+    return importlib.import_module(_OFFICIAL_IMPORTERS[source_format]).load_official_checkpoint(str(path))
 
 
 def resolve_checkpoint(spec: str, run_dir: str | Path | None = None) -> Path:
@@ -418,6 +447,8 @@ class InitFrom(pl.Callback):
         strict_shapes: Fail on any other shape difference, naming the tensor; False re-initialises it instead.
         weights: ``ema`` (default) takes the checkpoint's EMA weights, ``raw`` the trained weights.
         reinit: Name patterns of backbone tensors to leave at their fresh initialisation (e.g. ``final_layer.*``).
+        source_format: ``lightning`` (default: ours) or an official release read by its baseline's importer
+            (``dit``, ``mdt``, ``pixart``), e.g. DiT-XL-2-256x256.pt into a 512 px DiT with ``pos_embed``.
     """
 
     def __init__(
@@ -427,11 +458,14 @@ class InitFrom(pl.Callback):
         strict_shapes: bool = True,
         weights: Literal["ema", "raw"] = "ema",
         reinit: list[str] | None = None,
+        source_format: SourceFormat = "lightning",
     ) -> None:
         if pos_embed not in STRATEGIES:
             raise ValueError(f"pos_embed must be one of {STRATEGIES}, got {pos_embed!r}")
+        if source_format != "lightning" and source_format not in _OFFICIAL_IMPORTERS:
+            raise ValueError(f"source_format must be 'lightning' or one of {sorted(_OFFICIAL_IMPORTERS)}")
         self.checkpoint, self.pos_embed, self.strict_shapes = checkpoint, pos_embed, strict_shapes
-        self.weights, self.reinit = weights, list(reinit or [])
+        self.weights, self.reinit, self.source_format = weights, list(reinit or []), source_format
         self.report: list[TransferRow] | None = None
         self.source_path: Path | None = None
 
@@ -447,7 +481,7 @@ class InitFrom(pl.Callback):
     def apply(self, pl_module: pl.LightningModule, run_dir: str | Path | None = None) -> list[TransferRow]:
         """Load the checkpoint into ``pl_module.backbone``, copy the result into the EMA, log and return the report."""
         self.source_path = resolve_checkpoint(self.checkpoint, run_dir)
-        source = load_backbone_state(self.source_path, self.weights)
+        source = load_source_state(self.source_path, self.source_format, self.weights)
         self.report = transfer_weights(source, pl_module.backbone, self.pos_embed, self.strict_shapes, self.reinit)
         ema = getattr(pl_module, "ema", None)
         if ema is not None:

@@ -11,7 +11,14 @@ from baselines.layers import get_2d_sincos_pos_embed
 from baselines.mdt import MDTv2
 from baselines.mmdit import MMDiT
 from baselines.pixart_alpha import PixArt
-from benchmark.transfer import InitFrom, format_report, resolve_checkpoint, sincos_scale, transfer_weights
+from benchmark.transfer import (
+    InitFrom,
+    format_report,
+    load_source_state,
+    resolve_checkpoint,
+    sincos_scale,
+    transfer_weights,
+)
 from conditioning.types import Cond
 from data.autoencoder import Autoencoder
 from data.shapes import Shapes
@@ -200,6 +207,22 @@ def test_class_to_text_unet_reinitialises_cross_attention_keys_and_values():
     assert kv and all(rows[n].action == "reinit" for n in kv)  # they read the 24-wide text, not the class token
     assert rows["class_embedder.embedding_table.weight"].action == "dropped"
     _assert_rest_bit_equal(source, target, set(kv))
+
+
+def test_an_official_dit_file_loads_into_another_resolution(tmp_path):
+    source = _dit(8)
+    for p in source.parameters():
+        p.data.normal_()
+    official = {k.replace("adaLN_modulation.linear.", "adaLN_modulation.1."): v for k, v in source.state_dict().items()}
+    path = tmp_path / "DiT-official.pt"
+    torch.save(official, path)  # the facebookresearch/DiT layout: a plain state dict of the EMA weights
+    init = InitFrom(str(path), pos_embed="interpolate", source_format="dit")
+    target = _dit(16)
+    rows = _rows(transfer_weights(load_source_state(path, "dit"), target, init.pos_embed))
+    assert rows["pos_embed"].action == "resized"
+    _assert_rest_bit_equal(source.state_dict(), target, {"pos_embed"})
+    with pytest.raises(ValueError, match="source_format"):
+        InitFrom(str(path), source_format="sd3")
 
 
 # ------------------------------------------------------------------------------- the callback, fit and resume
