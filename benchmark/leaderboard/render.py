@@ -241,7 +241,7 @@ def plot_curves(suite: Suite, rows: list[dict[str, Any]], path: Path) -> Path | 
     ax.set_xscale("log")
     ax.set_xlabel("training FLOPs at the target" if stages else "training FLOPs")
     ax.set_ylabel(f"{suite.metric} ({'higher' if suite.higher_is_better else 'lower'} is better)")
-    ax.set_title(f"{suite.name}: {suite.metric} against training compute")
+    ax.set_title(f"{suite.name}: {suite.metric} against training compute" + (" at the target" if stages else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
