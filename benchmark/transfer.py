@@ -469,6 +469,17 @@ class InitFrom(pl.Callback):
         self.report: list[TransferRow] | None = None
         self.source_path: Path | None = None
 
+    def init_args(self) -> dict[str, Any]:
+        """The constructor arguments, as a config would state them."""
+        return {
+            "checkpoint": self.checkpoint,
+            "pos_embed": self.pos_embed,
+            "strict_shapes": self.strict_shapes,
+            "weights": self.weights,
+            "reinit": list(self.reinit),
+            "source_format": self.source_format,
+        }
+
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # Here rather than in `setup`: a resumed run's checkpoint is restored between the two, and only here does
         # `trainer.ckpt_path` tell a resumed run from a new one. The optimizer already exists but has no state yet,

@@ -50,6 +50,13 @@ class _CarriesTransfer:
     def configure_callbacks(self) -> list[Callback]:
         return [self.transfer] if self.transfer is not None else []
 
+    def _record_transfer(self) -> None:
+        # Built in Python (not from a config), the hyper-parameters would hold the callback object itself, which a
+        # checkpoint loaded with weights_only=True cannot contain: record its arguments, as a config would.
+        recorded = self.hparams.get("transfer")
+        if isinstance(recorded, InitFrom):
+            self.hparams["transfer"] = {"class_path": "benchmark.transfer.InitFrom", "init_args": recorded.init_args()}
+
 
 class TransferDiTModule(_CarriesTransfer, DiTModule):
     """`baselines.dit.DiTModule` initialised from one of our checkpoints.
@@ -62,6 +69,7 @@ class TransferDiTModule(_CarriesTransfer, DiTModule):
     def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
         self.transfer = transfer
         super().__init__(**kwargs)
+        self._record_transfer()
 
 
 class TransferMDTModule(_CarriesTransfer, MDTModule):
@@ -75,6 +83,7 @@ class TransferMDTModule(_CarriesTransfer, MDTModule):
     def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
         self.transfer = transfer
         super().__init__(**kwargs)
+        self._record_transfer()
 
 
 class TransferPixArtModule(_CarriesTransfer, PixArtModule):
@@ -88,6 +97,7 @@ class TransferPixArtModule(_CarriesTransfer, PixArtModule):
     def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
         self.transfer = transfer
         super().__init__(**kwargs)
+        self._record_transfer()
 
 
 class TransferMMDiTModule(_CarriesTransfer, MMDiTModule):
@@ -101,6 +111,7 @@ class TransferMMDiTModule(_CarriesTransfer, MMDiTModule):
     def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
         self.transfer = transfer
         super().__init__(**kwargs)
+        self._record_transfer()
 
 
 class TransferProposedModule(_CarriesTransfer, ProposedModule):
@@ -114,6 +125,7 @@ class TransferProposedModule(_CarriesTransfer, ProposedModule):
     def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
         self.transfer = transfer
         super().__init__(**kwargs)
+        self._record_transfer()
 
 
 class TransferLDMModule(_CarriesTransfer, LDMModule):
@@ -127,3 +139,4 @@ class TransferLDMModule(_CarriesTransfer, LDMModule):
     def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
         self.transfer = transfer
         super().__init__(**kwargs)
+        self._record_transfer()

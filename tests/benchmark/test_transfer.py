@@ -303,3 +303,17 @@ def test_entry_references_resolve_in_the_runner_layout(tmp_path):
         resolve_checkpoint("entry:pretrain", tmp_path / "transfer" / "seed0-12345678")
     with pytest.raises(ValueError, match="leaderboard runner"):
         resolve_checkpoint("entry:pretrain", tmp_path / "plain-run")
+
+
+def test_a_module_built_in_python_records_the_transfer_as_plain_data(tiny_vae, tmp_path):
+    from benchmark.transfer_entries import TransferDiTModule
+
+    init = InitFrom("entry:pretrain", pos_embed="extend")
+    module = TransferDiTModule(
+        transfer=init, size="DiT-tiny/2", num_classes=10, resolution=32, autoencoder=Autoencoder(tiny_vae)
+    )
+    assert module.configure_callbacks() == [init]
+    assert module.hparams["transfer"]["init_args"]["pos_embed"] == "extend"
+    torch.save({"hyper_parameters": dict(module.hparams)}, tmp_path / "h.ckpt")
+    loaded = torch.load(tmp_path / "h.ckpt", weights_only=True)  # no pickled callback
+    assert loaded["hyper_parameters"]["transfer"]["class_path"] == "benchmark.transfer.InitFrom"
