@@ -210,8 +210,17 @@ def write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 def plot_curves(suite: Suite, rows: list[dict[str, Any]], path: Path) -> Path | None:
-    """The metric against training FLOPs, one line per entry and seed (None when no row has a curve)."""
-    curves = [(r["entry"], r["seed"], r["curve"]) for r in rows if r.get("curve") and not r.get("stale")]
+    """The metric against training FLOPs, one line per entry and seed (None when no row has a curve).
+
+    Entries a suite lists under ``stages`` (pre-training stages of a transfer suite, trained at another resolution
+    or on other data) are left out, so the plot is the metric against compute at the target.
+    """
+    stages = set(getattr(suite, "raw", {}).get("stages") or [])
+    curves = [
+        (r["entry"], r["seed"], r["curve"])
+        for r in rows
+        if r.get("curve") and not r.get("stale") and r["entry"] not in stages
+    ]
     if not curves:
         return None
     import matplotlib
@@ -230,9 +239,9 @@ def plot_curves(suite: Suite, rows: list[dict[str, Any]], path: Path) -> Path | 
     if suite.target:
         ax.axhline(suite.target["value"], color="grey", linestyle="--", linewidth=1, label="target")
     ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
+    ax.set_xlabel("training FLOPs at the target" if stages else "training FLOPs")
     ax.set_ylabel(f"{suite.metric} ({'higher' if suite.higher_is_better else 'lower'} is better)")
-    ax.set_title(f"{suite.name}: {suite.metric} against training compute")
+    ax.set_title(f"{suite.name}: {suite.metric} against training compute" + (" at the target" if stages else ""))
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -309,9 +318,14 @@ def readme_lines(
     ok = [r for r in current if r.get("status") == "ok"]
     groups = _group(ok)
     stats = {name: spread_stats([r.get("metric") for r in g]) for name, g in groups.items()}
+    # Pre-training stages of a transfer suite (suite.yaml `stages`) are measured on other data or at another
+    # resolution: listed last, without a rank.
+    stages = set(suite.raw.get("stages") or [])
     ranks = rank_with_ties(
-        [(n, s[0], s[1]) for n, s in stats.items() if s is not None], higher_is_better=suite.higher_is_better
+        [(n, s[0], s[1]) for n, s in stats.items() if s is not None and n not in stages],
+        higher_is_better=suite.higher_is_better,
     )
+    ranks.update({n: "stage" for n in stages if n in groups})
     guided = suite.protocol.get("guidance_scale")
     header = [
         "rank",
@@ -335,7 +349,7 @@ def readme_lines(
         "commit",
     ]
     table = []
-    order = sorted(groups, key=lambda n: (stats[n] is None, _rank_number(ranks.get(n)), n))
+    order = sorted(groups, key=lambda n: (n in stages, stats[n] is None, _rank_number(ranks.get(n)), n))
     for name in order:
         g = groups[name]
         n = len(g)
@@ -384,6 +398,12 @@ def readme_lines(
         ]
     elif groups:
         lines += ["One seed per entry: no spread is measured, so ranks do not show ties (`--seeds 0,1` adds one).", ""]
+    if stages & set(groups):
+        lines += [
+            "Rows ranked `stage` are pre-training stages (trained at another resolution or on other data and read by "
+            "the transferred entries); they are not ranked with the others and not on the plot.",
+            "",
+        ]
     lines += _target_lines(suite, groups)
     if plot is not None:
         lines += [
@@ -416,7 +436,8 @@ def readme_lines(
 
 
 def _rank_number(rank: str | None) -> int:
-    return int(rank.lstrip("=")) if rank else 10**9
+    number = (rank or "").lstrip("=")
+    return int(number) if number.isdigit() else 10**9  # unranked: no metric, or a pre-training stage
 
 
 def _recipe_of(info: dict[str, Any]) -> str:
