@@ -10,8 +10,8 @@ constant of a DataModule:
 - ``random_crop``: the same resize, then a crop at a uniformly random offset along the long side (SDXL's random
   crop, whose offsets its micro-conditioning exists to record).
 - ``aspect_preserving``: the whole image, its long side resized to the output size and centred on a grey canvas
-  (about 0 in ``[-1, 1]``); the recorded "crop" is the square around the image, so its top / left are negative and its size is the
-  long side.
+  (about 0 in ``[-1, 1]``); the recorded "crop" is the square around the image, so its top / left are negative
+  and its size is the long side.
 - ``random_resized_crop``: torchvision's random-resized crop with a ``scale`` and ``ratio`` range.
 
 Every policy can flip with ``flip_p``. ``by_resolution`` picks another policy at given output sizes (e.g. random crop

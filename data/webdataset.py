@@ -42,7 +42,6 @@ from webdataset.tariterators import tarfile_samples
 
 from data.bad_input import BadInputCounter, BadInputError, BadInputMonitor, substitute_next
 from data.crop_policy import CropPolicy
-from data.imagefolder import CorruptImageError
 from data.imagenet import eval_policy
 from data.sampling import ResumableDataModule
 from data.transforms import CONTROL_NAMES

@@ -1,4 +1,4 @@
-"""Tiny on-disk datasets for the real-data tests: an ImageNet-layout folder and webdataset shards, each with bad items."""
+"""Tiny on-disk datasets for the real-data tests: an ImageNet-layout folder and webdataset shards with bad items."""
 
 from __future__ import annotations
 
