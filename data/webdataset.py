@@ -324,13 +324,22 @@ class TarIndexDataset(Dataset):
             "split": self.split,
             "resolution": self.resolution,
             "options": {
-                "num_items": len(self),
+                "num_shards": len(self.shards),
                 "shards_sha256": hashlib.sha256(repr(listing).encode()).hexdigest(),
                 "crop": self.crop_policy.describe(self.resolution),
             },
             "crops_per_item": 1,
             "flip_moments": self.crop_policy.flip_p > 0,
         }
+
+    def split_parts(self, parts: int) -> list[TarIndexDataset]:
+        """Contiguous groups of whole shards, one per rank of a parallel cache build (part ``r`` reads only its own)."""
+        groups = np.array_split(np.arange(len(self.shards)), parts)
+        shards = [[self.shards[i] for i in group] for group in groups]
+        return [
+            TarIndexDataset(s, self.resolution, self.crop_policy, self.split, self.counter, self.caption_key)
+            for s in shards
+        ]
 
     def cache_views(self, i: int) -> list[dict]:
         """Item ``i`` (or its substitute) unflipped and, if the policy flips, mirrored; class label 0 (captions)."""
@@ -516,6 +525,21 @@ class WebDatasetDataModule(ResumableDataModule):
     def test_dataloader(self) -> DataLoader:
         """Same as `val_dataloader`."""
         return self.val_dataloader()
+
+    def cache_dataset(self) -> TarIndexDataset:
+        """The training shards as an indexable dataset for ``ldmbench cache-latents`` (deterministic crop, flip kept).
+
+        Raises:
+            ValueError: If the training crop is random (a cache would freeze one crop per sample).
+        """
+        if self.crop_policy.is_random(self.resolution):
+            raise ValueError(
+                f"crop policy {self.crop_policy.policy_at(self.resolution)!r} is random; a latent cache needs a "
+                "deterministic one (center, adm_center, aspect_preserving)"
+            )
+        counter = BadInputCounter(*self._counter_args, name="webdataset cache")
+        shards = self._shards(self.train_shards)
+        return TarIndexDataset(shards, self.resolution, self.crop_policy, "train", counter, self.caption_key)
 
     def val_captions(self, n: int | None = None) -> list[str]:
         """Captions of the held-out samples in order (the first ``n``): prompts for FID and CLIP score."""
