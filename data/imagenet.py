@@ -194,10 +194,12 @@ class ImageNetDataModule(ImageFolderDataModule):
     @property
     def train_dir(self) -> Path:
         """``root/train``, checked to exist (the message says where the root comes from)."""
-        if not str(self._root_option or os.environ.get(ENV_ROOT) or ""):
+        root = self._root_option or os.environ.get(ENV_ROOT)
+        if not root:
             raise FileNotFoundError(
                 f"ImageNet root not set: export {ENV_ROOT}=/path/to/imagenet or pass --data.init_args.root"
             )
+        self.root = Path(root)  # read when training starts, not when the config is parsed
         return super().train_dir
 
     def _build_datasets(self) -> None:

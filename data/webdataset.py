@@ -24,6 +24,7 @@ images (``reference: data:val``), captions for generation and CLIP score (`WebDa
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import io
 import logging
@@ -53,11 +54,18 @@ IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 
 
 def expand_shards(pattern: str | list[str], root: str | Path | None = None) -> list[str]:
-    """Expand a brace pattern (``"train/{000..123}.tar"``) or list into shard paths, relative ones under ``root``."""
+    """Shard paths of brace patterns (``"train/{00000..01099}.tar"``), globs (``"train/*.tar"``, sorted) or lists.
+
+    Relative paths are under ``root``; a glob that matches nothing is kept as written (reported missing later).
+    """
     urls = [u for p in ([pattern] if isinstance(pattern, str) else pattern) for u in expand_urls(p)]
-    if root is None:
-        return urls
-    return [u if os.path.isabs(u) or "://" in u else str(Path(root) / u) for u in urls]
+    if root is not None:
+        urls = [u if os.path.isabs(u) or "://" in u else str(Path(root) / u) for u in urls]
+    out: list[str] = []
+    for url in urls:
+        matches = sorted(glob.glob(url)) if any(c in url for c in "*?[") and "://" not in url else []
+        out += matches or [url]
+    return out
 
 
 def assign_shards(
