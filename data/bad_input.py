@@ -159,8 +159,8 @@ def substitute_next(
             reason = error.reason if isinstance(error, BadInputError) else "corrupt_image"
             counter.add_bad(reason, str(getattr(error, "detail", error)) or f"index {at}")
             continue
-        if counter is not None and attempt == 0:
-            counter.good()
+        if counter is not None:
+            counter.good()  # the substitute is a good read too: the fraction is bad reads over all reads
         return {**item, "bad_input": torch.tensor(int(attempt > 0))}
     raise TooManyBadInputs(f"{min(max_tries, length)} consecutive bad items starting at index {index}")
 
