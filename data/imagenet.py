@@ -115,7 +115,8 @@ class ImageNetDataset(ImageFolderDataset):
         index, position = item if isinstance(item, tuple) else (item, None)
         # A generator per (seed, stream position, index): random per epoch, identical after a resume, and independent
         # of which loader worker decodes the item.
-        key = [self.seed, 0 if position is None else position + 1, index]
+        # (The draw depends on the item actually loaded, so a substitute at position p is exactly that item at p.)
+        key = [self.seed, 0 if position is None else position + 1]
         return substitute_next(
             lambda i: self._load(i, np.random.default_rng([*key, i]), None), index, len(self), self.counter
         )
