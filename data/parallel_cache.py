@@ -153,13 +153,13 @@ def build_parallel(
         directory: The cache folder.
         rank: This rank (default: ``torch.distributed``'s, else 0).
         world_size: Number of ranks (default: ``torch.distributed``'s, else 1).
-        barrier: Waits for every rank (default: ``torch.distributed.barrier`` when initialised). Without one, only
-            the part is built unless it is the last missing one; merge later with `merge_parts`.
-        merge: Merge on rank 0 after the barrier.
+        barrier: Waits for every rank (default: ``torch.distributed.barrier`` when initialised). Without one, the
+            rank that completes the last missing part merges; or merge later with `merge_parts`.
+        merge: Merge when every part is complete (on rank 0 when there is a barrier).
         **build_kwargs: Passed to `data.latent_cache.build_cache`.
 
     Returns:
-        The merged manifest on rank 0 (None elsewhere, or when parts are still missing).
+        The merged manifest where this call merged (None elsewhere, or while parts are still missing).
     """
     distributed = dist.is_available() and dist.is_initialized()
     rank = rank if rank is not None else (dist.get_rank() if distributed else 0)
@@ -177,7 +177,9 @@ def build_parallel(
     log.info("rank %d: part of %d items done in %.1f s", rank, part["num_items"], time.perf_counter() - start)
     if barrier is not None:
         barrier()
-    if not merge or rank != 0:
+    # With a barrier every part is done now and rank 0 merges; without one (independent jobs), whichever rank finds
+    # every part complete merges (concurrent merges write the same manifest, each by an atomic rename).
+    if not merge or (barrier is not None and rank != 0):
         return None
     try:
         return merge_parts(directory, world_size, key)

@@ -263,3 +263,17 @@ class TextCacheStream(IterableDataset):
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for item in self.stream:
             yield {**item, "text": self.cache[self.cache.index_of(item["key"])]}
+
+
+def latent_cache_captions(directory: str | Path) -> list[str]:
+    """The captions a latent cache stored, in item order (bad items already replaced by their substitutes).
+
+    Build a text cache over these (with the shards' sample keys from `data.webdataset.TarIndexDataset.keys`) so that
+    its item ``i`` is the caption of the latent cache's item ``i`` even where a bad sample was substituted.
+    """
+    from data.latent_cache import LatentCacheDataset
+
+    cached = LatentCacheDataset(directory, flip_p=0.0)
+    cached._open()
+    assert cached._captions is not None
+    return [views[0] for shard in cached._captions for views in shard]

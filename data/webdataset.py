@@ -313,6 +313,10 @@ class TarIndexDataset(Dataset):
     def _load(self, i: int, flip: bool) -> dict[str, Any]:
         return decode_sample(self.raw(i), self.resolution, self.crop_policy, None, flip, self.caption_key)
 
+    def keys(self) -> list[str]:
+        """Every sample's key, in order (what a training stream's items carry as ``key``)."""
+        return [key for _, key, _ in self.index]
+
     def captions(self) -> list[str]:
         """Every sample's caption, in order (empty string where it is missing)."""
         out = []
@@ -372,7 +376,8 @@ class _StreamLoader(DataLoader):
     def __iter__(self):  # type: ignore[override]
         # Set in the main process, before the (non-persistent) workers copy the stream: each epoch reads its own order.
         trainer = self.owner.trainer if self.owner is not None else None
-        self.dataset.epoch = trainer.current_epoch if trainer is not None else self._epochs
+        stream = getattr(self.dataset, "stream", self.dataset)  # under a text-cache wrapper
+        stream.epoch = trainer.current_epoch if trainer is not None else self._epochs
         self._epochs += 1
         return super().__iter__()
 
@@ -399,6 +404,9 @@ class WebDatasetDataModule(ResumableDataModule):
         latent_cache: A latent cache built by ``ldmbench cache-latents`` over ``train_shards``: training then reads
             cached moments with an exactly resumable shuffled stream instead of decoding JPEGs. None decodes.
         caption_key: Extension of the caption members.
+        text_cache: A text-embedding cache (`data.text_cache`) built over the training captions, in the order of
+            `cache_dataset` and with the sample keys: batches then carry the precomputed ``text`` states, and the
+            conditioner does not run its text encoders. None encodes captions in the training step.
     """
 
     def __init__(
@@ -417,6 +425,7 @@ class WebDatasetDataModule(ResumableDataModule):
         min_items_before_stop: int = 1000,
         latent_cache: str | None = None,
         caption_key: str = "txt",
+        text_cache: str | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)
         if resolution < 1:
@@ -428,7 +437,7 @@ class WebDatasetDataModule(ResumableDataModule):
         self.train_shards, self.val_shards = train_shards, val_shards
         self.crop_policy = crop_policy if crop_policy is not None else CropPolicy("center", flip_p=0.5)
         self.resampled, self.samples_per_epoch, self.caption_key = resampled, samples_per_epoch, caption_key
-        self.latent_cache = latent_cache
+        self.latent_cache, self.text_cache = latent_cache, text_cache
         self._counter_args = (max_bad_fraction, min_items_before_stop)
         self.bad_inputs = BadInputMonitor(
             BadInputCounter(max_bad_fraction, min_items_before_stop, name="webdataset train (all workers)")
@@ -499,6 +508,10 @@ class WebDatasetDataModule(ResumableDataModule):
             self.cached_train_set = LatentCacheDataset(
                 self.latent_cache, flip_p=self.crop_policy.flip_p, seed=self.seed
             )
+            if self.text_cache is not None:
+                from data.text_cache import TextCacheDataset
+
+                self.cached_train_set = TextCacheDataset(self.cached_train_set, self.text_cache)
 
     def train_dataloader(self) -> DataLoader:
         """The rank's part of the stream (or the resumable cached stream when a latent cache is set)."""
@@ -508,6 +521,11 @@ class WebDatasetDataModule(ResumableDataModule):
             return self._train_loader(self.cached_train_set, len(self.cached_train_set))
         stream = self.train_set
         assert stream is not None
+        loaded: IterableDataset = stream
+        if self.text_cache is not None:
+            from data.text_cache import TextCacheStream
+
+            loaded = TextCacheStream(stream, self.text_cache)
         rank, world = self._rank_world()
         stream.rank, stream.world_size = rank, world
         if self.samples_per_epoch is not None:
@@ -518,7 +536,7 @@ class WebDatasetDataModule(ResumableDataModule):
             log.warning(
                 "%d shards for %d ranks x %d workers: some workers read nothing", len(stream.shards), world, workers
             )
-        loader = _StreamLoader(stream, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True)
+        loader = _StreamLoader(loaded, batch_size=self.batch_size, num_workers=self.num_workers, drop_last=True)
         loader.owner = self
         return loader
 
