@@ -115,9 +115,9 @@ def test_a_killed_parallel_build_resumed_gives_every_item_exactly_once(tmp_path,
         pc.build_part(dying, autoencoder, tmp_path / "c", 0, 2, shard_size=2, batch_size=1, progress=False)
     part = lc.read_manifest(tmp_path / "c" / pc.part_name(0, 2))
     assert not part["complete"] and [s["count"] for s in part["shards"]] == [2]
-    # the rerun (of both ranks) resumes after the verified shard and merges
+    # the rerun of both ranks resumes after the verified shard; the last one to finish merges
     for rank in (0, 1):
-        pc.build_parallel(imagenet, autoencoder, tmp_path / "c", rank, 2, merge=rank == 0, shard_size=2, progress=False)
+        pc.build_parallel(imagenet, autoencoder, tmp_path / "c", rank, 2, shard_size=2, progress=False)
     manifest = lc.read_manifest(tmp_path / "c")
     assert manifest["complete"] and sum(s["count"] for s in manifest["shards"]) == len(imagenet)
     starts = [s["start"] for s in manifest["shards"]]
