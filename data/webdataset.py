@@ -39,7 +39,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_info
 from webdataset.shardlists import expand_urls
-from webdataset.tariterators import tarfile_samples
+from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from data.bad_input import BadInputCounter, BadInputError, BadInputMonitor, substitute_next
 from data.crop_policy import CropPolicy
@@ -224,9 +224,14 @@ class WebDatasetStream(IterableDataset):
 
     def shard_items(self, shard: str, epoch: int) -> Iterator[dict[str, Any]]:
         """The decoded samples of one shard, bad ones replaced by the next good one (or the shard's last good one)."""
+        with open(shard, "rb") as handle:  # closed even when the consumer stops mid-shard (a per-rank quota)
+            samples = group_by_keys(tar_file_expander([{"url": shard, "stream": handle}]))
+            yield from self._substituted(shard, samples, epoch)
+
+    def _substituted(self, shard: str, samples: Iterator[dict[str, Any]], epoch: int) -> Iterator[dict[str, Any]]:
         pending = 0  # bad samples waiting for their substitute
         last: dict[str, Any] | None = None
-        for raw in tarfile_samples(iter([{"url": shard}])):
+        for raw in samples:
             key = f"{shard}:{raw.get('__key__')}"
             try:
                 item = decode_sample(
