@@ -193,3 +193,39 @@ def test_text_cache_resumes_after_a_kill_and_refuses_other_encoders(tmp_path, co
     )
     with pytest.raises(lc.CacheMismatchError, match="max_length"):
         tc.TextCache(tmp_path / "t", other)
+
+
+def test_cache_latents_command_builds_parts_and_merges(tmp_path, autoencoder, capsys):
+    """``ldmbench cache-latents --rank R --world-size W`` per job (e.g. a SLURM array), then ``--merge``."""
+    import yaml
+
+    from benchmark.cli import main
+
+    root = make_imagefolder(tmp_path / "in")
+    config = {
+        "model": {
+            "class_path": "baselines.dit.DiTModule",
+            "init_args": {"size": "DiT-tiny/2", "autoencoder": {"init_args": {"pretrained": autoencoder.name}}},
+        },
+        "data": {
+            "class_path": "data.imagenet.ImageNetDataModule",
+            "init_args": {
+                "root": str(root),
+                "resolution": 16,
+                "num_workers": 0,
+                "num_classes": 3,
+                "max_bad_fraction": 0.5,
+                "min_items_before_stop": 4,
+            },  # fmt: skip
+        },
+    }
+    path = tmp_path / "entry.yaml"
+    path.write_text(yaml.safe_dump(config))
+    out = tmp_path / "cache"
+    main(["cache-latents", "--config", str(path), "--output", str(out), "--rank", "1", "--world-size", "2"])
+    assert "part-00001-of-00002: 6 items" in capsys.readouterr().out and lc.read_manifest(out) is None
+    with pytest.raises(FileNotFoundError, match="run rank 0 again"):
+        main(["cache-latents", "--config", str(path), "--output", str(out), "--world-size", "2", "--merge"])
+    main(["cache-latents", "--config", str(path), "--output", str(out), "--rank", "0", "--world-size", "2"])
+    assert f"latent cache {out}: 12 items, 2 shards" in capsys.readouterr().out  # rank 0 finished last: it merged
+    assert lc.read_manifest(out)["complete"] and len(lc.LatentCacheDataset(out)) == 12
