@@ -488,8 +488,14 @@ class WebDatasetDataModule(ResumableDataModule):
 
     # ------------------------------------------------------------------------------- datasets
     def setup(self, stage: str | None = None) -> None:
-        """Expand and check the shard lists; build the stream, the held-out set and (for ``fit``) the cache reader."""
-        if self.train_set is None:
+        """Expand and check the shard lists; build the held-out set and, for ``fit``, the stream or the cache reader."""
+        if self.val_set is None and self.val_shards is not None:
+            val_counter = BadInputCounter(1.0, name="webdataset val")
+            policy = eval_policy(self.crop_policy)
+            self.val_set = TarIndexDataset(
+                self._shards(self.val_shards), self.resolution, policy, "val", val_counter, self.caption_key
+            )
+        if self.train_set is None and stage in ("fit", None):
             counter = BadInputCounter(*self._counter_args, name="webdataset train")
             self.train_set = WebDatasetStream(
                 self._shards(self.train_shards),
@@ -501,12 +507,6 @@ class WebDatasetDataModule(ResumableDataModule):
                 counter,
                 self.caption_key,
             )
-            if self.val_shards is not None:
-                val_counter = BadInputCounter(1.0, name="webdataset val")
-                policy = eval_policy(self.crop_policy)
-                self.val_set = TarIndexDataset(
-                    self._shards(self.val_shards), self.resolution, policy, "val", val_counter, self.caption_key
-                )
         if stage in ("fit", None) and self.latent_cache is not None and self.cached_train_set is None:
             from data.latent_cache import LatentCacheDataset
 
@@ -522,6 +522,7 @@ class WebDatasetDataModule(ResumableDataModule):
         """The rank's part of the stream (or the resumable cached stream when a latent cache is set)."""
         if self.train_set is None:
             self.setup("fit")
+        assert self.train_set is not None
         if self.cached_train_set is not None:
             return self._train_loader(self.cached_train_set, len(self.cached_train_set))
         stream = self.train_set

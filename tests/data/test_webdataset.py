@@ -132,3 +132,16 @@ def test_missing_root_and_shards_are_named(tmp_path, monkeypatch):
         wd.WebDatasetDataModule(train_shards="a.tar").setup("fit")
     with pytest.raises(FileNotFoundError, match=r"2 of 2 shards do not exist, e.g. .*00000\.tar"):
         wd.WebDatasetDataModule(root=str(tmp_path), train_shards="{00000..00001}.tar").setup("fit")
+
+
+def test_val_captions_script_writes_the_protocol_prompts(tmp_path, monkeypatch):
+    import importlib.util
+
+    make_shards(tmp_path / "cc" / "val", shards=1, per_shard=3, bad={(0, 1): "empty"})
+    monkeypatch.setenv("CC12M_ROOT", str(tmp_path / "cc"))
+    spec = importlib.util.spec_from_file_location("wvc", Path(__file__).parents[2] / "scripts/write_val_captions.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    config = Path(__file__).parents[2] / "leaderboards/cc12m-256/pixart_alpha_xl_2.yaml"
+    out = script.main(["--config", str(config), "--output", str(tmp_path / "captions.txt")])
+    assert out.read_text() == "caption 0-0\ncaption 0-2\n"
