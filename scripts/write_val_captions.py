@@ -9,7 +9,10 @@ section is built (no model, no weights). Empty captions are left out (the evalua
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
 import jsonargparse
 import yaml
