@@ -181,18 +181,19 @@ class WebDatasetStream(IterableDataset):
         self.resampled, self.samples_per_epoch, self.caption_key = resampled, samples_per_epoch, caption_key
         self.counter = counter if counter is not None else BadInputCounter(name="webdataset train")
         self.rank, self.world_size, self.epoch = 0, 1, 0
+        self.batch_size = 1  # set by the DataModule: worker quotas are whole batches, so drop_last drops nothing
 
     def __len__(self) -> int:
         if self.samples_per_epoch is None:
             raise TypeError("this stream reads whole shards; its length is unknown until read")
-        return self.samples_per_epoch
+        return self.samples_per_epoch // self.batch_size * self.batch_size
 
     def worker_quota(self, worker: int, num_workers: int) -> int | None:
         """Samples this rank's worker yields per epoch (None: whole shards)."""
         if self.samples_per_epoch is None:
             return None
-        base, extra = divmod(self.samples_per_epoch, num_workers)
-        return base + (worker < extra)
+        base, extra = divmod(self.samples_per_epoch // self.batch_size, num_workers)
+        return (base + (worker < extra)) * self.batch_size
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
@@ -503,7 +504,7 @@ class WebDatasetDataModule(ResumableDataModule):
                 self.crop_policy,
                 self.seed,
                 self.resampled,
-                None,
+                self.samples_per_epoch,  # the job's; train_dataloader sets this rank's share
                 counter,
                 self.caption_key,
             )
@@ -537,6 +538,7 @@ class WebDatasetDataModule(ResumableDataModule):
         if self.samples_per_epoch is not None:
             per_rank = self.samples_per_epoch // world
             stream.samples_per_epoch = per_rank // self.batch_size * self.batch_size  # whole batches on every rank
+        stream.batch_size = self.batch_size
         workers = max(self.num_workers, 1)
         if len(stream.shards) < world * workers and not self.resampled:
             log.warning(

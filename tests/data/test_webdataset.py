@@ -145,3 +145,15 @@ def test_val_captions_script_writes_the_protocol_prompts(tmp_path, monkeypatch):
     config = Path(__file__).parents[2] / "leaderboards/cc12m-256/pixart_alpha_xl_2.yaml"
     out = script.main(["--config", str(config), "--output", str(tmp_path / "captions.txt")])
     assert out.read_text() == "caption 0-0\ncaption 0-2\n"
+
+
+def test_resampled_datamodule_yields_whole_batches_of_the_stated_epoch(tmp_path):
+    make_shards(tmp_path, shards=3, per_shard=4)
+    dm = wd.WebDatasetDataModule(
+        root=str(tmp_path), train_shards="*.tar", resolution=16, batch_size=2, num_workers=2, resampled=True,
+        samples_per_epoch=11,
+    )  # fmt: skip
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    batches = list(loader)  # 11 -> 5 whole batches, split 3 + 2 over the two workers
+    assert len(batches) == len(loader) == 5 and all(b["image"].shape[0] == 2 for b in batches)
