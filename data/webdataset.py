@@ -233,7 +233,7 @@ class WebDatasetStream(IterableDataset):
         pending = 0  # bad samples waiting for their substitute
         last: dict[str, Any] | None = None
         for raw in samples:
-            key = f"{shard}:{raw.get('__key__')}"
+            key = f"{Path(shard).name}:{raw.get('__key__')}"  # not the full path: moving the data keeps the crops
             try:
                 item = decode_sample(
                     raw, self.resolution, self.crop_policy, _sample_rng(self.seed, epoch, key), None, self.caption_key
