@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from datetime import timedelta
 import time
 import warnings
 from pathlib import Path
@@ -101,7 +102,9 @@ def _ranks(rank: int | None, world: int | None) -> tuple[int, int]:
     env_world = int(os.environ.get("WORLD_SIZE", "1"))
     if rank is None and world is None and env_world > 1:
         if not dist.is_initialized():
-            dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+            # Only a barrier is needed: gloo (CPU) with a long timeout, since parts of unequal size (tar shards)
+            # finish at different times and NCCL's default timeout would abort the waiting ranks.
+            dist.init_process_group("gloo", timeout=timedelta(hours=48))
         return dist.get_rank(), dist.get_world_size()
     world = world if world is not None else 1
     rank = rank if rank is not None else 0
