@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from datetime import timedelta
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import torch
