@@ -45,7 +45,16 @@ __all__ = [
 class _CarriesTransfer:
     """Adds ``transfer: InitFrom | None`` to a module and registers it as a callback of the trainer that fits it."""
 
-    transfer: InitFrom | None
+    def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
+        """Set ``transfer`` before the parent module builds, then record it as a config would.
+
+        Args:
+            transfer: The initialisation (``benchmark.transfer.InitFrom`` arguments); None trains from scratch.
+            **kwargs: Every argument of the parent module.
+        """
+        self.transfer = transfer
+        super().__init__(**kwargs)
+        self._record_transfer()
 
     def configure_callbacks(self) -> list[Callback]:
         return [self.transfer] if self.transfer is not None else []
@@ -61,82 +70,40 @@ class _CarriesTransfer:
 class TransferDiTModule(_CarriesTransfer, DiTModule):
     """`baselines.dit.DiTModule` initialised from one of our checkpoints.
 
-    Args:
-        transfer: The initialisation (``benchmark.transfer.InitFrom`` arguments); None trains from scratch.
-        **kwargs: Every ``DiTModule`` argument.
+    Takes ``transfer`` and every argument of its parent.
     """
-
-    def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
-        self.transfer = transfer
-        super().__init__(**kwargs)
-        self._record_transfer()
 
 
 class TransferMDTModule(_CarriesTransfer, MDTModule):
     """`baselines.mdt.MDTModule` initialised from one of our checkpoints.
 
-    Args:
-        transfer: The initialisation (``benchmark.transfer.InitFrom`` arguments); None trains from scratch.
-        **kwargs: Every ``MDTModule`` argument.
+    Takes ``transfer`` and every argument of its parent.
     """
-
-    def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
-        self.transfer = transfer
-        super().__init__(**kwargs)
-        self._record_transfer()
 
 
 class TransferPixArtModule(_CarriesTransfer, PixArtModule):
     """`baselines.pixart_alpha.PixArtModule` initialised from one of our checkpoints.
 
-    Args:
-        transfer: The initialisation (``benchmark.transfer.InitFrom`` arguments); None trains from scratch.
-        **kwargs: Every ``PixArtModule`` argument.
+    Takes ``transfer`` and every argument of its parent.
     """
-
-    def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
-        self.transfer = transfer
-        super().__init__(**kwargs)
-        self._record_transfer()
 
 
 class TransferMMDiTModule(_CarriesTransfer, MMDiTModule):
     """`baselines.mmdit.MMDiTModule` initialised from one of our checkpoints.
 
-    Args:
-        transfer: The initialisation (``benchmark.transfer.InitFrom`` arguments); None trains from scratch.
-        **kwargs: Every ``MMDiTModule`` argument.
+    Takes ``transfer`` and every argument of its parent.
     """
-
-    def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
-        self.transfer = transfer
-        super().__init__(**kwargs)
-        self._record_transfer()
 
 
 class TransferProposedModule(_CarriesTransfer, ProposedModule):
     """`baselines.proposed.ProposedModule` initialised from one of our checkpoints.
 
-    Args:
-        transfer: The initialisation (``benchmark.transfer.InitFrom`` arguments); None trains from scratch.
-        **kwargs: Every ``ProposedModule`` argument.
+    Takes ``transfer`` and every argument of its parent.
     """
-
-    def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
-        self.transfer = transfer
-        super().__init__(**kwargs)
-        self._record_transfer()
 
 
 class TransferLDMModule(_CarriesTransfer, LDMModule):
     """`baselines.ldm_unet.LDMModule` initialised from one of our checkpoints (UNets have no position tables).
 
-    Args:
-        transfer: The initialisation (``benchmark.transfer.InitFrom`` arguments); None trains from scratch.
-        **kwargs: Every ``LDMModule`` argument.
+    Takes ``transfer`` and every argument of its parent.
     """
-
-    def __init__(self, transfer: InitFrom | None = None, **kwargs: Any) -> None:
-        self.transfer = transfer
-        super().__init__(**kwargs)
-        self._record_transfer()
