@@ -45,7 +45,19 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str]) -> None:
-    args = parser().parse_args(argv)
+    cli = parser()
+    args = cli.parse_args(argv)
+    # A wrong suite folder, preset or entry name is the user's input: one line naming it, not a traceback.
+    from benchmark.leaderboard.suite import load_suite
+
+    try:
+        suite = load_suite(args.suite)
+        if getattr(args, "preset", None) is not None:
+            suite.preset(args.preset)
+        if getattr(args, "entries", None):
+            suite.entries(_list(args.entries))
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        cli.error(str(error).strip("'\""))
     if args.action == "run":
         from benchmark.leaderboard.runner import run_suite
 

@@ -355,3 +355,15 @@ def test_render_paper_scale_suite_without_rows(tmp_path):
     text = render_suite(ROOT / "leaderboards/imagenet-256", results_dir=tmp_path, describe=False)
     assert "not run" in text and "| dit_xl_2 |" in text
     assert "2.27" in text and "DiT-XL/2 steps at batch 256" in text
+
+
+@pytest.mark.parametrize(
+    "args, named", [(["--preset", "nosuch"], "unknown preset"), (["--entries", "nosuch"], "unknown entries")]
+)
+def test_leaderboard_command_names_a_wrong_preset_or_entry_in_one_line(capsys, args, named):
+    from benchmark.leaderboard.command import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", str(ROOT / "leaderboards/shapes"), *args])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and named in err and "Traceback" not in err
