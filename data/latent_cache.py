@@ -9,10 +9,17 @@ still continues bit for bit.
 
 Layout of a cache directory::
 
-    manifest.json              what determines the content (the key), shard list with item ranges and sha256
+    manifest.json              what determines the content (the key), item order, shard list with ranges and sha256
     shard-00000.safetensors    mean/std (N, V, C, h, w) float32, class_label (N,), control (N, V, 7), index (N,);
     shard-00001.safetensors    captions as JSON in the safetensors metadata
     ...
+
+Items are stored in one of two orders. ``ldmbench cache-latents`` stores every item in index order. A training run
+(`resolve_train_cache`) stores them in the order its shuffled stream reads them (epoch 0's permutation,
+`data.sampling.epoch_permutation`, recorded as ``order_seed``) and only as far as the run will read. The runs of a
+suite use the same data seed, so they read the same items in the same order: the first entry encodes what it reads,
+once, at the builder's batch size; every later entry reads it back; a run that reads further extends the cache.
+A short run therefore costs one encode of what it reads, never a build of the whole split.
 
 ``V`` is the number of stored views of an item: 1 for Shapes (its crop and flip are a pure function of the item
 index, so the cache is exact), 2 for ImageFolder (the image and its horizontal flip, so the flip stays a random
@@ -32,8 +39,7 @@ Correctness rules:
 
 Where it lives: ``latent_cache="auto"`` (the shipped Shapes configs) uses ``$LDMBENCH_CACHE`` or else ``runs/cache``
 (the run root, relative to the working directory), in a sub-folder named by the key. A path uses that folder;
-``None`` or ``"none"`` disables the cache. ``"auto"`` builds on first use when the run reads at least half of the
-training items (otherwise it uses an existing cache, or trains from images and says how to build one).
+``None`` or ``"none"`` disables the cache.
 """
 
 from __future__ import annotations
@@ -64,22 +70,9 @@ DEFAULT_ROOT = "runs/cache"
 MANIFEST = "manifest.json"
 # The control dict of one item as a flat float32 row: key and width (0 = scalar), in `make_control`'s order.
 CONTROL_LAYOUT: tuple[tuple[str, int], ...] = (("orig_size", 2), ("crop_coords", 2), ("crop_size", 2), ("flip", 0))
-_AUTO_BUILD_FRACTION = 0.5  # "auto" builds only for a run that reads at least this fraction of the items
-# How many runs, this one included, will read the same training data in this process (a leaderboard suite sets it
-# with `shared_by`): "auto" weighs the build against what all of them read, not against one run alone.
-_SHARED_RUNS = 1
-
-
-@contextlib.contextmanager
-def shared_by(runs: int) -> Iterator[None]:
-    """Within the block, ``latent_cache: auto`` counts ``runs`` runs (this one and the next ones of a suite with the
-    same data) as readers of the cache when deciding whether to build it."""
-    global _SHARED_RUNS
-    previous, _SHARED_RUNS = _SHARED_RUNS, max(1, int(runs))
-    try:
-        yield
-    finally:
-        _SHARED_RUNS = previous
+# Batches a run may read beyond its planned steps (loader prefetch, the step that trips a budget); per worker,
+# Lightning's default prefetch factor of 2. A run's cache covers its planned items plus this.
+_MARGIN_BATCHES, _MARGIN_BATCHES_PER_WORKER = 4, 2
 
 
 class CacheMismatchError(ValueError):
@@ -198,16 +191,18 @@ def _flat_control(control: Mapping[str, Tensor]) -> Tensor:
 
 
 class _Views(Dataset):
-    """Item ``i`` as its stacked views, for the build loader (rendering/decoding runs in loader workers)."""
+    """Item at cache position ``start + i`` as its stacked views, for the build loader (rendering/decoding runs in
+    loader workers). ``order`` maps cache positions to dataset indices (None: the identity)."""
 
-    def __init__(self, dataset: Any, start: int, stop: int) -> None:
-        self.dataset, self.start, self.stop = dataset, start, stop
+    def __init__(self, dataset: Any, start: int, stop: int, order: np.ndarray | None = None) -> None:
+        self.dataset, self.start, self.stop, self.order = dataset, start, stop, order
 
     def __len__(self) -> int:
         return self.stop - self.start
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        views = self.dataset.cache_views(self.start + i)
+        position = self.start + i
+        views = self.dataset.cache_views(position if self.order is None else int(self.order[position]))
         return {
             "image": torch.stack([v["image"] for v in views]),
             "class_label": torch.as_tensor(views[0]["class_label"], dtype=torch.int64),
@@ -244,8 +239,10 @@ def build_cache(
     num_workers: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    order_seed: int | None = None,
+    upto: int | None = None,
 ) -> dict[str, Any]:
-    """Encode every item of ``dataset`` once and store its posterior moments (resumable, locked, atomic).
+    """Encode items of ``dataset`` once and store their posterior moments (resumable, locked, atomic).
 
     Args:
         dataset: The split to cache (``cache_key`` / ``cache_views`` as in `cache_key`).
@@ -257,9 +254,14 @@ def build_cache(
         num_workers: Loader workers that render or decode items while the autoencoder runs.
         device: Where the autoencoder runs.
         progress: Show a progress bar.
+        order_seed: Store items in the order the training stream reads them under this seed (epoch 0's
+            `data.sampling.epoch_permutation`); None stores them in index order. A cache that exists keeps its order.
+        upto: Cover only the first ``upto`` items of that order (what a run reads); None covers every item. A cache
+            that already covers them is returned as it is, one that covers fewer is extended. A cache stored in
+            another order than ``order_seed`` asks for is completed instead, since its prefix is not the run's.
 
     Returns:
-        The complete manifest.
+        The manifest (``complete`` once every item is stored).
 
     Raises:
         CacheMismatchError: If the folder holds a cache built for another key.
@@ -270,7 +272,8 @@ def build_cache(
         manifest = read_manifest(directory)
         if manifest is not None:
             _check_key(directory, manifest["key"], key)
-            if manifest["complete"]:
+            target = _target(manifest, len(dataset), order_seed, upto)
+            if manifest["complete"] or covered_items(manifest) >= target:
                 return manifest
             manifest["shards"] = _verified_prefix(directory, manifest["shards"])
         else:
@@ -278,28 +281,48 @@ def build_cache(
             manifest = {
                 "key": key,
                 "num_items": len(dataset),
+                "order_seed": order_seed,
                 "shard_size": shard_size,
                 "shards": [],
                 "complete": False,
             }
-        shard_size = manifest["shard_size"]
-        done = sum(s["count"] for s in manifest["shards"])
+            target = _target(manifest, len(dataset), order_seed, upto)
         _atomic_write_json(directory / MANIFEST, manifest)
         _write_shards(
             dataset,
             autoencoder,
             directory,
             manifest,
-            done,
-            shard_size,
+            target,
             batch_size,
             num_workers,
             torch.device(device),
             progress,
         )
-        manifest["complete"] = True
+        manifest["complete"] = covered_items(manifest) == manifest["num_items"]
         _atomic_write_json(directory / MANIFEST, manifest)
         return manifest
+
+
+def covered_items(manifest: Mapping[str, Any]) -> int:
+    """How many items (from the start of the cache's order) the recorded shards hold."""
+    return sum(int(s["count"]) for s in manifest["shards"])
+
+
+def cache_order(manifest: Mapping[str, Any]) -> np.ndarray | None:
+    """Dataset index of each cache position (None: index order, position = index)."""
+    seed = manifest.get("order_seed")
+    if seed is None:
+        return None
+    from data.sampling import epoch_permutation
+
+    return epoch_permutation(int(seed), 0, int(manifest["num_items"]))
+
+
+def _target(manifest: Mapping[str, Any], num_items: int, order_seed: int | None, upto: int | None) -> int:
+    if upto is None or manifest.get("order_seed") != order_seed:
+        return num_items
+    return max(0, min(int(upto), num_items))
 
 
 def _verified_prefix(directory: Path, shards: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -319,8 +342,7 @@ def _write_shards(
     autoencoder: Any,
     directory: Path,
     manifest: dict[str, Any],
-    done: int,
-    shard_size: int,
+    target: int,
     batch_size: int,
     num_workers: int,
     device: torch.device,
@@ -328,14 +350,17 @@ def _write_shards(
 ) -> None:
     from tqdm.auto import tqdm
 
-    total = manifest["num_items"]
+    done, shard_size, order = covered_items(manifest), manifest["shard_size"], cache_order(manifest)
     desc = f"caching latents -> {directory.name}"
-    bar = tqdm(total=total, initial=done, unit="item", desc=desc, disable=not progress)
+    bar = tqdm(total=target, initial=done, unit="item", desc=desc, disable=not progress)
     try:
-        for start in range(done, total, shard_size):
-            stop = min(start + shard_size, total)
+        for start in range(done, target, shard_size):
+            stop = min(start + shard_size, target)
             loader = DataLoader(
-                _Views(dataset, start, stop), batch_size=batch_size, num_workers=num_workers, collate_fn=_collate
+                _Views(dataset, start, stop, order),
+                batch_size=batch_size,
+                num_workers=num_workers,
+                collate_fn=_collate,
             )
             parts: dict[str, list[Tensor]] = {"mean": [], "std": [], "class_label": [], "control": []}
             captions: list[list[str]] = []
@@ -349,7 +374,8 @@ def _write_shards(
                 captions.extend(batch["caption"])
                 bar.update(n)
             tensors = {name: torch.cat(values).contiguous() for name, values in parts.items()}
-            tensors["index"] = torch.arange(start, stop, dtype=torch.int64)
+            positions = torch.arange(start, stop, dtype=torch.int64)
+            tensors["index"] = positions if order is None else torch.from_numpy(order[start:stop].astype(np.int64))
             name = f"shard-{len(manifest['shards']):05d}.safetensors"
             tmp = directory / f".{name}.tmp{os.getpid()}"
             save_file(tensors, str(tmp), metadata={"captions": json.dumps(captions)})
@@ -375,7 +401,7 @@ _NUMPY_DTYPES = {"F32": np.float32, "I64": np.int64, "F16": np.float16}
 
 
 class LatentCacheDataset(Dataset):
-    """Items of a complete latent cache: posterior moments, class label, caption and control metadata.
+    """Items of a latent cache: posterior moments, class label, caption and control metadata.
 
     Shards are memory-mapped (opened lazily in each process), so a cache larger than memory reads only what a batch
     needs. Items with two stored views (an image and its flip) pick one per draw: item ``index`` at global stream
@@ -387,21 +413,34 @@ class LatentCacheDataset(Dataset):
         key: If given, the cache must have been built for exactly this key.
         flip_p: Flip probability for caches with flip moments (0 always takes the unflipped view).
         seed: Seed of the flip draws.
+        require_complete: Refuse a cache that holds only the first items of its order (a training run's reads);
+            reading an item it lacks raises a KeyError that says so.
     """
 
     wants_stream_position = True
 
     def __init__(
-        self, directory: str | Path, key: Mapping[str, Any] | None = None, flip_p: float = 0.5, seed: int = 0
+        self,
+        directory: str | Path,
+        key: Mapping[str, Any] | None = None,
+        flip_p: float = 0.5,
+        seed: int = 0,
+        require_complete: bool = True,
     ) -> None:
         self.directory = Path(directory)
         manifest = read_manifest(self.directory)
-        if manifest is None or not manifest["complete"]:
+        if manifest is None or (require_complete and not manifest["complete"]):
             raise FileNotFoundError(f"no complete latent cache in {self.directory}; build it: ldmbench cache-latents")
         if key is not None:
             _check_key(self.directory, manifest["key"], key)
         self.manifest, self.flip_p, self.seed = manifest, flip_p, seed
         self.starts = np.array([s["start"] for s in manifest["shards"]], dtype=np.int64)
+        self.covered = covered_items(manifest)
+        order = cache_order(manifest)
+        self._position_of: np.ndarray | None = None  # dataset index -> cache position, for stream-ordered caches
+        if order is not None:
+            self._position_of = np.empty_like(order)
+            self._position_of[order] = np.arange(len(order))
         self._arrays: list[dict[str, np.ndarray]] | None = None
         self._captions: list[list[list[str]]] | None = None
 
@@ -443,9 +482,16 @@ class LatentCacheDataset(Dataset):
         index, position = item if isinstance(item, tuple) else (item, None)
         if not 0 <= index < len(self):
             raise IndexError(f"index {index} out of range for a latent cache of {len(self)} items")
+        slot = index if self._position_of is None else int(self._position_of[index])  # its place in the cache
+        if slot >= self.covered:
+            raise KeyError(
+                f"item {index} is not in latent cache {self.directory}: it holds the first {self.covered} of "
+                f"{len(self)} items in the order the training stream reads them, and this run read past them. A "
+                "rerun extends it to what the run plans (max_steps or the budget); `ldmbench cache-latents` caches all"
+            )
         arrays = self._open()
-        s = int(np.searchsorted(self.starts, index, side="right")) - 1
-        shard, row = arrays[s], index - int(self.starts[s])
+        s = int(np.searchsorted(self.starts, slot, side="right")) - 1
+        shard, row = arrays[s], slot - int(self.starts[s])
         view = 0
         if self.num_views == 2 and self.flip_p > 0:
             draw = np.random.default_rng([self.seed, 0 if position is None else position + 1, index]).random()
@@ -478,7 +524,7 @@ def sample_latent(autoencoder: Any, mean: Tensor, std: Tensor) -> Tensor:
 
 # ------------------------------------------------------------------------------------------------ DataModule glue
 def _planned_items(trainer: Any, batch_size: int) -> float:
-    """Training items this run will read in all (inf when unbounded), to decide whether "auto" builds."""
+    """Training items this run will read in all (inf when unbounded): how far its cache must reach."""
     if getattr(trainer, "fast_dev_run", False):
         return 0
     global_batch = batch_size * trainer.accumulate_grad_batches * trainer.world_size
@@ -486,6 +532,17 @@ def _planned_items(trainer: Any, batch_size: int) -> float:
     if steps is None or steps < 0:
         steps = _budget_steps(trainer, global_batch)
     return float("inf") if steps is None else steps * global_batch
+
+
+def items_to_cover(trainer: Any, batch_size: int, num_workers: int, num_items: int) -> int | None:
+    """How many items of the stream order a run's cache must hold: its planned reads plus what the loader may
+    prefetch beyond them (None: every item, for a run with no planned end)."""
+    planned = _planned_items(trainer, batch_size)
+    if planned == float("inf"):
+        return None
+    global_batch = batch_size * trainer.accumulate_grad_batches * trainer.world_size
+    margin = global_batch * (_MARGIN_BATCHES + _MARGIN_BATCHES_PER_WORKER * num_workers)
+    return min(num_items, int(planned) + margin)
 
 
 def _budget_steps(trainer: Any, global_batch: int) -> int | None:
@@ -526,28 +583,17 @@ def resolve_train_cache(datamodule: Any, dataset: Any, option: str | None, flip_
         log.warning("latent_cache=%r ignored: no model with an autoencoder is attached", option)
         return None
     key = cache_key(dataset, autoencoder)
-    auto = str(option).lower() == "auto"
-    directory = default_cache_dir(key) if auto else Path(option)
+    directory = default_cache_dir(key) if str(option).lower() == "auto" else Path(option)
     manifest = read_manifest(directory)
     if manifest is not None:
         _check_key(directory, manifest["key"], key)
-    complete = manifest is not None and manifest["complete"]
-    planned = _planned_items(trainer, datamodule.batch_size) * _SHARED_RUNS
-    readers = "this run" if _SHARED_RUNS == 1 else f"the {_SHARED_RUNS} runs of this suite that share it"
-    if not complete and auto and planned < _AUTO_BUILD_FRACTION * len(dataset):
-        _info(
-            trainer,
-            f"latent cache {directory} not built and {readers} read under half of the {len(dataset)} training "
-            "items; training from images (build it once with `ldmbench cache-latents --config ...`)",
-        )
-        return None
-    if not complete:
+    # The cache holds what this run reads, in the order it reads it: the items of the stream's first epoch under the
+    # DataModule's seed, as far as the run's plan reaches (every item for an unbounded run or one past an epoch).
+    upto = items_to_cover(trainer, datamodule.batch_size, datamodule.num_workers, len(dataset))
+    order_seed = datamodule.seed
+    if not _covers(manifest, order_seed, upto):
         if trainer.global_rank == 0:
-            _info(
-                trainer,
-                f"building latent cache {directory} ({len(dataset)} items, once for every entry; {readers} read "
-                f"{planned:,.0f} items)",
-            )
+            _info(trainer, _build_message(directory, manifest, order_seed, upto, len(dataset)))
             start = time.perf_counter()
             build_cache(
                 dataset,
@@ -556,12 +602,32 @@ def resolve_train_cache(datamodule: Any, dataset: Any, option: str | None, flip_
                 key=key,
                 num_workers=datamodule.num_workers,
                 device=trainer.strategy.root_device,
+                order_seed=order_seed,
+                upto=upto,
             )
             _info(trainer, f"latent cache built in {time.perf_counter() - start:.1f} s")
         if trainer.world_size > 1:
             trainer.strategy.barrier("latent_cache")
     _info(trainer, f"training from latent cache {directory}")
-    return LatentCacheDataset(directory, key=key, flip_p=flip_p, seed=datamodule.seed)
+    return LatentCacheDataset(directory, key=key, flip_p=flip_p, seed=datamodule.seed, require_complete=False)
+
+
+def _covers(manifest: Mapping[str, Any] | None, order_seed: int, upto: int | None) -> bool:
+    if manifest is None:
+        return False
+    if manifest["complete"]:
+        return True
+    return upto is not None and manifest.get("order_seed") == order_seed and covered_items(manifest) >= upto
+
+
+def _build_message(directory: Path, manifest: Mapping[str, Any] | None, seed: int, upto: int | None, total: int) -> str:
+    want = total if upto is None or (manifest is not None and manifest.get("order_seed") != seed) else upto
+    what = f"{want:,} of {total:,} training items" + (
+        "" if want == total else f", the ones this run reads, in its order (seed {seed})"
+    )
+    if manifest is None:
+        return f"building latent cache {directory}: {what}"
+    return f"extending latent cache {directory} from {covered_items(manifest):,} items to {what}"
 
 
 def _info(trainer: Any, message: str) -> None:

@@ -20,6 +20,12 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 
+def epoch_permutation(seed: int, epoch: int, length: int) -> np.ndarray:
+    """Epoch ``epoch`` of the shuffled training stream: the permutation of ``range(length)`` seeded by
+    ``(seed, epoch)``. The latent cache builds in this order, so a run's first reads are the first items cached."""
+    return np.random.default_rng([seed, epoch]).permutation(length)
+
+
 class ResumableSampler(Sampler[int]):
     """Endless, deterministic, rank-split index stream that resumes from a position.
 
@@ -84,7 +90,7 @@ class ResumableSampler(Sampler[int]):
     def _permutation(self, epoch: int) -> np.ndarray:
         # One cached epoch: a rank's consecutive indices leave an epoch at most once per boundary.
         if self._cached is None or self._cached[0] != epoch:
-            self._cached = (epoch, np.random.default_rng([self.seed, epoch]).permutation(self.length))
+            self._cached = (epoch, epoch_permutation(self.seed, epoch, self.length))
         return self._cached[1]
 
     def __iter__(self) -> Iterator[int | tuple[int, int]]:

@@ -26,6 +26,13 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--output", help="folder for run folders and results (default: runs/leaderboards/<suite>/...)")
     run.add_argument("--force", action="store_true", help="redo rows that are current too")
     run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
+    run.add_argument(
+        "--jobs",
+        type=int,
+        help="rows trained at once, each in its own process with cores/jobs torch threads, logs in <output>/logs "
+        "(default: the preset's jobs; ignored under torchrun/srun)",
+    )
+    run.add_argument("--no-render", action="store_true", help="append rows only; render later with `render`")
 
     render = sub.add_parser("render", help="regenerate README.md, results.csv and plots from results.jsonl")
     render.add_argument("suite")
@@ -58,6 +65,8 @@ def main(argv: list[str]) -> None:
             suite.entries(_list(args.entries))
     except (FileNotFoundError, ValueError, KeyError) as error:
         cli.error(str(error).strip("'\""))
+    if getattr(args, "jobs", None) is not None and args.jobs < 1:
+        cli.error(f"--jobs must be >= 1, got {args.jobs}")
     if args.action == "run":
         from benchmark.leaderboard.runner import run_suite
 
@@ -69,6 +78,8 @@ def main(argv: list[str]) -> None:
             output=args.output,
             force=args.force,
             progress=not args.no_progress,
+            render=not args.no_render,
+            jobs=args.jobs,
         )
         failed = [r for r in rows if r.get("status") == "failed"]
         if failed:

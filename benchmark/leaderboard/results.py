@@ -11,6 +11,7 @@ redone by the next run.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -188,7 +189,7 @@ def hardware(world_size: int = 1) -> str:
         return f"{world_size}x {torch.cuda.get_device_name()}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     prefix = f"{world_size}x " if world_size > 1 else ""
-    return f"{prefix}{_cpu_name()} ({cores} cores)"
+    return f"{prefix}{_cpu_name()} ({cores} cores, {torch.get_num_threads()} torch threads)"
 
 
 def entry_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
@@ -274,14 +275,21 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """Add one row; an older row of the same (entry, seed, key) is replaced so a redo never duplicates."""
-    rows = [
-        r
-        for r in read_rows(path)
-        if not (r.get("entry") == row.get("entry") and r.get("seed") == row.get("seed") and r.get("key") == row["key"])
-    ]
-    rows.append(row)
-    write_rows(path, rows)
+    """Add one row; an older row of the same (entry, seed, key) is replaced so a redo never duplicates.
+
+    Rows trained in parallel processes (``leaderboard run --jobs``) append to the same file: an exclusive lock on
+    ``results.jsonl.lock`` makes each read-modify-write whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "a+") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            same = (row.get("entry"), row.get("seed"), row["key"])
+            rows = [r for r in read_rows(path) if (r.get("entry"), r.get("seed"), r.get("key")) != same]
+            rows.append(row)
+            write_rows(path, rows)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def _json_default(obj: Any) -> Any:

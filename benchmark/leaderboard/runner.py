@@ -16,11 +16,12 @@ import copy
 import csv
 import gc
 import json
+import os
 import resource
 import time
 import traceback
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +35,6 @@ from lightning.pytorch import Callback
 from benchmark.callbacks.budget import ComputeBudget
 from benchmark.leaderboard import results as res
 from benchmark.leaderboard.suite import Budget, Entry, Preset, Suite, load_suite
-from data import latent_cache
 
 _CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 _FINAL = "final.ckpt"
@@ -408,6 +408,7 @@ def run_suite(
     progress: bool = True,
     callbacks: list[Callback] | None = None,
     render: bool = True,
+    jobs: int | None = None,
 ) -> list[dict[str, Any]]:
     """Train and evaluate every missing or stale (entry, seed) of a suite; return the rows written this time.
 
@@ -422,6 +423,8 @@ def run_suite(
         progress: Show progress bars and the overall progress with its estimate of the time left.
         callbacks: Extra Lightning callbacks added to every entry's training (e.g. profilers).
         render: Regenerate the README, CSV and plots after every row.
+        jobs: Rows trained at once in separate processes (default: the preset's ``jobs``); see
+            `benchmark.leaderboard.parallel`. Ignored under DDP, where every rank trains every row.
     """
     from rich.console import Console
 
@@ -433,7 +436,7 @@ def run_suite(
     results_file = results_dir / "results.jsonl"
     budget = suite.budget_for(preset_obj)
     protocol = suite.protocol_for(preset_obj)
-    jobs = plan(suite, preset_obj, entries, seeds, out)
+    planned = plan(suite, preset_obj, entries, seeds, out)
     # A `failed` row (an error that may not come back: a missing file, a killed worker) is retried; `diverged` and
     # `oom` rows are results of the entry under this budget and hardware, and stay.
     existing = {
@@ -441,13 +444,87 @@ def run_suite(
         for r in res.read_rows(results_file)
         if r.get("status") != "failed"
     }
-    todo = [j for j in jobs if force or (j.entry.name, j.seed, j.key) not in existing]
+    todo = [j for j in planned if force or (j.entry.name, j.seed, j.key) not in existing]
     console.rule(f"[bold]leaderboard {suite.name}[/] · preset {preset_obj.name}")
     console.print(
-        f"{len(jobs)} rows planned, {len(jobs) - len(todo)} current, {len(todo)} to run · budget {_budget_text(budget)}"
-        f" · runs in {out} · results in {results_file}"
+        f"{len(planned)} rows planned, {len(planned) - len(todo)} current, {len(todo)} to run"
+        f" · budget {_budget_text(budget)} · runs in {out} · results in {results_file}"
     )
     written: list[dict[str, Any]] = []
+    suite_started = time.perf_counter()
+
+    def finished(row: dict[str, Any]) -> None:
+        if _is_rank_zero() and render:
+            from benchmark.leaderboard.render import render_suite
+
+            render_suite(suite.root, results_dir=results_dir, check_keys=False)
+        written.append(row)
+        elapsed = time.perf_counter() - suite_started
+        left = len(todo) - len(written)
+        eta = f" · ~{_clock(elapsed / len(written) * left)} left" if left else ""
+        console.print(f"[{len(written)}/{len(todo)}] {_row_text(row, suite.metric)} · elapsed {_clock(elapsed)}{eta}")
+
+    workers = jobs if jobs is not None else preset_obj.jobs
+    # torchrun / srun set these before Lightning initialises the process group.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
+    if workers > 1 and len(todo) > 1 and not distributed:
+        _run_parallel(suite, todo, preset_obj, workers, output, out, results_file, force, console, finished)
+    else:
+        _run_serial(
+            suite, todo, preset_obj, budget, protocol, progress, callbacks, results_dir, results_file, console, finished
+        )
+    console.rule(f"done in {_clock(time.perf_counter() - suite_started)} · {results_file}")
+    return written
+
+
+def _run_parallel(
+    suite: Suite,
+    todo: list[Job],
+    preset: Preset,
+    workers: int,
+    output: str | Path | None,
+    out: Path,
+    results_file: Path,
+    force: bool,
+    console: Any,
+    finished: Callable[[dict[str, Any]], None],
+) -> None:
+    """Rows in worker processes, ``workers`` at a time (`benchmark.leaderboard.parallel`)."""
+    from benchmark.leaderboard.parallel import run_in_processes
+
+    def started(job: Job, log: Path, threads: int) -> None:
+        console.print(f"started {job.entry.name} · seed {job.seed} · {threads} torch threads · log {log}")
+
+    console.print(f"training {min(workers, len(todo))} rows at a time, each in its own process")
+    run_in_processes(
+        suite.root,
+        todo,
+        preset=preset.name,
+        jobs=workers,
+        output=None if output is None else out,
+        log_dir=out / "logs",
+        results_file=results_file,
+        force=force,
+        on_start=started,
+        on_row=finished,
+    )
+
+
+def _run_serial(
+    suite: Suite,
+    todo: list[Job],
+    preset: Preset,
+    budget: Budget,
+    protocol: dict[str, Any],
+    progress: bool,
+    callbacks: list[Callback] | None,
+    results_dir: Path,
+    results_file: Path,
+    console: Any,
+    finished: Callable[[dict[str, Any]], None],
+) -> None:
+    """Rows one after another in this process (all ranks together under DDP)."""
     suite_started = time.perf_counter()
     for index, job in enumerate(todo):
         elapsed = time.perf_counter() - suite_started
@@ -455,34 +532,15 @@ def run_suite(
         console.rule(
             f"[{index + 1}/{len(todo)}] {job.entry.name} · seed {job.seed} · elapsed {_clock(elapsed)} · {left}"
         )
-        # The entries still to train on the same data share one latent cache: "auto" builds it if they read enough.
-        sharing = sum(_same_data(job, later) for later in todo[index:])
-        with latent_cache.shared_by(sharing):
-            row = run_job(
-                suite,
-                job,
-                preset_obj,
-                budget,
-                protocol,
-                progress=progress,
-                callbacks=callbacks,
-                results_dir=results_dir,
-            )
+        # Entries on the same data share one latent cache (`latent_cache: auto`): the first encodes the items it
+        # reads, in the order it reads them, and the others read the same items in the same order.
+        row = run_job(
+            suite, job, preset, budget, protocol, progress=progress, callbacks=callbacks, results_dir=results_dir
+        )
         if _is_rank_zero():
             res.append_row(results_file, row)
-            if render:
-                from benchmark.leaderboard.render import render_suite
-
-                render_suite(suite.root, results_dir=results_dir, check_keys=False)
         _barrier()
-        written.append(row)
-        console.print(_row_text(row, suite.metric))
-    console.rule(f"done in {_clock(time.perf_counter() - suite_started)} · {results_file}")
-    return written
-
-
-def _same_data(a: Job, b: Job) -> bool:
-    return a.entry.config.get("data") == b.entry.config.get("data")
+        finished(row)
 
 
 def _clock(seconds: float) -> str:

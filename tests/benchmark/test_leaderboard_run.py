@@ -2,6 +2,7 @@
 
 import math
 import signal
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -110,10 +111,13 @@ def test_eval_adds_a_marked_row_for_an_existing_checkpoint(tmp_path, monkeypatch
 
 
 def test_smoke_preset_end_to_end(tmp_path):
-    """The CI preset on the Shapes suite's two DiT recipes: train, evaluate for real, write rows, README and CSV."""
+    """The CI preset on the Shapes suite's two DiT recipes, two worker processes at once (`--jobs 2`): train,
+    evaluate for real, append rows from both, write README and CSV."""
     entries = ["dit", "dit_ddpm"]
-    rows = run_suite(SHAPES, preset="smoke", entries=entries, output=tmp_path, progress=False)
-    assert [r["entry"] for r in rows] == entries
+    rows = run_suite(SHAPES, preset="smoke", entries=entries, output=tmp_path, progress=False, jobs=2)
+    assert sorted(r["entry"] for r in rows) == entries
+    assert sorted(r["entry"] for r in read_rows(tmp_path / "results.jsonl")) == entries  # neither append was lost
+    assert {p.name for p in (tmp_path / "logs").iterdir()} == {"dit-seed0.log", "dit_ddpm-seed0.log"}
     for row in rows:
         assert row["status"] == "ok", row.get("traceback")
         assert row["steps"] == 2 and row["images_seen"] == 128 and row["stopped_by"] == "train_flops"
@@ -126,3 +130,32 @@ def test_smoke_preset_end_to_end(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "| dit |" in readme and "| dit_ddpm |" in readme and "preset `smoke`" in readme
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 3
+
+
+def test_a_worker_that_dies_without_a_row_gets_a_failed_row(tmp_path, monkeypatch):
+    from benchmark.leaderboard import parallel
+    from benchmark.leaderboard.suite import load_suite
+
+    def dying(suite_root, job, preset, output, force):
+        return [sys.executable, "-c", f"print('boom in {job.entry.name}'); raise SystemExit(3)"]
+
+    monkeypatch.setattr(parallel, "worker_command", dying)
+    suite = load_suite(SHAPES)
+    todo = runner.plan(suite, suite.preset("smoke"), ["dit", "mdt", "pixart_alpha"], None, tmp_path)
+    seen = []
+    rows = parallel.run_in_processes(
+        SHAPES,
+        todo,
+        preset="smoke",
+        jobs=2,
+        output=tmp_path,
+        log_dir=tmp_path / "logs",
+        results_file=tmp_path / "results.jsonl",
+        force=False,
+        on_start=lambda job, log, threads: seen.append((job.entry.name, threads)),
+        on_row=lambda row: None,
+    )
+    assert sorted(name for name, _ in seen) == ["dit", "mdt", "pixart_alpha"] and {t for _, t in seen} >= {1}
+    assert [r["status"] for r in rows] == ["failed"] * 3
+    assert all("code 3" in r["error"] and f"boom in {r['entry']}" in r["error"] for r in rows)
+    assert len(read_rows(tmp_path / "results.jsonl")) == 3  # a rerun retries failed rows

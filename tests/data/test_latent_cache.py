@@ -140,6 +140,33 @@ def test_imagefolder_stores_moments_of_the_image_and_its_flip(tmp_path, autoenco
     assert no_flip.cache_key()["flip_moments"] is False and len(no_flip.cache_views(0)) == 1
 
 
+def test_a_stream_ordered_cache_holds_what_the_sampler_reads_first_and_grows(tmp_path, autoencoder):
+    shapes = Shapes("train", 32, length=30, seed=4)
+    build = {"shard_size": 8, "batch_size": 8, "progress": False}
+    manifest = lc.build_cache(shapes, autoencoder, tmp_path / "c", order_seed=4, upto=12, **build)
+    assert not manifest["complete"] and lc.covered_items(manifest) == 12
+    first = [ResumableSampler(30, seed=4).index_at(k) for k in range(12)]
+    assert _all_indices(tmp_path / "c") == first  # the sampler's first reads, in its order
+    cached = lc.LatentCacheDataset(tmp_path / "c", require_complete=False)
+    lc.build_cache(shapes, autoencoder, tmp_path / "full", **build)
+    reference = lc.LatentCacheDataset(tmp_path / "full")
+    for i in first:
+        torch.testing.assert_close(cached[i]["latent_mean"], reference[i]["latent_mean"], atol=1e-5, rtol=1e-5)
+        assert cached[i]["class_label"] == reference[i]["class_label"]
+    missing = next(i for i in range(30) if i not in first)
+    with pytest.raises(KeyError, match="holds the first 12 of 30 items"):
+        cached[missing]
+    with pytest.raises(FileNotFoundError, match="no complete latent cache"):
+        lc.LatentCacheDataset(tmp_path / "c")
+    # A run that reads further extends the cache: the shards already written stay as they are.
+    longer = lc.build_cache(shapes, autoencoder, tmp_path / "c", order_seed=4, upto=20, **build)
+    assert lc.covered_items(longer) == 20
+    assert [s["sha256"] for s in longer["shards"][:2]] == [s["sha256"] for s in manifest["shards"][:2]]
+    # A run under another seed reads other items first: the cache is completed rather than trusted.
+    other = lc.build_cache(shapes, autoencoder, tmp_path / "c", order_seed=5, upto=3, **build)
+    assert other["complete"] and sorted(_all_indices(tmp_path / "c")) == list(range(30))
+
+
 def test_sampler_passes_the_global_stream_position():
     sampler = ResumableSampler(10, seed=2, rank=1, world_size=2, with_position=True)
     pairs = list(sampler)
@@ -163,7 +190,7 @@ def test_a_second_builder_waits_and_then_reads_the_finished_cache(tmp_path, auto
         # The first builder (this test) writes the cache while holding the lock, bypassing build_cache's own lock.
         directory.mkdir()
         manifest = {"key": lc.cache_key(shapes, autoencoder), "num_items": 5, "shard_size": 8, "shards": []}
-        lc._write_shards(shapes, autoencoder, directory, manifest, 0, 8, 8, 0, torch.device("cpu"), False)
+        lc._write_shards(shapes, autoencoder, directory, manifest, 5, 8, 0, torch.device("cpu"), False)
         manifest["complete"] = True
         lc._atomic_write_json(directory / lc.MANIFEST, manifest)
         mtime = (directory / "shard-00000.safetensors").stat().st_mtime_ns
@@ -217,11 +244,23 @@ def test_shipped_config_builds_on_first_fit_and_resumes_exactly(tmp_path, monkey
         torch.testing.assert_close(resumed["state_dict"][key], value, rtol=0, atol=0, msg=key)
 
 
-def test_short_auto_run_trains_from_images_and_a_mismatched_path_is_refused(tmp_path, monkeypatch, capsys):
+def test_auto_caches_what_a_run_reads_and_a_longer_run_extends_it(tmp_path, monkeypatch, capsys):
+    """A 1-step run (batch 8, no workers) reads 8 items: its cache holds those plus 4 batches of margin, 40 of 64;
+    a 3-step run extends it to 56; the explicit builder caches all 64; a cache of another config is refused."""
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv(lc.ENV_ROOT, raising=False)
-    _fit(tmp_path, "--trainer.max_steps=1")  # reads 8 of 64 items: building would cost more than it saves
-    assert "training from images" in capsys.readouterr().out and not (tmp_path / "runs/cache").exists()
+    _fit(tmp_path, "--trainer.max_steps=1")
+    out = capsys.readouterr().out
+    assert "building latent cache" in out and "40 of 64 training items, the ones this run reads" in out
+    (cache,) = [p for p in (tmp_path / "runs/cache").iterdir() if p.is_dir()]
+    manifest = lc.read_manifest(cache)
+    assert not manifest["complete"] and lc.covered_items(manifest) == 40
+    _fit(tmp_path, "--trainer.max_steps=3")
+    out = capsys.readouterr().out
+    assert "extending latent cache" in out and "from 40 items to 56 of 64" in out and "training from latent" in out
+    _fit(tmp_path, "--trainer.max_steps=2")  # reads less than the cache holds: no build at all
+    out = capsys.readouterr().out
+    assert "latent cache built" not in out and "training from latent cache" in out
     from benchmark.cli import main
 
     main(["cache-latents", "--config", SHAPES_YAML, *FAST, "--output", str(tmp_path / "c")])
@@ -252,18 +291,3 @@ def test_auto_reads_a_leaderboard_budget_instead_of_max_steps():
     assert _planned_items(trainer, batch_size=32) == 157 * 64  # ceil(10,000 / 64) steps of a global batch of 64
     trainer.callbacks = []
     assert _planned_items(trainer, batch_size=32) == float("inf")
-
-
-def test_auto_builds_when_the_runs_of_a_suite_together_read_enough(tmp_path, monkeypatch, capsys):
-    """One 1-step run reads 8 of 64 items (under half: from images); the same run as the first of 4 suite runs
-    that share the data makes 'auto' build, since the 4 together read 32 items."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(lc.ENV_ROOT, raising=False)
-    with lc.shared_by(3):
-        _fit(tmp_path, "--trainer.max_steps=1")
-    assert "training from images" in capsys.readouterr().out and not (tmp_path / "runs/cache").exists()
-    with lc.shared_by(4):
-        _fit(tmp_path, "--trainer.max_steps=1")
-    out = capsys.readouterr().out
-    assert "building latent cache" in out and "the 4 runs of this suite" in out
-    assert lc._SHARED_RUNS == 1  # restored after the block
