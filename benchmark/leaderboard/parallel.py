@@ -7,8 +7,9 @@ to ``cores // N``. Its output goes to ``<output>/logs/<entry>-seed<S>.log``. Row
 under a file lock (`results.append_row`), and this process renders after each finished row. A worker that dies
 without writing its row gets a ``failed`` row that points at its log, and the suite goes on.
 
-Killed, a rerun redoes what is missing exactly as a serial run does: interrupted rows resume from their checkpoints.
-On GPUs use DDP (``torchrun``) instead, where every rank trains every row.
+Entries a suite lists under ``stages`` (pre-training stages whose checkpoints transferred entries read) all finish
+before any other row starts. Killed, a rerun redoes what is missing exactly as a serial run does: interrupted rows
+resume from their checkpoints. On GPUs use DDP (``torchrun``) instead, where every rank trains every row.
 """
 
 from __future__ import annotations
@@ -81,10 +82,11 @@ def run_in_processes(
     threads = max(1, available_cores() // jobs)
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     log_dir.mkdir(parents=True, exist_ok=True)
+    stages = _stages(suite_root)
     pending, running, rows = list(todo), [], []
     try:
         while pending or running:
-            while pending and len(running) < jobs:
+            while pending and len(running) < jobs and _may_start(pending[0], running, stages):
                 job = pending.pop(0)
                 log = log_dir / f"{job.entry.name}-seed{job.seed}.log"
                 handle = open(log, "w")  # noqa: SIM115 - closed when the worker ends
@@ -106,6 +108,17 @@ def run_in_processes(
             worker.process.wait()
             worker.handle.close()
     return rows
+
+
+def _stages(suite_root: Path) -> set[str]:
+    from benchmark.leaderboard.suite import load_suite
+
+    return set(load_suite(suite_root).raw.get("stages") or [])
+
+
+def _may_start(job: Any, running: list[_Worker], stages: set[str]) -> bool:
+    """A row that reads a stage's checkpoint waits until no stage is running (stages come first in ``todo``)."""
+    return job.entry.name in stages or not any(w.job.entry.name in stages for w in running)
 
 
 def _row_of(worker: _Worker, results_file: Path) -> dict[str, Any]:

@@ -27,10 +27,12 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 _PACKAGES = ("benchmark", "baselines", "conditioning", "data")
 _CODE_SUFFIXES = {".py", ".json", ".safetensors", ".yaml", ".npz", ".pt"}
 # Files that cannot change a number of a row: how rows are keyed, stored and drawn, how the command line is read,
-# and the side-by-side speed tool (which no entry imports).
+# how rows are spread over worker processes (each row still trains in one process; the threads it had are in its
+# `hardware`), and the side-by-side speed tool (which no entry imports).
 _NOT_CODE = {
     "benchmark/leaderboard/render.py",
     "benchmark/leaderboard/command.py",
+    "benchmark/leaderboard/parallel.py",
     "benchmark/leaderboard/results.py",
     "benchmark/perf.py",
     "benchmark/perf_profile.py",

@@ -453,6 +453,12 @@ def run_suite(
     written: list[dict[str, Any]] = []
     suite_started = time.perf_counter()
 
+    workers = jobs if jobs is not None else preset_obj.jobs
+    # torchrun / srun set these before Lightning initialises the process group.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
+    at_once = workers if workers > 1 and len(todo) > 1 and not distributed else 1
+
     def finished(row: dict[str, Any]) -> None:
         if _is_rank_zero() and render:
             from benchmark.leaderboard.render import render_suite
@@ -461,14 +467,12 @@ def run_suite(
         written.append(row)
         elapsed = time.perf_counter() - suite_started
         left = len(todo) - len(written)
-        eta = f" · ~{_clock(elapsed / len(written) * left)} left" if left else ""
+        # Rows take about the same time (same budget); `workers` of them run at once.
+        mean_row = sum(float(r.get("wall_seconds") or 0.0) for r in written) / len(written) or elapsed
+        eta = f" · ~{_clock(mean_row * left / min(at_once, left))} left" if left else ""
         console.print(f"[{len(written)}/{len(todo)}] {_row_text(row, suite.metric)} · elapsed {_clock(elapsed)}{eta}")
 
-    workers = jobs if jobs is not None else preset_obj.jobs
-    # torchrun / srun set these before Lightning initialises the process group.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
-    if workers > 1 and len(todo) > 1 and not distributed:
+    if at_once > 1:
         _run_parallel(suite, todo, preset_obj, workers, output, out, results_file, force, console, finished)
     else:
         _run_serial(

@@ -159,3 +159,36 @@ def test_a_worker_that_dies_without_a_row_gets_a_failed_row(tmp_path, monkeypatc
     assert [r["status"] for r in rows] == ["failed"] * 3
     assert all("code 3" in r["error"] and f"boom in {r['entry']}" in r["error"] for r in rows)
     assert len(read_rows(tmp_path / "results.jsonl")) == 3  # a rerun retries failed rows
+
+
+def test_stage_rows_finish_before_the_rows_that_read_them_start(tmp_path, monkeypatch):
+    from benchmark.leaderboard import parallel
+    from benchmark.leaderboard.suite import load_suite
+
+    events = tmp_path / "events.txt"
+
+    def recording(suite_root, job, preset, output, force):
+        name = job.entry.name
+        code = f"import time; f = open({str(events)!r}, 'a'); f.write('start {name}\\n'); f.flush(); time.sleep(0.4); "
+        return [sys.executable, "-c", code + f"f.write('end {name}\\n')"]
+
+    monkeypatch.setattr(parallel, "worker_command", recording)
+    suite = load_suite(ROOT / "leaderboards" / "shapes-transfer-data")
+    todo = runner.plan(suite, suite.preset("smoke"), None, [0, 1], tmp_path)
+    assert [j.entry.name for j in todo][:2] == ["pretrain_class"] * 2
+    parallel.run_in_processes(
+        suite.root,
+        todo,
+        preset="smoke",
+        jobs=3,
+        output=tmp_path,
+        log_dir=tmp_path / "logs",
+        results_file=tmp_path / "results.jsonl",
+        force=False,
+        on_start=lambda *a: None,
+        on_row=lambda row: None,
+    )
+    lines = events.read_text().splitlines()
+    last_stage_end = max(i for i, line in enumerate(lines) if line == "end pretrain_class")
+    first_other_start = min(i for i, line in enumerate(lines) if line.startswith("start") and "pretrain" not in line)
+    assert len(lines) == 12 and last_stage_end < first_other_start
