@@ -191,7 +191,8 @@ def hardware(world_size: int = 1) -> str:
         return f"{world_size}x {torch.cuda.get_device_name()}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     prefix = f"{world_size}x " if world_size > 1 else ""
-    return f"{prefix}{_cpu_name()} ({cores} cores, {torch.get_num_threads()} torch threads)"
+    threads = torch.get_num_threads()
+    return f"{prefix}{_cpu_name()} ({cores} cores, {threads} torch thread{'' if threads == 1 else 's'})"
 
 
 def entry_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:

@@ -132,28 +132,43 @@ def test_smoke_preset_end_to_end(tmp_path):
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 3
 
 
-def test_a_worker_that_dies_without_a_row_gets_a_failed_row(tmp_path, monkeypatch):
+def _workers(monkeypatch, command, suite_dir, entries, seeds, jobs, tmp_path, on_start=None):
+    """Run the plan of a suite's smoke preset through `run_in_processes`, each worker being ``command(job)``."""
     from benchmark.leaderboard import parallel
     from benchmark.leaderboard.suite import load_suite
 
-    def dying(suite_root, job, preset, output, force):
-        return [sys.executable, "-c", f"print('boom in {job.entry.name}'); raise SystemExit(3)"]
-
-    monkeypatch.setattr(parallel, "worker_command", dying)
-    suite = load_suite(SHAPES)
-    todo = runner.plan(suite, suite.preset("smoke"), ["dit", "mdt", "pixart_alpha"], None, tmp_path)
-    seen = []
+    monkeypatch.setattr(parallel, "worker_command", lambda root, job, *rest: command(job))
+    suite = load_suite(suite_dir)
+    todo = runner.plan(suite, suite.preset("smoke"), entries, seeds, tmp_path)
     rows = parallel.run_in_processes(
-        SHAPES,
+        suite.root,
         todo,
         preset="smoke",
-        jobs=2,
+        jobs=jobs,
         output=tmp_path,
         log_dir=tmp_path / "logs",
         results_file=tmp_path / "results.jsonl",
         force=False,
-        on_start=lambda job, log, threads: seen.append((job.entry.name, threads)),
+        on_start=on_start or (lambda *a: None),
         on_row=lambda row: None,
+    )
+    return todo, rows
+
+
+def test_a_worker_that_dies_without_a_row_gets_a_failed_row(tmp_path, monkeypatch):
+    def dying(job):
+        return [sys.executable, "-c", f"print('boom in {job.entry.name}'); raise SystemExit(3)"]
+
+    seen = []
+    _, rows = _workers(
+        monkeypatch,
+        dying,
+        SHAPES,
+        ["dit", "mdt", "pixart_alpha"],
+        None,
+        2,
+        tmp_path,
+        on_start=lambda job, log, threads: seen.append((job.entry.name, threads)),
     )
     assert sorted(name for name, _ in seen) == ["dit", "mdt", "pixart_alpha"] and {t for _, t in seen} >= {1}
     assert [r["status"] for r in rows] == ["failed"] * 3
@@ -162,32 +177,16 @@ def test_a_worker_that_dies_without_a_row_gets_a_failed_row(tmp_path, monkeypatc
 
 
 def test_stage_rows_finish_before_the_rows_that_read_them_start(tmp_path, monkeypatch):
-    from benchmark.leaderboard import parallel
-    from benchmark.leaderboard.suite import load_suite
-
     events = tmp_path / "events.txt"
 
-    def recording(suite_root, job, preset, output, force):
+    def recording(job):
         name = job.entry.name
         code = f"import time; f = open({str(events)!r}, 'a'); f.write('start {name}\\n'); f.flush(); time.sleep(0.4); "
         return [sys.executable, "-c", code + f"f.write('end {name}\\n')"]
 
-    monkeypatch.setattr(parallel, "worker_command", recording)
-    suite = load_suite(ROOT / "leaderboards" / "shapes-transfer-data")
-    todo = runner.plan(suite, suite.preset("smoke"), None, [0, 1], tmp_path)
+    suite_dir = ROOT / "leaderboards" / "shapes-transfer-data"
+    todo, _ = _workers(monkeypatch, recording, suite_dir, None, [0, 1], 3, tmp_path)
     assert [j.entry.name for j in todo][:2] == ["pretrain_class"] * 2
-    parallel.run_in_processes(
-        suite.root,
-        todo,
-        preset="smoke",
-        jobs=3,
-        output=tmp_path,
-        log_dir=tmp_path / "logs",
-        results_file=tmp_path / "results.jsonl",
-        force=False,
-        on_start=lambda *a: None,
-        on_row=lambda row: None,
-    )
     lines = events.read_text().splitlines()
     last_stage_end = max(i for i, line in enumerate(lines) if line == "end pretrain_class")
     first_other_start = min(i for i, line in enumerate(lines) if line.startswith("start") and "pretrain" not in line)
