@@ -85,7 +85,8 @@ def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch):
             if pl_module.objective.__class__.__name__ == "RectifiedFlow":
                 raise FloatingPointError("non-finite training loss nan at global step 0")
 
-    rows = run_suite(SHAPES, preset="smoke", output=tmp_path, progress=False, callbacks=[_Diverge()])
+    # Callbacks live in this process, so the rows run here, one at a time (jobs=1; the preset would run 2 workers).
+    rows = run_suite(SHAPES, preset="smoke", output=tmp_path, progress=False, callbacks=[_Diverge()], jobs=1)
     status = {r["entry"]: r["status"] for r in rows}
     assert status["dit"] == "diverged" and status["dit_ddpm"] == "ok"
     assert "diverged" in (tmp_path / "README.md").read_text()
