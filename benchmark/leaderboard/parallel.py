@@ -15,6 +15,7 @@ resume from their checkpoints. On GPUs use DDP (``torchrun``) instead, where eve
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -91,7 +92,9 @@ def run_in_processes(
                 log = log_dir / f"{job.entry.name}-seed{job.seed}.log"
                 handle = open(log, "w")  # noqa: SIM115 - closed when the worker ends
                 command = worker_command(suite_root, job, preset, output, force)
-                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env)
+                process = subprocess.Popen(
+                    command, stdout=handle, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+                )
                 now = datetime.now(UTC).isoformat(timespec="seconds")
                 running.append(_Worker(job, process, log, handle, time.perf_counter(), now))
                 on_start(job, log, threads)
@@ -108,6 +111,17 @@ def run_in_processes(
             worker.process.wait()
             worker.handle.close()
     return rows
+
+
+def _die_with_parent() -> None:
+    """In the worker, before it runs: ask Linux to send it SIGTERM when this process dies. A ``kill -9`` of the
+    suite then stops its workers too, instead of leaving them training beside the rerun (elsewhere a no-op)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 def _stages(suite_root: Path) -> set[str]:
