@@ -148,7 +148,10 @@ class PatchEmbed(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Patchify (N, C, H, W) → (N, T, D), tokens ordered row by row (T = (H/p)(W/p))."""
-        return self.proj(x).flatten(2).transpose(1, 2)
+        # One copy here into token-major memory: a transposed view would be inherited by every residual add after
+        # it, and each LayerNorm and Linear of every block (and their backward) would copy it again. Same values;
+        # the training step at the Shapes size is 5-7 % faster (DiT-tiny/2, batch 64, one thread; leaderboards/perf).
+        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
 
 
 def _sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:

@@ -579,6 +579,8 @@ class MDTModule(DiffusionModule):
         full = self.objective.loss(self._train_forward, x0, cond, noise=noise, t=t)
         lo, hi = self.mask_ratio
         ratio = lo + (hi - lo) * torch.rand(()).item()  # drawn in the step's seeded RNG, like t and the noise
+        if self.counting_flops:  # the FLOP count (and a budget's steps) at the expected ratio, not one draw
+            ratio = (lo + hi) / 2
         masked_noise = noise if self.share_noise else torch.randn_like(x0)
         masked = self.objective.loss(self._train_forward, x0, cond, noise=masked_noise, t=t, mask_ratio=ratio)
         losses = {**full, **{f"mask_{k}": v for k, v in masked.items()}}

@@ -89,6 +89,7 @@ def _counting_setup(module: DiffusionModule) -> Iterator[None]:
     device = _device(module)
     saved_forward, saved_objective = module.__dict__["_train_forward"], module.objective
     module.__dict__["_train_forward"] = module.backbone
+    module.counting_flops = True
     if device.type == "meta":
         # Schedules are built on the CPU even on the meta device; a meta copy indexes with meta timesteps.
         module.objective = copy.deepcopy(saved_objective).to(device)
@@ -97,6 +98,7 @@ def _counting_setup(module: DiffusionModule) -> Iterator[None]:
     finally:
         module.__dict__["_train_forward"] = saved_forward
         module.objective = saved_objective
+        del module.counting_flops
         module.backbone.zero_grad(set_to_none=True)
 
 
@@ -114,7 +116,9 @@ def train_gflops_per_image(module: DiffusionModule, batch_size: int = 2) -> floa
     """
     batch = latent_batch(module, batch_size)
     with _counting_setup(module), sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
-        with torch.enable_grad():
+        # Seeded (and the caller's RNG state restored): any draw that shapes the work is the same for every run.
+        with torch.enable_grad(), torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
             losses = module.training_loss(batch)
             losses["loss"].backward()
     return counter.get_total_flops() / batch_size / 1e9

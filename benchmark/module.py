@@ -247,6 +247,11 @@ class DiffusionModule(pl.LightningModule):
         accumulate = getattr(trainer, "accumulate_grad_batches", 1) if trainer is not None else 1
         return batch_idx % max(int(accumulate), 1)
 
+    counting_flops: bool = False
+    """True while `benchmark.flops` counts a training step: a recipe whose cost depends on a random draw (MDT's mask
+    ratio) then uses the draw's expected value, so the FLOPs per image, and with them a budget's steps, are the same
+    for every seed."""
+
     def training_loss(self, batch: Mapping[str, Any]) -> dict[str, Tensor]:
         """The training losses of one batch, ``{"loss": scalar, <component>: scalar, ...}``; recipes override this.
 

@@ -35,6 +35,12 @@ that a machine whose load changes during the run slows all of them alike; every 
 - peak tensor memory of one training step: ``torch.cuda.max_memory_allocated`` on a GPU, the profiler's allocation
   record on a CPU (:func:`peak_memory`).
 
+``--breakdown`` profiles one more step of each implementation and splits it (:func:`time_split`): GEMM, convolution,
+attention (naming the SDPA kernel that ran), optimizer, other ops and time outside any op, with the best ratio our
+step could reach if only its GEMM, convolution and attention time were left. On a GPU the table adds MFU against
+the data-sheet peak (`benchmark.callbacks.throughput.GPU_PEAK_TFLOPS`); ``--size XL`` is DiT-XL/2's configuration
+(256 tokens, batch 32). ``scripts/gpu_perf.sh`` runs the GPU checks in one call.
+
 bf16 means ``torch.autocast(dtype=torch.bfloat16)`` around forward and loss, with fp32 weights and optimizer.
 ``--compile`` times our backbone under ``torch.compile`` (inductor) against the eager reference and names the
 compilation time in the row (minutes per model and precision on a 2-core CPU).
@@ -70,8 +76,22 @@ from torch.utils.flop_counter import FlopCounterMode
 from conditioning.types import Cond
 
 MODELS = ("dit", "mdt", "pixart", "mmdit", "ldm", "sdxl")
-# Per size: (our size suffix, default tokens, default batch). "tiny" is the Shapes suite's size (8x8 latents).
-SIZE_DEFAULTS = {"S": ("S/2", 256, 8), "tiny": ("tiny/2", 16, 64)}
+# Per size: (our size suffix, default tokens, default batch). "tiny" is the Shapes suite's size (8x8 latents); "B" and
+# "XL" are for a GPU (DiT-XL/2 at 256 tokens is the 256x256 ImageNet model; batch 32 fills an H100's step).
+SIZE_DEFAULTS = {"S": ("S/2", 256, 8), "tiny": ("tiny/2", 16, 64), "B": ("B/2", 256, 8), "XL": ("XL/2", 256, 32)}
+# The UNets' rows of `baselines.ldm_unet.SIZES` at each size (no SDXL at B: its sizes are S, base and tiny).
+UNET_SIZES = {
+    "ldm": {"tiny": "LDM-tiny", "S": "LDM-S", "B": "LDM-B", "XL": "LDM-4"},
+    "sdxl": {"tiny": "SDXL-tiny", "S": "SDXL-S", "XL": "SDXL"},
+}
+# What the time split counts as matrix work (self time of these ops; wrappers such as aten::linear are "other").
+GEMM_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::addbmm", "aten::_addmm_activation"}
+ATTENTION_MARKS = ("scaled_dot_product", "flash_attention", "efficient_attention", "cudnn_attention")
+SPLIT_BUCKETS = ("gemm", "conv", "attention", "optimizer", "other_ops", "outside_ops")
+
+
+class NotMeasured(Exception):
+    """A model that has no configuration at the requested size (listed as skipped, like a missing module)."""
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -197,6 +217,74 @@ class Trainer:
             self.loss().backward()
         self.optimizer.zero_grad(set_to_none=True)
         return counter.get_total_flops()
+
+    def time_split(self) -> dict[str, object]:
+        """Where one training step's time goes, from the profiler: see :func:`time_split`."""
+        return time_split(self.step, self.device)
+
+
+def _classify(event: object) -> str:
+    """The time-split bucket of one profiler event (by its name, and by its ancestors for the optimizer)."""
+    name = event.name
+    parent = event
+    while parent is not None:
+        if parent.name.startswith("Optimizer."):
+            return "optimizer"
+        parent = parent.cpu_parent
+    if name in GEMM_OPS:
+        return "gemm"
+    if any(mark in name for mark in ATTENTION_MARKS):
+        return "attention"
+    if "conv" in name and name.startswith("aten::"):
+        return "conv"
+    return "other_ops"
+
+
+def time_split(step: Callable[[], None], device: torch.device) -> dict[str, object]:
+    """Profile one call of ``step`` and split its wall time into what bounds it and what code can remove.
+
+    Buckets (fractions of the profiled wall time): ``gemm`` (matrix products: ``mm``, ``addmm``, ``bmm``, ...),
+    ``conv`` (convolutions and their gradients), ``attention`` (the SDPA kernels, forward and backward),
+    ``optimizer`` (everything inside ``Optimizer.step`` / ``zero_grad``), ``other_ops`` (every other op:
+    normalisation, activations, elementwise, copies, reshapes, autograd bookkeeping) and ``outside_ops`` (time in no
+    op: Python between ops, or on a GPU the time the device is idle). On a CPU each op counts its self CPU time; on
+    a GPU its self device time (the kernels it launched). ``attention_kernels`` names the SDPA implementations that
+    ran (e.g. ``flash_attention_for_cpu``, ``flash_attention``, ``efficient_attention``, ``cudnn_attention``,
+    ``math`` when SDPA decomposed into matmuls).
+
+    The profiler adds a few microseconds to every op, so at the Shapes size (thousands of small ops) the profiled
+    step is slower than the timed one and ``other_ops`` is inflated; the GEMM / conv / attention share is then a lower
+    bound of the unprofiled one.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    _sync(device)
+    with profile(activities=activities) as prof:
+        start = time.perf_counter()
+        step()
+        _sync(device)
+        wall = time.perf_counter() - start
+    buckets = dict.fromkeys(("gemm", "conv", "attention", "optimizer", "other_ops"), 0.0)
+    kernels: set[str] = set()
+    sdpa_called = False
+    for event in prof.events():
+        if event.device_type.name != "CPU":  # kernels themselves; their time is on the op that launched them
+            continue
+        seconds = (event.self_device_time_total if device.type == "cuda" else event.self_cpu_time_total) / 1e6
+        buckets[_classify(event)] += seconds
+        if event.name == "aten::scaled_dot_product_attention":
+            sdpa_called = True
+        if event.name.startswith("aten::_scaled_dot_product_") and "backward" not in event.name:
+            kernels.add(event.name.removeprefix("aten::_scaled_dot_product_").removeprefix("attention_math"))
+    if sdpa_called and not kernels:
+        kernels.add("math")
+    busy = sum(buckets.values())
+    split: dict[str, object] = {key: value / wall for key, value in buckets.items()}
+    split["outside_ops"] = max(0.0, wall - busy) / wall
+    split["profiled_s"] = wall
+    split["attention_kernels"] = ", ".join(sorted(k or "math" for k in kernels)) or "none"
+    return split
 
 
 def time_interleaved(
@@ -406,7 +494,9 @@ def _unet_impls(
     from baselines.ldm_unet_convert import diffusers_config, to_diffusers
 
     side = _side(tokens, 2)
-    size_name = {"ldm": {"S": "LDM-S", "tiny": "LDM-tiny"}, "sdxl": {"S": "SDXL-S", "tiny": "SDXL-tiny"}}[name][size]
+    if size not in UNET_SIZES[name]:
+        raise NotMeasured(f"no {name} UNet at size {size} (sizes: {', '.join(UNET_SIZES[name])})")
+    size_name = UNET_SIZES[name][size]
     kw = unet_kwargs(size_name)
     x = torch.randn(batch, 4, side, side, generator=gen).to(device)
     steps = t * 1000
@@ -417,7 +507,7 @@ def _unet_impls(
         context, added, linear = table[labels][:, None], None, False  # LDM: 1x1-convolution projections
         note = f"diffusers UNet2DConditionModel ({size_name}, 1x1-conv projections, class as one context token)"
     else:
-        ctx_len, pooled_dim = (77, 1280) if size == "S" else (8, 12)
+        ctx_len, pooled_dim = (8, 12) if size == "tiny" else (77, 1280)
         ours = LDMUNet(in_channels=4, num_classes=None, pooled_dim=pooled_dim, control_names=SDXL_CONTROLS, **kw)
         ours = _randomise(ours).to(device)
         context = torch.randn(batch, ctx_len, int(kw["context_dim"]), generator=gen).to(device)
@@ -468,6 +558,7 @@ def measure(
     steps: int = 250,
     device: str = "cpu",
     compile: bool = False,
+    breakdown: bool = False,
 ) -> list[dict[str, object]]:
     """Measure every model × precision; one row per implementation (see the module docstring for the figures).
 
@@ -482,6 +573,9 @@ def measure(
         device: "cpu" or "cuda".
         compile: time our backbone under ``torch.compile`` (inductor); its FLOPs and output difference are the eager
             model's, and the first compiled step + sampling call (compilation included) is reported as ``compile_s``.
+        breakdown: profile one more step of each implementation and add its :func:`time_split` to the row
+            (``split``), with ``ratio_bound`` on our row: the ratio ours / reference if everything in our step but
+            its GEMMs, convolutions and attention took no time.
     """
     if size not in SIZE_DEFAULTS:
         raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZE_DEFAULTS)}")
@@ -493,7 +587,11 @@ def measure(
         try:
             impls, note = build_impls(name, size, batch, tokens, dev)
         except ImportError as err:
-            rows.append({"model": name, "impl": "skipped", "note": f"not available in this checkout ({err})"})
+            hint = "; `pip install diffusers` for the reference" if (err.name or "").startswith("diffusers") else ""
+            rows.append({"model": name, "impl": "skipped", "note": f"not available in this checkout ({err}){hint}"})
+            continue
+        except NotMeasured as err:
+            rows.append({"model": name, "impl": "skipped", "note": str(err)})
             continue
         diff = _max_diff(impls)
         width = next(m for m in impls[0].module.modules() if isinstance(m, nn.Linear)).in_features
@@ -515,6 +613,8 @@ def measure(
                 compile_s = time.perf_counter() - start
             mem = [peak_memory(tr.step, dev) for tr in trainers]
             times, ceiling = time_interleaved(trainers, probe, repeats)
+            splits = [tr.time_split() for tr in trainers] if breakdown else [None] * len(trainers)
+            peak = _device_peak(dev, precision)
             for i, (impl, tm) in enumerate(zip(impls, times, strict=True)):
                 label = impl.label
                 if i == 0 and compile_s is not None:
@@ -531,16 +631,42 @@ def measure(
                         "achieved_gflop_s": flops[i] / tm["train_s"] / 1e9,
                         "ceiling_gflop_s": ceiling / 1e9,
                         "fraction_of_ceiling": flops[i] / tm["train_s"] / ceiling,
+                        "mfu": flops[i] / tm["train_s"] / peak if peak else None,
                         "peak_mib": mem[i] / 2**20,
                         "ratio_train": times[1]["train_s"] / tm["train_s"] if i == 0 else 1.0,
                         "ratio_sample": times[1]["sample_s"] / tm["sample_s"] if i == 0 else 1.0,
                         "flop_ratio": flops[0] / flops[1] if i == 0 else 1.0,
                         "max_diff": diff,
                         "note": note,
+                        "split": splits[i],
+                        "ratio_bound": _ratio_bound(splits) if i == 0 and breakdown else None,
                     }
                 )
         del plans
     return rows
+
+
+def _device_peak(device: torch.device, precision: str) -> float | None:
+    """The GPU's data-sheet peak FLOP/s at ``precision`` (for MFU); None on a CPU, where the measured matmul probe
+    is the ceiling (the table's "% fp32 matmul ceiling")."""
+    if device.type != "cuda":
+        return None
+    from benchmark.callbacks.throughput import device_peak_tflops
+
+    tflops = device_peak_tflops(device, precision)
+    return tflops * 1e12 if tflops else None
+
+
+def _compute_share(split: dict[str, object]) -> float:
+    return float(split["gemm"]) + float(split["conv"]) + float(split["attention"])
+
+
+def _ratio_bound(splits: Sequence[dict[str, object] | None]) -> float | None:
+    """ours / reference if our step kept only its GEMM, convolution and attention time (profiled times of both)."""
+    if len(splits) < 2 or splits[0] is None or splits[1] is None:
+        return None
+    ours, ref = splits[0], splits[1]
+    return float(ref["profiled_s"]) / (float(ours["profiled_s"]) * _compute_share(ours))
 
 
 def hardware(device: str, threads: int) -> str:
@@ -568,12 +694,12 @@ def render(rows: list[dict[str, object]], header: str) -> str:
         header,
         "",
         "| model | impl | precision | train img/s | ours/ref | sample img/s | ours/ref | train GFLOP/img | "
-        "GFLOP/s | % fp32 matmul ceiling | FLOP ratio | peak MiB | max abs diff |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "GFLOP/s | % fp32 matmul ceiling | MFU | FLOP ratio | peak MiB | max abs diff |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r["impl"] == "skipped":
-            lines.append(f"| {r['model']} | skipped: {r['note']} | | | | | | | | | | | |")
+            lines.append(f"| {r['model']} | skipped: {r['note']} | | | | | | | | | | | | |")
             continue
         mine = str(r["impl"]).startswith("ours")
         ratio_train = f"{r['ratio_train']:.2f}x" if mine else ""
@@ -583,9 +709,38 @@ def render(rows: list[dict[str, object]], header: str) -> str:
         lines.append(
             f"| {r['model']} | {r['impl']} | {r['precision']} | {r['train_img_s']:.3g} | {ratio_train} | "
             f"{r['sample_img_s']:.3g} | {ratio_sample} | {r['train_gflop_img']:.3f} | {r['achieved_gflop_s']:.1f} | "
-            f"{100 * r['fraction_of_ceiling']:.0f} % | {flop_ratio} | {r['peak_mib']:.0f} | {diff} |"
+            f"{100 * r['fraction_of_ceiling']:.0f} % | {_percent(r.get('mfu'))} | {flop_ratio} | "
+            f"{r['peak_mib']:.0f} | {diff} |"
         )
+    split_rows = [r for r in rows if r.get("split")]
+    if split_rows:
+        lines += ["", *render_split(split_rows)]
     return "\n".join(lines) + "\n"
+
+
+def _percent(value: object) -> str:
+    return "" if value is None else f"{100 * float(value):.1f} %"
+
+
+def render_split(rows: list[dict[str, object]]) -> list[str]:
+    """Markdown lines of the time split of each row (:func:`time_split`) and our rows' ratio bound."""
+    lines = [
+        "Where one profiled training step goes (share of its wall time; see `time_split`). `bound` is ours / "
+        "reference if everything in our step but GEMM, convolution and attention took no time.",
+        "",
+        "| model | impl | precision | profiled ms | GEMM | conv | attention | optimizer | other ops | outside ops | "
+        "attention kernel | bound |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
+    ]
+    for r in rows:
+        sp = r["split"]
+        bound = "" if r.get("ratio_bound") is None else f"{r['ratio_bound']:.2f}x"
+        shares = " | ".join(f"{100 * float(sp[k]):.0f} %" for k in SPLIT_BUCKETS)
+        lines.append(
+            f"| {r['model']} | {r['impl']} | {r['precision']} | {1e3 * float(sp['profiled_s']):.1f} | {shares} | "
+            f"{sp['attention_kernels']} | {bound} |"
+        )
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -605,6 +760,12 @@ def main(argv: Sequence[str] | None = None) -> str:
     parser.add_argument(
         "--compile", action="store_true", help="time our backbone under torch.compile (minutes to compile on a CPU)"
     )
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="profile one more step of each implementation: where its time goes (GEMM, conv, attention, optimizer, "
+        "other ops, outside ops), the attention kernel that ran, and the best ratio our GEMMs would allow",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tokens = (args.resolution // 2) ** 2 if args.resolution else args.tokens
@@ -619,6 +780,7 @@ def main(argv: Sequence[str] | None = None) -> str:
         steps=args.steps,
         device=args.device,
         compile=args.compile,
+        breakdown=args.breakdown,
     )
     command = "ldmbench perf " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     header = (

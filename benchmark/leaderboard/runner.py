@@ -420,15 +420,18 @@ def run_suite(
         output: Folder of the run folders (and of results when given); default ``runs/leaderboards/<suite>/<preset>``
             for training, and the suite folder itself for the default preset's results.
         force: Redo rows that are current too.
-        progress: Show progress bars and the overall progress with its estimate of the time left.
-        callbacks: Extra Lightning callbacks added to every entry's training (e.g. profilers).
+        progress: Show the training progress bars. The plan, one line per finished row and the estimate of the time
+            left are printed either way (on rank zero).
+        callbacks: Extra Lightning callbacks added to every entry's training (e.g. profilers). Callback objects
+            cannot cross into worker processes, so with callbacks the rows run one at a time in this process.
         render: Regenerate the README, CSV and plots after every row.
         jobs: Rows trained at once in separate processes (default: the preset's ``jobs``); see
-            `benchmark.leaderboard.parallel`. Ignored under DDP, where every rank trains every row.
+            `benchmark.leaderboard.parallel`. Ignored under DDP, where every rank trains every row, and with
+            ``callbacks``.
     """
     from rich.console import Console
 
-    console = Console(quiet=not (progress and _is_rank_zero()))
+    console = Console(quiet=not _is_rank_zero())  # `progress` turns off the bars only; the row lines stay
     suite = load_suite(suite_path)
     preset_obj = suite.preset(preset)
     out = Path(output) if output is not None else default_output(suite, preset_obj)
@@ -457,7 +460,9 @@ def run_suite(
     # torchrun / srun set these before Lightning initialises the process group.
     launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
     distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
-    at_once = workers if workers > 1 and len(todo) > 1 and not distributed else 1
+    at_once = workers if workers > 1 and len(todo) > 1 and not distributed and not callbacks else 1
+    if callbacks and workers > 1 and len(todo) > 1:
+        console.print(f"{len(callbacks)} callback(s) given: rows run one at a time in this process, not {workers}")
 
     def finished(row: dict[str, Any]) -> None:
         if _is_rank_zero() and render:

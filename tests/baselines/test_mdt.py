@@ -410,6 +410,26 @@ def test_training_flops_of_both_passes_match_the_dit_entry():
     assert train_gflops_per_image(mdt) * 1e9 > 1.8 * counter.get_total_flops()  # the masked pass is counted too
 
 
+def test_training_flops_are_counted_at_the_expected_mask_ratio_whatever_the_seed():
+    """The budget's FLOPs per image must not depend on the run's seed (it once measured one random mask ratio)."""
+    mdt = _module()
+    counts = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        state = torch.get_rng_state()
+        counts.append(train_gflops_per_image(mdt))
+        assert torch.equal(torch.get_rng_state(), state)  # counting leaves the caller's random stream alone
+    assert counts[0] == counts[1] == counts[2]
+    assert not mdt.counting_flops  # the flag is only up while counting
+    x, t, cond = torch.zeros(2, 4, 8, 8), torch.full((2,), 0.5), Cond(label=torch.zeros(2, dtype=torch.long))
+    passes = []
+    for ratio in (0.0, 0.4):  # the full pass and the masked pass at the middle of U[0.3, 0.5]
+        with sdpa_kernel([SDPBackend.MATH]), FlopCounterMode(display=False) as counter:
+            mdt.backbone(x, t, cond, mask_ratio=ratio).square().mean().backward()
+        passes.append(counter.get_total_flops() / 2 / 1e9)
+    assert counts[0] == pytest.approx(sum(passes), rel=0.02)  # the loss's own FLOPs are a rounding error
+
+
 def test_recipe_defaults():
     defaults = inspect.signature(MDTModule).parameters
     guidance = defaults["guidance"].default._lazy_kwargs

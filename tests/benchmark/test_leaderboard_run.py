@@ -1,6 +1,7 @@
 """The leaderboard runner end to end on the Shapes suite: the smoke preset, and a run killed and resumed."""
 
 import math
+import re
 import signal
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def test_killed_run_resumes_training_and_evaluation(tmp_path, monkeypatch, resto
     assert len(read_rows(tmp_path / "results.jsonl")) == 1
 
 
-def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch):
+def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
 
     class _Diverge(pl.Callback):
@@ -85,8 +86,11 @@ def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch):
             if pl_module.objective.__class__.__name__ == "RectifiedFlow":
                 raise FloatingPointError("non-finite training loss nan at global step 0")
 
-    # Callbacks live in this process, so the rows run here, one at a time (jobs=1; the preset would run 2 workers).
-    rows = run_suite(SHAPES, preset="smoke", output=tmp_path, progress=False, callbacks=[_Diverge()], jobs=1)
+    # The smoke preset runs 2 workers, but callbacks live in this process: the rows run here, one at a time.
+    rows = run_suite(SHAPES, preset="smoke", output=tmp_path, progress=False, callbacks=[_Diverge()])
+    printed = capsys.readouterr().out
+    assert "rows run one at a time in this process" in printed  # and without progress bars the lines still show
+    assert "rows planned" in printed and re.search(r"\[(\d+)/\1\]", printed)  # the last row's line
     status = {r["entry"]: r["status"] for r in rows}
     assert status["dit"] == "diverged" and status["dit_ddpm"] == "ok"
     assert "diverged" in (tmp_path / "README.md").read_text()

@@ -147,3 +147,89 @@ def test_peak_memory_counts_live_tensors_on_cpu():
 
     peak = peak_memory(two_live_matrices, torch.device("cpu"))
     assert 2 * 500 * 500 * 4 <= peak < 3 * 500 * 500 * 4
+
+
+def test_time_split_accounts_for_the_profiled_step():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from benchmark.perf import Trainer
+
+    impls, _ = build_impls("dit", "tiny", 2, 16, torch.device("cpu"))
+    trainer = Trainer(impls[0], "fp32", torch.device("cpu"))
+    trainer.step()  # allocator warm-up, as in `measure`
+    split = trainer.time_split()
+    shares = [split[k] for k in ("gemm", "conv", "attention", "optimizer", "other_ops", "outside_ops")]
+    assert all(0 <= s <= 1 for s in shares) and 0.97 < sum(shares) < 1.03  # the buckets partition the wall time
+    assert split["gemm"] > 0 and split["conv"] > 0 and split["optimizer"] > 0  # patch conv; AdamW's own ops
+    assert split["attention_kernels"] == "flash_attention_for_cpu"  # the CPU's fused SDPA kernel ran
+    with sdpa_kernel([SDPBackend.MATH]):
+        assert trainer.time_split()["attention_kernels"] == "math"
+
+
+def test_breakdown_rows_carry_the_split_and_our_ratio_bound():
+    from benchmark.perf import render
+
+    rows = measure(["dit"], size="tiny", batch=2, repeats=1, precisions=["fp32"], steps=10, breakdown=True)
+    ours, ref = rows
+    assert ours["split"] and ref["split"] and ref["ratio_bound"] is None
+    # the bound removes part of our step's time, so it is above the profiled ratio
+    profiled_ratio = ref["split"]["profiled_s"] / ours["split"]["profiled_s"]
+    assert ours["ratio_bound"] > profiled_ratio
+    table = render(rows, "header")
+    assert "| attention kernel | bound |" in table and "flash_attention_for_cpu" in table
+    assert ours["mfu"] is None  # no data-sheet peak on a CPU
+
+
+def test_a_size_a_model_does_not_have_is_a_skipped_row():
+    rows = measure(["sdxl"], size="B", batch=2, repeats=1, precisions=["fp32"])
+    assert rows[0]["impl"] == "skipped" and "no sdxl UNet at size B" in rows[0]["note"]
+
+
+def test_every_size_names_a_configuration_of_every_model():
+    from baselines.dit import dit_size
+    from baselines.ldm_unet import ldm_unet_size
+    from baselines.mdt import mdt_size
+    from baselines.mmdit import mmdit_size
+    from baselines.pixart_alpha import pixart_size
+    from benchmark.perf import SIZE_DEFAULTS, UNET_SIZES
+
+    for suffix, tokens, batch in SIZE_DEFAULTS.values():
+        assert tokens > 0 and batch > 0
+        for size_of, prefix in ((dit_size, "DiT"), (mdt_size, "MDTv2"), (pixart_size, "PixArt"), (mmdit_size, "mmDiT")):
+            assert size_of(f"{prefix}-{suffix}")["patch_size"] == 2
+    assert UNET_SIZES["ldm"]["XL"] == "LDM-4" and UNET_SIZES["sdxl"]["XL"] == "SDXL"
+    for sizes in UNET_SIZES.values():
+        for name in sizes.values():
+            ldm_unet_size(name)
+
+
+def test_missing_diffusers_names_the_install(monkeypatch):
+    import benchmark.perf as perf
+
+    def no_diffusers(*args, **kwargs):
+        raise ImportError("No module named 'diffusers'", name="diffusers")
+
+    monkeypatch.setattr(perf, "build_impls", no_diffusers)
+    rows = perf.measure(["pixart"], size="tiny", batch=2, repeats=1, precisions=["fp32"])
+    assert rows[0]["impl"] == "skipped" and "pip install diffusers" in rows[0]["note"]
+
+
+def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path):
+    """`scripts/gpu_perf.sh` is prepared for one call on a GPU machine; its CPU dry run shows the commands work."""
+    import os
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    if shutil.which("bash") is None:
+        pytest.fail("bash is needed to run scripts/gpu_perf.sh")
+    extra = "--batch 2 --repeats 1 --steps 10 --precision fp32"
+    env = {**os.environ, "DEVICE": "cpu", "SIZES": "tiny", "MODELS": "dit", "OUT": str(tmp_path), "PERF_ARGS": extra}
+    done = subprocess.run(["bash", "scripts/gpu_perf.sh"], cwd=root, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    for name in ("xl_bf16.md", "s_fp32_bf16.md", "log.txt"):
+        assert (tmp_path / name).is_file(), name
+    table = (tmp_path / "xl_bf16.md").read_text()
+    assert "| dit | ours | fp32 |" in table and "| dit | diffusers | fp32 |" in table and "attention kernel" in table
+    assert "torch.compile row skipped" in (tmp_path / "log.txt").read_text()  # COMPILE defaults to 0 on a CPU
