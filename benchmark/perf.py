@@ -265,7 +265,7 @@ def time_split(step: Callable[[], None], device: torch.device) -> dict[str, obje
         step()
         _sync(device)
         wall = time.perf_counter() - start
-    buckets = dict.fromkeys(("gemm", "conv", "attention", "optimizer", "other_ops"), 0.0)
+    buckets = dict.fromkeys(SPLIT_BUCKETS[:-1], 0.0)  # outside_ops is what they leave of the wall time
     kernels: set[str] = set()
     sdpa_called = False
     for event in prof.events():
@@ -559,6 +559,8 @@ def measure(
     device: str = "cpu",
     compile: bool = False,
     breakdown: bool = False,
+    channels_last: bool = False,
+    gradient_checkpointing: bool = False,
 ) -> list[dict[str, object]]:
     """Measure every model × precision; one row per implementation (see the module docstring for the figures).
 
@@ -576,6 +578,9 @@ def measure(
         breakdown: profile one more step of each implementation and add its :func:`time_split` to the row
             (``split``), with ``ratio_bound`` on our row: the ratio ours / reference if everything in our step but
             its GEMMs, convolutions and attention took no time.
+        channels_last: store both implementations' 4-D weights channels-last (NHWC convolutions; for the UNets).
+        gradient_checkpointing: recompute blocks in the backward pass in both implementations (ours through
+            `benchmark.callbacks.fast_paths.GradientCheckpointing`, diffusers' ``enable_gradient_checkpointing``).
     """
     if size not in SIZE_DEFAULTS:
         raise ValueError(f"unknown size {size!r}; valid: {', '.join(SIZE_DEFAULTS)}")
@@ -593,6 +598,7 @@ def measure(
         except NotMeasured as err:
             rows.append({"model": name, "impl": "skipped", "note": str(err)})
             continue
+        _apply_options(impls, channels_last, gradient_checkpointing)
         diff = _max_diff(impls)
         width = next(m for m in impls[0].module.modules() if isinstance(m, nn.Linear)).in_features
         width = getattr(impls[0].module, "hidden_size", width)
@@ -644,6 +650,20 @@ def measure(
                 )
         del plans
     return rows
+
+
+def _apply_options(impls: Sequence[Impl], channels_last: bool, gradient_checkpointing: bool) -> None:
+    """The memory options, applied alike to every implementation of a row."""
+    from benchmark.callbacks.fast_paths import GradientCheckpointing
+
+    for impl in impls:
+        if channels_last:
+            impl.module.to(memory_format=torch.channels_last)
+        if gradient_checkpointing:
+            if hasattr(impl.module, "enable_gradient_checkpointing"):  # a diffusers model
+                impl.module.enable_gradient_checkpointing()
+            else:
+                GradientCheckpointing().enable(impl.module)
 
 
 def _device_peak(device: torch.device, precision: str) -> float | None:
@@ -761,6 +781,14 @@ def main(argv: Sequence[str] | None = None) -> str:
         "--compile", action="store_true", help="time our backbone under torch.compile (minutes to compile on a CPU)"
     )
     parser.add_argument(
+        "--channels-last", action="store_true", help="NHWC weights in both implementations (UNet convolutions)"
+    )
+    parser.add_argument(
+        "--gradient-checkpointing",
+        action="store_true",
+        help="recompute blocks in the backward pass in both implementations (memory for compute)",
+    )
+    parser.add_argument(
         "--breakdown",
         action="store_true",
         help="profile one more step of each implementation: where its time goes (GEMM, conv, attention, optimizer, "
@@ -781,12 +809,22 @@ def main(argv: Sequence[str] | None = None) -> str:
         device=args.device,
         compile=args.compile,
         breakdown=args.breakdown,
+        channels_last=args.channels_last,
+        gradient_checkpointing=args.gradient_checkpointing,
     )
     command = "ldmbench perf " + " ".join(shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     header = (
         f"Hardware: {hardware(args.device, args.threads)}; load average (1/5/15 min) {load_before} before, "
         f"{_load()} after.\n\nCommand: `{command}`\n\n"
-        f"Ratios are ours / reference (> 1: ours faster), timed interleaved, median of {args.repeats}; "
+        + "".join(
+            f"Option: {label} in both implementations.\n\n"
+            for label, on in (
+                ("channels-last weights", args.channels_last),
+                ("gradient checkpointing", args.gradient_checkpointing),
+            )
+            if on
+        )
+        + f"Ratios are ours / reference (> 1: ours faster), timed interleaved, median of {args.repeats}; "
         f"sampling images/s is one denoiser forward per step × {args.steps} steps (no CFG)."
     )
     table = render(rows, header)

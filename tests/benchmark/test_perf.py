@@ -233,3 +233,18 @@ def test_gpu_script_runs_on_the_cpu_at_tiny_size(tmp_path):
     table = (tmp_path / "xl_bf16.md").read_text()
     assert "| dit | ours | fp32 |" in table and "| dit | diffusers | fp32 |" in table and "attention kernel" in table
     assert "torch.compile row skipped" in (tmp_path / "log.txt").read_text()  # COMPILE defaults to 0 on a CPU
+
+
+def test_memory_options_apply_to_both_implementations_and_keep_them_equal():
+    rows = measure(
+        ["ldm"],
+        size="tiny",
+        batch=2,
+        repeats=1,
+        precisions=["fp32"],
+        steps=10,
+        channels_last=True,
+        gradient_checkpointing=True,
+    )
+    ours, ref = rows
+    assert ours["max_diff"] < 1e-4 and ours["train_img_s"] > 0 and ref["train_img_s"] > 0
