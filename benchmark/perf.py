@@ -795,6 +795,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         "other ops, outside ops), the attention kernel that ran, and the best ratio our GEMMs would allow",
     )
     args = parser.parse_args(argv)
+    unknown = [m for m in args.models.split(",") if m and m not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
     torch.set_num_threads(args.threads)
     tokens = (args.resolution // 2) ** 2 if args.resolution else args.tokens
     load_before = _load()

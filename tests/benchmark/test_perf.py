@@ -248,3 +248,11 @@ def test_memory_options_apply_to_both_implementations_and_keep_them_equal():
     )
     ours, ref = rows
     assert ours["max_diff"] < 1e-4 and ours["train_img_s"] > 0 and ref["train_img_s"] > 0
+
+
+def test_an_unknown_model_is_a_usage_error_naming_the_valid_ones(capsys):
+    from benchmark.perf import main as perf_main
+
+    with pytest.raises(SystemExit) as info:
+        perf_main(["--models", "dit,foo"])
+    assert info.value.code == 2 and "unknown model(s) foo; valid: dit, mdt" in capsys.readouterr().err
