@@ -316,8 +316,22 @@ def time_interleaved(
             sample[i].append(tr.timed(tr.sample))
         probes.append(probe())
     return [
-        {"train_s": statistics.median(a), "sample_s": statistics.median(b)} for a, b in zip(train, sample, strict=True)
+        {"train_s": statistics.median(a), "sample_s": statistics.median(b), "train_rounds": a, "sample_rounds": b}
+        for a, b in zip(train, sample, strict=True)
     ], probe.flops / statistics.median(probes)
+
+
+def ratio_quartiles(ours: Sequence[float], reference: Sequence[float]) -> tuple[float, float]:
+    """First and third quartile of the per-round ratio reference / ours (> 1: ours faster).
+
+    Each round times both implementations back to back, so a round's ratio cancels the load of that moment; the
+    spread of the round ratios says whether a median ratio near 1 is a difference or a tie.
+    """
+    ratios = [r / o for o, r in zip(ours, reference, strict=True)]
+    if len(ratios) < 2:
+        return ratios[0], ratios[0]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return q1, q3
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -641,6 +655,9 @@ def measure(
                         "peak_mib": mem[i] / 2**20,
                         "ratio_train": times[1]["train_s"] / tm["train_s"] if i == 0 else 1.0,
                         "ratio_sample": times[1]["sample_s"] / tm["sample_s"] if i == 0 else 1.0,
+                        "ratio_train_iqr": (
+                            ratio_quartiles(tm["train_rounds"], times[1]["train_rounds"]) if i == 0 else None
+                        ),
                         "flop_ratio": flops[0] / flops[1] if i == 0 else 1.0,
                         "max_diff": diff,
                         "note": note,
@@ -723,6 +740,8 @@ def render(rows: list[dict[str, object]], header: str) -> str:
             continue
         mine = str(r["impl"]).startswith("ours")
         ratio_train = f"{r['ratio_train']:.2f}x" if mine else ""
+        if mine and r.get("ratio_train_iqr"):
+            ratio_train += " [{:.2f}, {:.2f}]".format(*r["ratio_train_iqr"])
         ratio_sample = f"{r['ratio_sample']:.2f}x" if mine else ""
         flop_ratio = f"{r['flop_ratio']:.2f}" if mine else ""
         diff = f"{r['max_diff']:.1e}" if mine and r["max_diff"] == r["max_diff"] else ""
@@ -795,6 +814,9 @@ def main(argv: Sequence[str] | None = None) -> str:
         "other ops, outside ops), the attention kernel that ran, and the best ratio our GEMMs would allow",
     )
     args = parser.parse_args(argv)
+    # The profiler (peak memory, --breakdown) would print kineto's start/stop trace lines and, on a CUDA build without
+    # a GPU, a device-count error around the table; a user's own KINETO_LOG_LEVEL wins.
+    os.environ.setdefault("KINETO_LOG_LEVEL", "6")
     unknown = [m for m in args.models.split(",") if m and m not in MODELS]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; valid: {', '.join(MODELS)}")
@@ -827,7 +849,8 @@ def main(argv: Sequence[str] | None = None) -> str:
             )
             if on
         )
-        + f"Ratios are ours / reference (> 1: ours faster), timed interleaved, median of {args.repeats}; "
+        + f"Ratios are ours / reference (> 1: ours faster), timed interleaved, median of {args.repeats}; the "
+        "training ratio's brackets are the quartiles of the per-round ratios (a range that holds 1.0 is a tie); "
         f"sampling images/s is one denoiser forward per step × {args.steps} steps (no CFG)."
     )
     table = render(rows, header)

@@ -3,7 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from benchmark.leaderboard.suite import Suite
 
 
 def _list(text: str | None) -> list[str] | None:
@@ -24,7 +31,18 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--preset", help="budget/evaluation preset, e.g. smoke or default (default: the suite's)")
     run.add_argument("--seeds", help="comma-separated seeds (default: the preset's)")
     run.add_argument("--output", help="folder for run folders and results (default: runs/leaderboards/<suite>/...)")
-    run.add_argument("--force", action="store_true", help="redo rows that are current too")
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="redo rows that are current too: a row whose training finished in its run folder is evaluated again "
+        "from its final weights, not trained again (see --retrain)",
+    )
+    run.add_argument(
+        "--retrain",
+        action="store_true",
+        help="delete the run folders of the selected rows (checkpoints, logs, final weights) and train them again "
+        "from step 0, e.g. to re-time them; implies --force",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
     run.add_argument(
         "--jobs",
@@ -70,13 +88,15 @@ def main(argv: list[str]) -> None:
     if args.action == "run":
         from benchmark.leaderboard.runner import run_suite
 
+        if args.retrain:
+            _discard_runs(cli, suite, args)
         rows = run_suite(
             args.suite,
             entries=_list(args.entries),
             preset=args.preset,
             seeds=[int(s) for s in _list(args.seeds) or []] or None,
             output=args.output,
-            force=args.force,
+            force=args.force or args.retrain,
             progress=not args.no_progress,
             render=not args.no_render,
             jobs=args.jobs,
@@ -93,3 +113,19 @@ def main(argv: list[str]) -> None:
 
         row = eval_checkpoint(args.suite, args.entry, args.ckpt_path, preset=args.preset, output=args.output)
         print({k: row.get(k) for k in ("entry", "source", "status", "metric", "metric_noguidance", "error")})
+
+
+def _discard_runs(cli: argparse.ArgumentParser, suite: Suite, args: argparse.Namespace) -> None:
+    """``--retrain``: delete the run folders of the rows about to run, so that none resumes or reuses a training."""
+    from benchmark.leaderboard.runner import default_output, plan
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        # Every rank would delete while another may already be reading: the launcher's user deletes them first.
+        cli.error("--retrain under torchrun/srun: delete the rows' run folders before launching, then use --force")
+    preset = suite.preset(args.preset)
+    output = Path(args.output) if args.output else default_output(suite, preset)
+    seeds = [int(s) for s in _list(args.seeds) or []] or None
+    for job in plan(suite, preset, _list(args.entries), seeds, output):
+        if job.run_dir.exists():
+            shutil.rmtree(job.run_dir)
+            print(f"retrain: deleted {job.run_dir}")

@@ -78,6 +78,34 @@ def test_killed_run_resumes_training_and_evaluation(tmp_path, monkeypatch, resto
     assert len(read_rows(tmp_path / "results.jsonl")) == 1
 
 
+def test_force_evaluates_again_and_retrain_trains_again(tmp_path, monkeypatch, capsys):
+    from benchmark.leaderboard.command import main as leaderboard
+
+    scores = iter([1.0, 2.0, 3.0])
+    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": next(scores)})
+    args = [str(SHAPES), "--preset", "smoke", "--entries", "dit", "--seeds", "0", "--output", str(tmp_path)]
+    args += ["--no-progress", "--no-render"]
+    leaderboard(["run", *args])
+    (run_dir,) = (tmp_path / "dit").iterdir()
+    trained = (run_dir / "final.ckpt").stat().st_mtime_ns
+
+    leaderboard(["run", *args, "--force"])  # the finished training is evaluated again
+    assert (run_dir / "final.ckpt").stat().st_mtime_ns == trained
+    assert len(list((run_dir / "lightning_logs").iterdir())) == 1
+
+    leaderboard(["run", *args, "--retrain"])  # trained again from step 0 in a new folder of the same name
+    assert "retrain: deleted" in capsys.readouterr().out
+    assert (run_dir / "final.ckpt").stat().st_mtime_ns != trained
+    assert len(list((run_dir / "lightning_logs").iterdir())) == 1
+    (row,) = [r for r in read_rows(tmp_path / "results.jsonl") if r["entry"] == "dit"]
+    assert row["metric"] == 3.0 and row["resumed_from_step"] is None and row["steps"] == 2
+
+    monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every rank would delete at once: refused
+    with pytest.raises(SystemExit) as refused:
+        leaderboard(["run", *args, "--retrain"])
+    assert refused.value.code == 2 and run_dir.is_dir()
+
+
 def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
 

@@ -35,7 +35,10 @@ def test_perf_command_writes_the_dit_vs_diffusers_table(tmp_path):
     rows = [line for line in table.splitlines() if line.startswith("| dit |")]
     assert [row.split("|")[2].strip() for row in rows] == ["ours", "diffusers"]
     ours = [cell.strip() for cell in rows[0].split("|")]
-    assert float(ours[4]) > 0 and ours[5].endswith("x") and float(ours[5][:-1]) > 0  # images/s and the ratio
+    ratio, quartiles = ours[5].split("x ")
+    assert float(ours[4]) > 0 and float(ratio) > 0  # images/s and the ratio
+    low, high = (float(q) for q in quartiles.strip("[]").split(","))
+    assert 0 < low <= high  # the quartiles of the per-round ratios
     assert float(ours[-2]) < 1e-4  # converted weights: both compute the same function
 
 
@@ -48,6 +51,16 @@ def test_measure_rows_are_consistent():
     assert 0 < ours["fraction_of_ceiling"] and ours["ceiling_gflop_s"] > 0
     assert math.isclose(ours["ratio_train"], ours["train_img_s"] / ref["train_img_s"])
     assert math.isclose(ours["sample_img_s"] * 10 * ours["ratio_sample"] ** -1, ref["sample_img_s"] * 10)
+
+
+def test_ratio_quartiles_pair_the_rounds():
+    from benchmark.perf import ratio_quartiles
+
+    # round 2 ran under load on both sides: paired, it is a round like the others
+    ours, reference = [1.0, 3.0, 1.0, 1.0, 1.0], [1.1, 3.3, 1.1, 0.9, 1.2]
+    low, high = ratio_quartiles(ours, reference)
+    assert math.isclose(low, 1.1) and math.isclose(high, 1.1)
+    assert ratio_quartiles([2.0], [1.0]) == (0.5, 0.5)
 
 
 def test_missing_model_is_reported_as_skipped(monkeypatch):
