@@ -18,6 +18,15 @@ for key, value in {
 }.items():
     os.environ[key] = value
 
+# Under pytest-xdist every worker would start torch with one thread per core: with `-n 2` on 2 cores that is 4 busy
+# threads (more while a test spawns its own processes), and oversubscribed OpenMP threads spin against each other
+# (a test of 10 s alone took 86 s). Each worker gets its share of the cores; child processes inherit it.
+_workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _workers > 1:
+    _threads = str(max(1, (os.cpu_count() or 1) // _workers))
+    os.environ.setdefault("OMP_NUM_THREADS", _threads)
+    os.environ.setdefault("MKL_NUM_THREADS", _threads)
+
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
