@@ -410,6 +410,11 @@ class LDMModule(DiffusionModule):
         pooled_encoder: Caption models: the text encoder whose pooled vector the text-time path reads (SDXL:
             the bigG CLIP); None reads every CLIP's pooled vector as the conditioner concatenates them.
         init_from: Path of an official LDM checkpoint (``cin256-v2.ckpt``) loaded into the backbone and its EMA.
+        channels_last: Store the UNet's and its EMA copy's convolution weights channels-last, so every convolution
+            runs NHWC: the same function (only the kernels' rounding differs), 1.15-1.26x faster training on a CPU
+            (oneDNN; ``leaderboards/perf/README.md``) and the layout GPU tensor cores need for bf16 convolutions. An
+            option of the module rather than the ``ChannelsLast`` callback because leaderboard runs keep an entry's
+            model config but not its callbacks.
         objective: Training objective.
         sampler: Sampler of sample grids and ``predict``.
         guidance: Classifier-free guidance when sampling.
@@ -424,6 +429,7 @@ class LDMModule(DiffusionModule):
         learn_sigma: bool | None = None,
         pooled_encoder: str | None = None,
         init_from: str | None = None,
+        channels_last: bool = False,
         objective: Objective = lazy_instance(
             DDPM, learn_sigma=False, beta_schedule="scaled_linear", beta_start=0.0015, beta_end=0.0195
         ),
@@ -442,6 +448,11 @@ class LDMModule(DiffusionModule):
             state = load_ldm_checkpoint(self.backbone, init_from)
             self.backbone.load_state_dict(state)
             self.ema.shadow.load_state_dict(state)
+        self.channels_last = channels_last
+        if channels_last:
+            # Loading a checkpoint later copies into these tensors and keeps their layout; AdamW's state follows it.
+            self.backbone.to(memory_format=torch.channels_last)
+            self.ema.shadow.to(memory_format=torch.channels_last)
 
     def build_backbone(self) -> nn.Module:
         """The UNet of ``size`` for this module's latents, conditioning and learn_sigma."""

@@ -301,3 +301,43 @@ def test_module_builds_and_trains(size: str, controls: list[str] | None) -> None
     loss = module.objective.loss(backbone, torch.randn(4, 4, 8, 8), cond)["loss"]
     assert torch.isfinite(loss)
     loss.backward()
+
+
+def test_channels_last_option_keeps_the_function_and_survives_a_checkpoint() -> None:
+    from conditioning.conditioner import Conditioner
+    from data.autoencoder import Autoencoder
+
+    def module(channels_last: bool) -> LDMModule:
+        torch.manual_seed(0)
+        return LDMModule(
+            size="LDM-tiny",
+            autoencoder=Autoencoder("embedded:shapes-vae"),
+            conditioner=Conditioner(semantic="class"),
+            resolution=32,
+            num_classes=10,
+            channels_last=channels_last,
+        )
+
+    plain, nhwc = module(False), module(True)
+    for net in (nhwc.backbone, nhwc.ema.shadow):
+        convs = [p for p in net.parameters() if p.dim() == 4]
+        assert convs and all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)
+        assert not all(p.is_contiguous() for p in convs)  # really NHWC, not a 1x1 kernel that is both
+    cond = plain.conditioner.example(4, torch.device("cpu"), num_classes=10, resolution=32)
+    x, t = torch.randn(4, 4, 8, 8), torch.rand(4)
+    losses = []
+    for m in (plain, nhwc):
+        torch.manual_seed(1)
+        losses.append(m.objective.loss(m.backbone, x, cond)["loss"])
+        losses[-1].backward()
+    torch.testing.assert_close(losses[1], losses[0], atol=1e-5, rtol=1e-5)
+    grads = [dict(m.backbone.named_parameters()) for m in (plain, nhwc)]
+    for name, p in grads[0].items():
+        torch.testing.assert_close(grads[1][name].grad, p.grad, atol=1e-5, rtol=1e-4)
+    # A checkpoint of the plain module loads into an NHWC one (and back): values copied, layout kept.
+    restored = module(True)
+    restored.load_state_dict(plain.state_dict())
+    conv = next(p for p in restored.backbone.parameters() if p.dim() == 4 and p.shape[-1] > 1)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(restored.backbone(x, t, cond), plain.backbone(x, t, cond), atol=1e-5, rtol=1e-4)
