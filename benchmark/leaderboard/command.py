@@ -41,7 +41,8 @@ def parser() -> argparse.ArgumentParser:
         "--retrain",
         action="store_true",
         help="delete the run folders of the selected rows (checkpoints, logs, final weights) and train them again "
-        "from step 0, e.g. to re-time them; implies --force",
+        "from step 0, e.g. to re-time them; implies --force. An interrupted --retrain resumes with --force (a second "
+        "--retrain starts over)",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bars (e.g. in CI logs)")
     run.add_argument(
@@ -88,13 +89,17 @@ def main(argv: list[str]) -> None:
     if args.action == "run":
         from benchmark.leaderboard.runner import run_suite
 
+        try:
+            seeds = [int(s) for s in _list(args.seeds) or []] or None
+        except ValueError:
+            cli.error(f"--seeds takes comma-separated integers, e.g. 0,1; got {args.seeds!r}")
         if args.retrain:
-            _discard_runs(cli, suite, args)
+            _discard_runs(cli, suite, args, seeds)
         rows = run_suite(
             args.suite,
             entries=_list(args.entries),
             preset=args.preset,
-            seeds=[int(s) for s in _list(args.seeds) or []] or None,
+            seeds=seeds,
             output=args.output,
             force=args.force or args.retrain,
             progress=not args.no_progress,
@@ -115,7 +120,9 @@ def main(argv: list[str]) -> None:
         print({k: row.get(k) for k in ("entry", "source", "status", "metric", "metric_noguidance", "error")})
 
 
-def _discard_runs(cli: argparse.ArgumentParser, suite: Suite, args: argparse.Namespace) -> None:
+def _discard_runs(
+    cli: argparse.ArgumentParser, suite: Suite, args: argparse.Namespace, seeds: list[int] | None
+) -> None:
     """``--retrain``: delete the run folders of the rows about to run, so that none resumes or reuses a training."""
     from benchmark.leaderboard.runner import default_output, plan
 
@@ -124,7 +131,6 @@ def _discard_runs(cli: argparse.ArgumentParser, suite: Suite, args: argparse.Nam
         cli.error("--retrain under torchrun/srun: delete the rows' run folders before launching, then use --force")
     preset = suite.preset(args.preset)
     output = Path(args.output) if args.output else default_output(suite, preset)
-    seeds = [int(s) for s in _list(args.seeds) or []] or None
     for job in plan(suite, preset, _list(args.entries), seeds, output):
         if job.run_dir.exists():
             shutil.rmtree(job.run_dir)

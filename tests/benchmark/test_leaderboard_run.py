@@ -106,6 +106,16 @@ def test_force_evaluates_again_and_retrain_trains_again(tmp_path, monkeypatch, c
     assert refused.value.code == 2 and run_dir.is_dir()
 
 
+def test_bad_seeds_are_a_usage_error_before_anything_is_deleted(tmp_path, capsys):
+    from benchmark.leaderboard.command import main as leaderboard
+
+    (tmp_path / "dit").mkdir()
+    with pytest.raises(SystemExit) as refused:
+        leaderboard(["run", str(SHAPES), "--seeds", "0,x", "--retrain", "--output", str(tmp_path)])
+    assert refused.value.code == 2 and "--seeds takes comma-separated integers" in capsys.readouterr().err
+    assert (tmp_path / "dit").is_dir()
+
+
 def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
 
