@@ -60,6 +60,7 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import OptimizerCallable
 from torch import Tensor, nn
 
+from baselines.ldm_unet_convert import load_ldm_checkpoint
 from benchmark.guidance import ClassifierFreeGuidance
 from benchmark.module import DiffusionModule
 from benchmark.objectives import DDPM, Objective
@@ -443,8 +444,6 @@ class LDMModule(DiffusionModule):
         super().__init__(objective=objective, sampler=sampler, guidance=guidance, conditioner=conditioner,
                          optimizer=optimizer, **kwargs)  # fmt: skip
         if init_from is not None:
-            from baselines.ldm_unet_convert import load_ldm_checkpoint  # the converters import this module
-
             state = load_ldm_checkpoint(self.backbone, init_from)
             self.backbone.load_state_dict(state)
             self.ema.shadow.load_state_dict(state)

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
-from baselines.ldm_unet import LDMUNet
+if TYPE_CHECKING:  # annotations only: the UNet module imports this one to load checkpoints
+    from baselines.ldm_unet import LDMUNet
 
 __all__ = ["diffusers_config", "from_diffusers", "load_ldm_checkpoint", "to_diffusers"]
 
