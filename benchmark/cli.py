@@ -152,8 +152,8 @@ class LDMBenchCLI(LightningCLI):
         if self.subcommand is None:  # describe: nothing runs, nothing is written
             return
         config = self.config[self.subcommand]
-        if self.subcommand == "fit":
-            check_data_root(config)
+        if self.subcommand in ("fit", "validate", "test", "predict"):
+            check_data_root(config)  # first: the most likely mistake on a new machine, before any GPU question
         check_accelerator(config)
         self.place_run(config)
 
@@ -236,13 +236,34 @@ _CSV_LOGGERS = (
 )
 
 
+def _data_class(config: Any) -> type | None:
+    class_path = str(_get(config, "data.class_path") or "")
+    module, _, name = class_path.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name) if module else None
+    except (ImportError, AttributeError):
+        return None  # jsonargparse has already named a class that does not import
+
+
 def check_data_root(config: Any) -> None:
-    """Fail in one line when the DataModule's ``root`` does not exist, naming the path and the key that sets it."""
+    """Fail in one line when the DataModule's data root is not there, naming the path or variable that sets it.
+
+    A DataModule whose root may come from the environment declares the variable as ``root_env`` (ImageNet:
+    ``IMAGENET_ROOT``); an unset root and an unset variable are then named together.
+    """
     root = _get(config, "data.init_args.root")
+    env = getattr(_data_class(config), "root_env", None)
+    if root is None and env:
+        root = os.environ.get(env) or None
+        if root is None:
+            raise ConfigError(
+                f"data root not set: export {env}=/path/to/data or pass --data.init_args.root /path/to/data"
+            )
     if root is not None and not Path(str(root)).exists():
+        source = f"${env}" if env and _get(config, "data.init_args.root") is None else "data.init_args.root"
         raise ConfigError(
-            f"data root {root} does not exist; set data.init_args.root in the config "
-            "or pass --data.init_args.root /path/to/data"
+            f"data root {root} ({source}) does not exist; set data.init_args.root in the config "
+            "or pass --data.init_args.root /path/to/data" + (f" (or export {env}=/path/to/data)" if env else "")
         )
 
 
@@ -365,12 +386,35 @@ def sample(args: list[str]) -> Path:
     return out
 
 
-def main(args: ArgsType = None) -> None:
-    # Like `python -m`, put the working directory first on sys.path, so that `class_path: mymodel.MyDiT` finds
-    # mymodel.py next to the config without PYTHONPATH (the `ldmbench` console script does not do it by itself).
+def config_files(argv: list[str]) -> list[str]:
+    """The files given as ``--config FILE`` or ``--config=FILE`` on a command line, in order."""
+    found = []
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv):
+            found.append(argv[i + 1])
+        elif arg.startswith("--config="):
+            found.append(arg.split("=", 1)[1])
+    return found
+
+
+def add_import_paths(argv: list[str] | None) -> None:
+    """Put the working directory and each ``--config`` file's folder on ``sys.path`` (after what is there).
+
+    Like `python -m`, the working directory comes first, so that `class_path: mymodel.MyDiT` finds mymodel.py without
+    PYTHONPATH (the `ldmbench` console script does not do it by itself); a config's own folder is searched too, so a
+    subclass kept beside the user's config is found when the command runs from the repository.
+    """
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+    for config in config_files(argv or []):
+        folder = os.path.dirname(os.path.abspath(config))
+        if os.path.isfile(config) and folder not in sys.path:
+            sys.path.append(folder)  # appended: a module of the same name in the project or cwd keeps precedence
+
+
+def main(args: ArgsType = None) -> None:
     argv = list(sys.argv[1:] if args is None else args) if not isinstance(args, dict) else None
+    add_import_paths(argv)
     commands = {  # extra commands beside LightningCLI's fit/validate/test/predict; imported only when used
         "cache-latents": ("benchmark.cache_cli", "cache_latents"),
         "leaderboard": ("benchmark.leaderboard.command", "main"),

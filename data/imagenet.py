@@ -155,6 +155,8 @@ class ImageNetDataModule(ImageFolderDataModule):
             keeps them all.
     """
 
+    root_env = ENV_ROOT  # read by the CLI's data-root check, before anything is built
+
     def __init__(
         self,
         root: str | None = None,

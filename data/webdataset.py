@@ -415,6 +415,8 @@ class WebDatasetDataModule(ResumableDataModule):
             conditioner does not run its text encoders. None encodes captions in the training step.
     """
 
+    root_env = ENV_ROOT  # read by the CLI's data-root check, before anything is built
+
     def __init__(
         self,
         root: str | None = None,
