@@ -42,10 +42,12 @@ from benchmark.module import DiffusionModule  # noqa: E402
 from benchmark.runs import (  # noqa: E402
     DEFAULT_ROOT,
     CheckpointError,
+    PlacementError,
     RunLogger,
     checkpoint_step,
     entry_name,
     newest_checkpoint,
+    refuse_fixed_paths,
     run_of_checkpoint,
 )
 
@@ -177,6 +179,10 @@ class LDMBenchCLI(LightningCLI):
 
     def place_run(self, config: Any) -> None:
         """Decide where this run writes (a new version, the resumed run, or under the evaluated run)."""
+        try:
+            refuse_fixed_paths(config)  # benchmark.runs alone decides the folders
+        except PlacementError as error:
+            raise ConfigError(str(error)) from None
         root, entry = _root_and_entry(config)
         ckpt = config.get("ckpt_path")
         step = checkpoint_step(ckpt) if ckpt else None

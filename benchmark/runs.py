@@ -10,7 +10,14 @@ Layout (``root`` is ``--trainer.default_root_dir``, ``runs`` by default; ``entry
         <validate|test|predict>/<ckpt>/      evaluations of this run's checkpoint <ckpt>.ckpt (predict: PNGs,
                                              samples.npz)
 
-Every decision about these paths is made here, so the CLI, the callbacks and the tests agree.
+A leaderboard row (`benchmark.leaderboard.runner`) trains in ``<output>/<entry>/seed<S>-<training key>/``
+(`row_dir`): ``checkpoints/last.ckpt`` (the final state once training ended; ``final.ckpt`` is the same weights),
+``train.json`` when training finished, ``lightning_logs/version_<N>/metrics.csv``.
+
+Every decision about these paths is made here, so the CLI, the runner, the callbacks and the tests agree. A config
+therefore never names a checkpoint folder: ``ModelCheckpoint.dirpath`` is refused (`refuse_fixed_paths`), since a fixed
+folder is shared by every run of the config (a second run overwrites the first's ``last.ckpt``) and is written
+relative to whatever folder the command runs from.
 """
 
 from __future__ import annotations
@@ -30,6 +37,10 @@ from lightning.pytorch.loggers.logger import rank_zero_experiment
 
 DEFAULT_ROOT = "runs"
 _VERSION = re.compile(r"version_(\d+)")
+
+
+class PlacementError(ValueError):
+    """A config names a folder that this module decides."""
 
 
 class CheckpointError(ValueError):
@@ -123,6 +134,53 @@ def run_of_checkpoint(path: str | os.PathLike) -> tuple[Path, str, int] | None:
     if path.parent.name != "checkpoints" or match is None:
         return None
     return path.parents[3], path.parents[2].name, int(match.group(1))
+
+
+def _callbacks(config: Any) -> list[Any]:
+    trainer = config.get("trainer") if hasattr(config, "get") else getattr(config, "trainer", None)
+    callbacks = (trainer.get("callbacks") if hasattr(trainer, "get") else None) or []
+    return list(callbacks) if isinstance(callbacks, list | tuple) else [callbacks]
+
+
+def refuse_fixed_paths(config: Any) -> None:
+    """Refuse a config whose checkpoint callback names its own folder (``ModelCheckpoint.dirpath``).
+
+    Refused rather than overridden: a Lightning user who writes ``dirpath`` expects the files there, so moving them
+    elsewhere with a warning (easily lost among Lightning's) would leave them looking in the wrong folder; the error
+    comes before anything is built and says what to write instead. (A logger's ``save_dir`` is placed instead of
+    refused: loggers require it, so a config that names a logger cannot leave it out.)
+
+    Args:
+        config: A parsed ``fit``/``validate``/``test``/``predict`` config (jsonargparse namespace or dict).
+
+    Raises:
+        PlacementError: naming the callback and what to use instead.
+    """
+    for index, callback in enumerate(_callbacks(config)):
+        init_args = callback.get("init_args") if hasattr(callback, "get") else None
+        dirpath = init_args.get("dirpath") if hasattr(init_args, "get") else None
+        if dirpath is not None:
+            name = str(callback.get("class_path", "callback")).rsplit(".", 1)[-1]
+            raise PlacementError(
+                f"trainer.callbacks[{index}] ({name}) sets dirpath: {dirpath}; ldmbench places checkpoints in "
+                "<default_root_dir>/<run_name>/version_<N>/checkpoints so that runs never overwrite each other and "
+                "`--ckpt_path last` finds them: remove dirpath and choose the folder with --trainer.default_root_dir "
+                "and --run_name"
+            )
+
+
+ROW_CHECKPOINTS = "checkpoints"
+ROW_FINAL = "final.ckpt"
+
+
+def row_dir(output: str | os.PathLike, entry: str, seed: int, training_key: str) -> Path:
+    """The folder a leaderboard row trains in: ``<output>/<entry>/seed<S>-<first 8 of its training key>``."""
+    return Path(output) / entry / f"seed{seed}-{training_key[:8]}"
+
+
+def row_checkpoint_dir(run_dir: str | os.PathLike) -> Path:
+    """Where a leaderboard row's ``ModelCheckpoint`` writes (``last.ckpt`` is what an interrupted row resumes)."""
+    return Path(run_dir) / ROW_CHECKPOINTS
 
 
 class _ResumingWriter(ExperimentWriter):

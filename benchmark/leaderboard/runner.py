@@ -32,12 +32,13 @@ import yaml
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from lightning.pytorch import Callback
 
+from benchmark import runs
 from benchmark.callbacks.budget import ComputeBudget
 from benchmark.leaderboard import results as res
 from benchmark.leaderboard.suite import Budget, Entry, Preset, Suite, load_suite
 
 _CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
-_FINAL = "final.ckpt"
+_FINAL = runs.ROW_FINAL
 _TRAIN_DONE = "train.json"
 
 
@@ -106,7 +107,7 @@ def training_config(entry: Entry, seed: int, run_dir: Path, preset: Preset, prog
         {
             "class_path": _CHECKPOINT_CLASS,
             "init_args": {
-                "dirpath": str(run_dir / "checkpoints"),
+                "dirpath": str(runs.row_checkpoint_dir(run_dir)),
                 "save_last": True,
                 "every_n_train_steps": max(1, preset.checkpoint_every),
                 "save_top_k": 0,
@@ -310,7 +311,7 @@ def run_job(
             module.load_state_dict(checkpoint["state_dict"])
             train = json.loads(done_file.read_text())
         else:
-            last = run_dir / "checkpoints" / "last.ckpt"
+            last = runs.row_checkpoint_dir(run_dir) / "last.ckpt"
             resumed_from = None
             if last.is_file():
                 resumed_from = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
@@ -382,7 +383,7 @@ def plan(suite: Suite, preset: Preset, entries: list[str] | None, seeds: list[in
     for entry in suite.entries(entries):
         for seed in seeds or preset.seeds:
             key = entry_key(entry, seed, budget, protocol)
-            jobs.append(Job(entry=entry, seed=seed, key=key, run_dir=output / entry.name / f"seed{seed}-{key[:8]}"))
+            jobs.append(Job(entry=entry, seed=seed, key=key, run_dir=runs.row_dir(output, entry.name, seed, key)))
     return jobs
 
 

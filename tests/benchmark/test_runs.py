@@ -2,18 +2,25 @@
 
 import argparse
 import os
+from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from baselines.dit_convert import load_official_checkpoint
+from benchmark.cli import main
 from benchmark.runs import (
     CheckpointError,
+    PlacementError,
     RunLogger,
     checkpoint_step,
     entry_name,
     newest_checkpoint,
     read_checkpoint,
+    refuse_fixed_paths,
+    row_checkpoint_dir,
+    row_dir,
     run_of_checkpoint,
 )
 
@@ -92,3 +99,55 @@ def test_a_resumed_log_continues_and_drops_the_steps_it_redoes(tmp_path):
         ["3", "3.0"],
         ["4", "40.0"],
     ]
+
+
+# ----------------------------------------------------------------------------------------------- who places a run
+LEADERBOARDS = Path(__file__).resolve().parents[2] / "leaderboards"
+_PLACING_KEYS = {"dirpath", "save_dir", "default_root_dir"}
+
+
+def _placing_keys(node, where=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in _PLACING_KEYS:
+                yield f"{where}.{key}".lstrip(".")
+            yield from _placing_keys(value, f"{where}.{key}")
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            yield from _placing_keys(value, f"{where}[{index}]")
+
+
+def test_no_shipped_config_decides_where_a_run_writes():
+    shipped = sorted(LEADERBOARDS.rglob("*.yaml"))
+    assert len(shipped) > 40
+    found = {
+        str(path.relative_to(LEADERBOARDS)): keys
+        for path in shipped
+        if (keys := list(_placing_keys(yaml.safe_load(path.read_text()))))
+    }
+    assert found == {}, "benchmark/runs.py places every run; these shipped YAMLs name folders"
+
+
+def test_a_checkpoint_folder_in_a_config_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    progress, checkpoint = "benchmark.callbacks.ProgressBar", "lightning.pytorch.callbacks.ModelCheckpoint"
+    config = {"trainer": {"callbacks": [{"class_path": progress}, {"class_path": checkpoint}]}}
+    refuse_fixed_paths(config)
+    config["trainer"]["callbacks"][1]["init_args"] = {"dirpath": "runs/x/checkpoints", "save_last": True}
+    with pytest.raises(PlacementError, match=r"callbacks\[1\] \(ModelCheckpoint\) sets dirpath: runs/x/checkpoints"):
+        refuse_fixed_paths(config)
+    # Through the command line: refused while parsing, before anything is built or written.
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump(config))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["fit", "--config", str(LEADERBOARDS / "shapes/dit.yaml"), "--config", str(mine)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "sets dirpath: runs/x/checkpoints" in err and "--trainer.default_root_dir" in err
+    assert "Traceback" not in err and sorted(p.name for p in tmp_path.iterdir()) == ["mine.yaml"]
+
+
+def test_a_leaderboard_row_folder_is_placed_here():
+    run = row_dir(Path("out"), "dit", 3, "0123456789abcdef")
+    assert run == Path("out/dit/seed3-01234567")
+    assert row_checkpoint_dir(run) == run / "checkpoints"
