@@ -1,10 +1,22 @@
 """Shapes: the embedded, procedural default dataset (no files, no network).
 
-Each item is one filled shape of a named colour on a plain background of another named colour, drawn on a square
-canvas of random original size, then random-resized-cropped and maybe flipped. The class label is the shape kind;
-the caption describes the FINAL image ("a large red triangle on a blue background"); the control
-metadata (original size, crop box, flip) is the geometry of the real augmentation, so models conditioned on it can
-learn what it means, as with SDXL micro-conditioning on real photos.
+Each item is a photograph-like view of one filled shape of a named colour on a lit background of another named
+colour. The "original photo" is a square canvas of random side (in pixels) of at most the training resolution,
+rendered at that size; a random crop of it is then resized to the training resolution (bicubic) and maybe
+mirrored. The control metadata (original size, crop box, flip) is the geometry of that real augmentation, and each
+control shows in the pixels, as it does on photographs (SDXL's reason for micro-conditioning):
+
+- **original size**: a small original is upsampled and visibly soft (8 px at 32 px training is blown up 4x);
+- **crop**: crops reach well inside the canvas and can cut the object; the background is lit from the upper left
+  (a linear brightness ramp), so the brightness at the image edges tells which part of the canvas was kept;
+- **flip**: mirroring moves the light to the upper right, which a human (and a small CNN) sees on every kind.
+
+A fixed share of the items (``reference_fraction``) is the reference view: the whole canvas at the largest original
+size, never cropped, drawn sharp. Its control is `conditioning.conditioner.default_control` (orig = crop = the
+resolution, no flip), the control that sampling and fd use by default, so that control is in distribution.
+
+The class label is the shape kind; the caption describes the FINAL image ("a large red triangle on a blue
+background"). Crops keep at least ``_MIN_VISIBLE`` of the shape's bounding box, so the label stays true.
 
 Item ``i`` is a pure function of ``(seed, split, i)``: all randomness comes from
 ``numpy.random.default_rng([seed, split_id, i])``, so it is bit-identical across calls, workers and processes.
@@ -25,17 +37,17 @@ from data.sampling import ResumableDataModule
 from data.transforms import CONTROL_NAMES, CropBox, make_control, sample_resized_crop, to_tensor
 
 _SPLITS = {"train": 0, "val": 1}
-_SUPERSAMPLE = 4  # render at 4x the output resolution, then area-average: clean antialiased edges
-_MIN_VISIBLE = 0.75  # a crop must keep at least this fraction of the shape's bounding box
+_SUPERSAMPLE = 4  # the original canvas is drawn at 4x its size, then area-averaged: antialiased edges
+_MIN_VISIBLE = 0.6  # a crop must keep at least this fraction of the shape's bounding box (the class stays readable)
 _CROP_TRIES = 10  # crops drawn before falling back to the whole canvas
-# Object-centric, like ImageNet photos: a large shape near the canvas centre. This is what makes the embedded suite
-# learnable in minutes: with sides of 0.25-0.6 placed anywhere and crops down to 35% of the area, tiny DiT still drew
-# blobs after 5000 steps; with these values it draws recognisable shapes after about 1000 (measured on a 2-core CPU).
+_UNCROPPED = 0.2  # share of the non-reference items shown whole (a clean original-size axis)
+# Object-centric, like ImageNet photos: a large shape near the canvas centre (learnable in minutes on a CPU).
 _SHAPE_SIDE = (0.55, 0.8)  # shape bounding-box side as a fraction of the canvas side
 _CENTRE_SPREAD = 0.3  # the bbox centre ranges over this middle fraction of the positions that keep it on the canvas
-# Upper bounds on the visible bbox's area as a fraction of the final image: about a third of the items each. Captions
-# name no position: with _CENTRE_SPREAD the shape is in the middle third of 3998 of 4000 items checked.
-_SIZE_WORDS = ((0.46, "small"), (0.58, "medium"), (math.inf, "large"))
+_LIGHT = 0.2  # background brightness ramp: +_LIGHT (towards white) at the lit corner, -_LIGHT (towards black) opposite
+# Upper bounds on the visible bbox's area as a fraction of the final image: about a third of the items each
+# (tertiles of 4000 training items).
+_SIZE_WORDS = ((0.50, "small"), (0.64, "medium"), (math.inf, "large"))
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
@@ -142,7 +154,7 @@ def _visible_fraction(scene: _Scene, crop: CropBox) -> float:
 
 
 class Shapes(Dataset):
-    """Procedural coloured shapes with class labels, captions and real crop/flip control metadata.
+    """Procedural coloured shapes with class labels, captions and real original-size / crop / flip metadata.
 
     Args:
         split: ``"train"`` or ``"val"``; the splits use different random streams.
@@ -150,8 +162,11 @@ class Shapes(Dataset):
         length: Number of items.
         seed: Dataset seed; item ``i`` depends only on ``(seed, split, i)``.
         min_scale: Smallest random-resized-crop area, as a fraction of the canvas area.
-        max_canvas_factor: The original canvas side is uniform in ``[resolution, max_canvas_factor * resolution]``.
-        augment: Random-resized-crop and flip; if False the whole canvas is resized and never flipped.
+        max_canvas_factor: The largest original canvas side, as a multiple of ``resolution`` (the reference view's
+            size; 1 keeps the reference control equal to `conditioning.conditioner.default_control`).
+        min_canvas_factor: The smallest original canvas side, as a multiple of ``resolution``.
+        reference_fraction: Share of the items that are the reference view (largest canvas, uncropped).
+        augment: Random original size, crop and flip; if False every item is the reference view, never flipped.
     """
 
     CLASS_NAMES: tuple[str, ...] = tuple(_UNIT_SHAPES)
@@ -163,8 +178,10 @@ class Shapes(Dataset):
         resolution: int = 32,
         length: int = 100_000,
         seed: int = 0,
-        min_scale: float = 0.8,
-        max_canvas_factor: float = 2.0,
+        min_scale: float = 0.25,
+        max_canvas_factor: float = 1.0,
+        min_canvas_factor: float = 0.25,
+        reference_fraction: float = 0.15,
         augment: bool = True,
     ) -> None:
         if split not in _SPLITS:
@@ -175,15 +192,29 @@ class Shapes(Dataset):
             raise ValueError(f"length must be >= 1, got {length}")
         if not 0.0 < min_scale <= 1.0:
             raise ValueError(f"min_scale must be in (0, 1], got {min_scale}")
-        if max_canvas_factor < 1.0:
-            raise ValueError(f"max_canvas_factor must be >= 1, got {max_canvas_factor}")
+        if not 0.0 < min_canvas_factor <= max_canvas_factor:
+            raise ValueError(
+                f"need 0 < min_canvas_factor <= max_canvas_factor, got {min_canvas_factor}, {max_canvas_factor}"
+            )
+        if not 0.0 <= reference_fraction <= 1.0:
+            raise ValueError(f"reference_fraction must be in [0, 1], got {reference_fraction}")
         self.split, self.resolution, self.length, self.seed = split, resolution, length, seed
         self.min_scale, self.max_canvas_factor, self.augment = min_scale, max_canvas_factor, augment
+        self.min_canvas_factor, self.reference_fraction = min_canvas_factor, reference_fraction
 
     @property
     def class_names(self) -> list[str]:
         """Shape kinds, indexed by class label."""
         return list(self.CLASS_NAMES)
+
+    @property
+    def canvas_range(self) -> tuple[int, int]:
+        """Smallest and largest original canvas side in pixels (the largest is the reference view's).
+
+        The smallest is at least 4 px (a shape needs a few pixels to have a kind), or the largest if that is less.
+        """
+        hi = max(1, round(self.max_canvas_factor * self.resolution))
+        return min(hi, max(4, round(self.min_canvas_factor * self.resolution))), hi
 
     def __len__(self) -> int:
         return self.length
@@ -203,12 +234,7 @@ class Shapes(Dataset):
             ``{"image": (3, H, W) float32 in [-1, 1], "class_label": int64 scalar, "caption": str,
             "control": {"orig_size", "crop_coords", "crop_size": (2,), "flip": ()} float32}``.
         """
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for Shapes of length {self.length}")
-        rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
-        scene = self._scene(index, rng)
-        crop = self._crop(scene, rng) if self.augment else CropBox(0, 0, scene.canvas, scene.canvas)
-        drawn = self.augment and bool(rng.random() < 0.5)  # always consumed, so forcing `flip` changes nothing else
+        scene, crop, drawn = self._layout(index)
         flip = drawn if flip is None else flip
         image = self._draw(scene, crop)
         return {
@@ -217,6 +243,22 @@ class Shapes(Dataset):
             "caption": self._caption(scene, crop, flip),
             "control": make_control((scene.canvas, scene.canvas), crop, flip),
         }
+
+    def visible_fraction(self, index: int, grid: int = 256) -> float:
+        """Fraction of item ``index``'s shape AREA (not bbox) inside its crop, from a ``grid``-px mask of the canvas.
+
+        The renderer's own ground truth for cut objects: 1.0 means the whole shape is in the image.
+        """
+        scene, crop, _ = self._layout(index)
+        scale = grid / scene.canvas
+        mask = Image.new("L", (grid, grid), 0)
+        unit = _UNIT_SHAPES[self.CLASS_NAMES[scene.kind]]
+        points = (unit * (scene.side / 2) + (scene.cx, scene.cy)) * scale
+        ImageDraw.Draw(mask).polygon(points.ravel().tolist(), fill=255)
+        m = np.asarray(mask, dtype=np.float64)
+        x0, y0 = round(crop.left * scale), round(crop.top * scale)
+        x1, y1 = round((crop.left + crop.width) * scale), round((crop.top + crop.height) * scale)
+        return float(m[y0:y1, x0:x1].sum() / max(m.sum(), 1.0))
 
     def cache_key(self) -> dict:
         """What determines a latent cache of this split (see `data.latent_cache`).
@@ -233,7 +275,10 @@ class Shapes(Dataset):
                 "seed": self.seed,
                 "min_scale": self.min_scale,
                 "max_canvas_factor": self.max_canvas_factor,
+                "min_canvas_factor": self.min_canvas_factor,
+                "reference_fraction": self.reference_fraction,
                 "augment": self.augment,
+                "renderer": "photo-v2",  # original-size / crop / lighting renderer of issue 24
             },
             "crops_per_item": 1,
             "flip_moments": False,
@@ -243,8 +288,22 @@ class Shapes(Dataset):
         """The views a latent cache stores for item ``index``: the item itself."""
         return [self.sample(index)]
 
-    def _scene(self, index: int, rng: np.random.Generator) -> _Scene:
-        canvas = int(rng.integers(self.resolution, int(self.max_canvas_factor * self.resolution) + 1))
+    def _layout(self, index: int) -> tuple[_Scene, CropBox, bool]:
+        """The scene, crop and drawn flip of item ``index`` (every random draw of the item, in a fixed order)."""
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for Shapes of length {self.length}")
+        rng = np.random.default_rng([self.seed, _SPLITS[self.split], index])
+        lo, hi = self.canvas_range
+        u_ref, u_whole, u_canvas = rng.random(3)  # always consumed, so every option changes only what it names
+        reference = not self.augment or u_ref < self.reference_fraction
+        canvas = hi if reference else lo + min(int(u_canvas * (hi - lo + 1)), hi - lo)
+        scene = self._scene(index, canvas, rng)
+        whole = reference or u_whole < _UNCROPPED
+        crop = CropBox(0, 0, canvas, canvas) if whole else self._crop(scene, rng)
+        drawn = self.augment and bool(rng.random() < 0.5)
+        return scene, crop, drawn
+
+    def _scene(self, index: int, canvas: int, rng: np.random.Generator) -> _Scene:
         n_colours = len(COLOURS)
         background = int(rng.integers(n_colours))
         colour = (background + 1 + int(rng.integers(n_colours - 1))) % n_colours  # never the background colour
@@ -262,7 +321,8 @@ class Shapes(Dataset):
         )
 
     def _crop(self, scene: _Scene, rng: np.random.Generator) -> CropBox:
-        # Rejection keeps the subject in view, so labels and captions stay true of the final image.
+        # Rejection keeps most of the subject in view, so labels and captions stay true of the final image; crops
+        # may still cut it (up to 1 - _MIN_VISIBLE of its bbox).
         for _ in range(_CROP_TRIES):
             crop = sample_resized_crop(scene.canvas, scene.canvas, rng, scale=(self.min_scale, 1.0))
             if _visible_fraction(scene, crop) >= _MIN_VISIBLE:
@@ -270,15 +330,24 @@ class Shapes(Dataset):
         return CropBox(0, 0, scene.canvas, scene.canvas)
 
     def _draw(self, scene: _Scene, crop: CropBox) -> Tensor:
-        # Render only the crop, at _SUPERSAMPLE x the output size (the crop's resize folded into the polygon
-        # coordinates), then box-reduce: exact area-averaged antialiasing at a fixed, small cost per item.
-        size = self.resolution * _SUPERSAMPLE
-        image = Image.new("RGB", (size, size), COLOURS[scene.background])
-        unit = _UNIT_SHAPES[self.CLASS_NAMES[scene.kind]]
-        points = unit * (scene.side / 2) + (scene.cx - crop.left, scene.cy - crop.top)
-        points *= (size / crop.width, size / crop.height)
-        ImageDraw.Draw(image).polygon(points.ravel().tolist(), fill=COLOURS[scene.colour])
-        return to_tensor(image.reduce(_SUPERSAMPLE))
+        # 1. The original "photo": the canvas at its own pixel size, the shape antialiased by area averaging.
+        n, big = scene.canvas, scene.canvas * _SUPERSAMPLE
+        mask = Image.new("L", (big, big), 0)
+        points = _UNIT_SHAPES[self.CLASS_NAMES[scene.kind]] * (scene.side / 2) + (scene.cx, scene.cy)
+        ImageDraw.Draw(mask).polygon((points * _SUPERSAMPLE).ravel().tolist(), fill=255)
+        alpha = np.asarray(mask.reduce(_SUPERSAMPLE), dtype=np.float32)[..., None] / 255.0
+        # Light from the upper-left corner: a linear ramp in x + y, towards white where lit, towards black opposite.
+        coords = (np.arange(n, dtype=np.float32) + 0.5) / n
+        light = _LIGHT * (1.0 - coords[None, :] - coords[:, None])[..., None]  # (n, n, 1) in [-_LIGHT, _LIGHT]
+        bg = np.asarray(COLOURS[scene.background], dtype=np.float32)
+        lit = np.where(light > 0, bg + light * (255.0 - bg), bg * (1.0 + light))
+        rgb = lit * (1.0 - alpha) + np.asarray(COLOURS[scene.colour], dtype=np.float32) * alpha
+        photo = Image.fromarray(np.clip(rgb + 0.5, 0, 255).astype(np.uint8), "RGB")
+        # 2. The crop, resized to the training resolution: small originals are upsampled, hence soft.
+        if crop.width == crop.height == n == self.resolution:
+            return to_tensor(photo)  # the reference view at 1x: no resampling
+        size = (self.resolution, self.resolution)
+        return to_tensor(photo.resize(size, Image.Resampling.BICUBIC, box=crop.pil_box()))
 
     def _caption(self, scene: _Scene, crop: CropBox, flip: bool) -> str:
         fx0, fy0, fx1, fy1 = _visible_box(scene, crop)
@@ -303,7 +372,8 @@ class ShapesDataModule(ResumableDataModule):
         train_length: Items in the training split (one epoch).
         val_length: Items in the validation split, also used for test and predict.
         seed: Dataset seed (item content) and training shuffle seed.
-        augment: Random-resized-crop and flip; if False whole canvases, never flipped.
+        augment: Random original size, crop and flip; if False every item is the reference view (largest canvas,
+            uncropped), never flipped.
         min_scale: Smallest random-resized-crop area as a fraction of the canvas; lower it for stronger crops
             (more varied control metadata, slower learning).
         latent_cache: Train from a latent cache of the training split (`data.latent_cache`): ``"auto"`` uses
@@ -321,7 +391,7 @@ class ShapesDataModule(ResumableDataModule):
         val_length: int = 512,
         seed: int = 0,
         augment: bool = True,
-        min_scale: float = 0.8,
+        min_scale: float = 0.25,
         latent_cache: str | None = None,
     ) -> None:
         super().__init__(batch_size=batch_size, num_workers=num_workers, seed=seed)

@@ -94,12 +94,63 @@ def test_crop_control_is_within_canvas_and_scale(shapes):
         canvas_h, canvas_w = control["orig_size"].tolist()
         top, left = control["crop_coords"].tolist()
         crop_h, crop_w = control["crop_size"].tolist()
-        assert canvas_h == canvas_w and RES <= canvas_h <= 2 * RES
+        assert canvas_h == canvas_w and RES // 4 <= canvas_h <= RES
         assert 0 <= top and top + crop_h <= canvas_h and 0 <= left and left + crop_w <= canvas_w
-        assert crop_h * crop_w >= shapes.min_scale * canvas_h * canvas_w * 0.9
-        assert 3 / 4 * 0.9 <= crop_w / crop_h <= 4 / 3 * 1.1
+        # Integer crop sides on canvases down to 8 px round the area by up to a pixel per side.
+        assert (crop_h + 1) * (crop_w + 1) >= shapes.min_scale * canvas_h * canvas_w
+        assert 3 / 4 * 0.8 <= crop_w / crop_h <= 4 / 3 * 1.25
         flips.append(control["flip"].item())
     assert 60 < sum(flips) < 140
+
+
+def test_originals_below_resolution_reference_share_and_deep_crops(shapes):
+    """Sizes span 8-32 px at 32 px; >= 10 % are the reference view; crops reach inside and cut the object."""
+    controls = [shapes[i]["control"] for i in range(400)]
+    sizes = np.array([c["orig_size"][0].item() for c in controls])
+    crop_fraction = np.array([(c["crop_size"][1] / c["orig_size"][1]).item() for c in controls])
+    reference = [
+        c["orig_size"].tolist() == [RES, RES] and c["crop_size"].tolist() == [RES, RES] and c["crop_coords"].sum() == 0
+        for c in controls
+    ]
+    assert sizes.min() <= RES // 4 + 2 and sizes.max() == RES and np.mean(sizes < RES / 2) > 0.25
+    assert 0.10 <= np.mean(reference) <= 0.25
+    assert crop_fraction.min() < 0.6 and np.mean(crop_fraction < 0.8) > 0.3
+    visible = np.array([shapes.visible_fraction(i) for i in range(200)])
+    assert 0.2 < np.mean(visible < 0.99) < 0.7 and visible.min() >= 0.4  # cut often, never beyond recognition
+
+
+def _sharpness(image: torch.Tensor) -> float:
+    return (image[..., 1:] - image[..., :-1]).abs().amax().item()
+
+
+def test_small_originals_are_soft_and_the_reference_is_sharp(shapes):
+    soft, sharp = [], []
+    for i in range(300):
+        item = shapes[i]
+        crop_side = item["control"]["crop_size"].min().item()
+        if crop_side <= RES / 3:
+            soft.append(_sharpness(item["image"]))
+        elif crop_side == RES:
+            sharp.append(_sharpness(item["image"]))
+    assert len(soft) > 20 and len(sharp) > 20
+    assert np.median(soft) < 0.6 * np.median(sharp), (np.median(soft), np.median(sharp))
+
+
+def test_flip_changes_every_kind(shapes):
+    """The light comes from the upper left; mirrored, from the upper right: visible on symmetric kinds too."""
+    for i in range(40):
+        image = shapes.sample(i, flip=False)["image"]
+        assert (image - torch.flip(image, dims=[-1])).abs().mean() > 0.03, shapes.class_names[i % 10]
+        control = shapes[i]["control"]
+        if torch.equal(control["crop_size"], control["orig_size"]):  # whole canvas: the corners are background
+            assert image[:, 0, 0].mean() > image[:, 0, -1].mean() > image[:, -1, -1].mean()
+
+
+def test_visible_fraction_is_one_for_whole_canvases(shapes):
+    for i in range(60):
+        control = shapes[i]["control"]
+        if torch.equal(control["crop_size"], control["orig_size"]):
+            assert shapes.visible_fraction(i) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_no_augment_is_full_canvas_unflipped():
@@ -107,6 +158,7 @@ def test_no_augment_is_full_canvas_unflipped():
     for i in range(20):
         control = shapes[i]["control"]
         assert torch.equal(control["crop_size"], control["orig_size"])
+        assert control["orig_size"].tolist() == [RES, RES]
         assert control["crop_coords"].tolist() == [0, 0] and control["flip"] == 0
 
 
@@ -126,7 +178,7 @@ def _foreground_box(image: torch.Tensor, background: str) -> tuple[float, float,
 
 
 def test_caption_describes_the_final_image(shapes):
-    """Parse each caption and check it against the pixels: colours, size words, and the shape near the centre."""
+    """Parse each caption and check it against the pixels: colours, kind, size words."""
     tol = 2 / RES  # antialiased edge pixels
     sizes = Counter()
     for i in range(120):
@@ -135,13 +187,13 @@ def test_caption_describes_the_final_image(shapes):
         assert fields["colour"] != fields["background"] and fields["colour"] in COLOURS
         assert fields["name"].split()[0] == shapes.class_names[item["class_label"]].split()[0]
         x0, y0, x1, y1 = _foreground_box(item["image"], fields["background"])
-        assert 1 / 3 - tol < (x0 + x1) / 2 < 2 / 3 + tol and 1 / 3 - tol < (y0 + y1) / 2 < 2 / 3 + tol
         area = (x1 - x0) * (y1 - y0)
         sizes[fields["size"]] += 1
+        # Upsampled small originals blur the edge over up to 4 output pixels: a looser tolerance than the bounds.
         if fields["size"] == "small":
-            assert area < 0.46 + 4 * tol
+            assert area < 0.50 + 8 * tol
         if fields["size"] == "large":
-            assert area > 0.58 - 4 * tol
+            assert area > 0.64 - 8 * tol
     assert min(sizes.values()) > 20, sizes  # every size word is in use
 
 
@@ -172,9 +224,9 @@ def test_datamodule_min_scale_reaches_both_splits_and_crops():
             fractions.append((control["crop_size"].prod() / control["orig_size"].prod()).item())
         return min(fractions)
 
-    strong = ShapesDataModule(resolution=RES, train_length=100, val_length=100, min_scale=0.4)
-    assert strong.train_set.min_scale == strong.val_set.min_scale == 0.4
-    assert smallest_crop_fraction(strong.train_set) < 0.7 < smallest_crop_fraction(ShapesDataModule().train_set)
+    weak = ShapesDataModule(resolution=RES, train_length=100, val_length=100, min_scale=0.8)
+    assert weak.train_set.min_scale == weak.val_set.min_scale == 0.8
+    assert smallest_crop_fraction(ShapesDataModule().train_set) < 0.6 < smallest_crop_fraction(weak.train_set)
 
 
 def test_val_loader_is_fixed_order_and_complete():
