@@ -5,7 +5,7 @@ Layout (``root`` is ``--trainer.default_root_dir``, ``runs`` by default; ``entry
 
     <root>/<entry>/version_<N>/              one training run; a resumed run keeps writing here
         config.yaml  hparams.yaml  metrics.csv
-        checkpoints/last.ckpt, step=...ckpt
+        checkpoints/last.ckpt, step=...ckpt        last.ckpt: the newest state (the final one once training ended)
         samples/step_<step>.png              SampleGrid
         <validate|test|predict>/<ckpt>/      evaluations of this run's checkpoint <ckpt>.ckpt (predict: PNGs,
                                              samples.npz)
@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -181,6 +182,15 @@ def row_dir(output: str | os.PathLike, entry: str, seed: int, training_key: str)
 def row_checkpoint_dir(run_dir: str | os.PathLike) -> Path:
     """Where a leaderboard row's ``ModelCheckpoint`` writes (``last.ckpt`` is what an interrupted row resumes)."""
     return Path(run_dir) / ROW_CHECKPOINTS
+
+
+def replace_file(source: str | os.PathLike, target: str | os.PathLike) -> None:
+    """Copy ``source`` over ``target`` atomically (a reader sees the old file or the new one, never half of one)."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
 
 
 class _ResumingWriter(ExperimentWriter):

@@ -319,6 +319,10 @@ def run_job(
             if trainer.interrupted:
                 raise KeyboardInterrupt("training was interrupted")
             trainer.save_checkpoint(final)
+            if _is_rank_zero():
+                # `last.ckpt` is the final state, as after `fit` (the periodic save may be steps behind the budget's
+                # stop); `final.ckpt` stays for the transfer entries that read it.
+                runs.replace_file(final, last)
             global_batch = datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
             train = {
                 **budget_cb.summary(),

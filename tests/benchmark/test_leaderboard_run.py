@@ -2,12 +2,15 @@
 
 import math
 import re
+import shutil
 import signal
 import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
+import torch
+import yaml
 
 from benchmark.leaderboard import runner
 from benchmark.leaderboard.results import read_rows
@@ -234,3 +237,29 @@ def test_stage_rows_finish_before_the_rows_that_read_them_start(tmp_path, monkey
     last_stage_end = max(i for i, line in enumerate(lines) if line == "end pretrain_class")
     first_other_start = min(i for i, line in enumerate(lines) if line.startswith("start") and "pretrain" not in line)
     assert len(lines) == 12 and last_stage_end < first_other_start
+
+
+def _one_entry_suite(tmp_path: Path, **smoke) -> Path:
+    """A copy of the Shapes suite with its DiT entry only and the smoke preset changed by ``smoke``."""
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    raw = yaml.safe_load((SHAPES / "suite.yaml").read_text())
+    raw.update(entries=["dit"], literature=[])
+    raw["presets"]["smoke"].update(jobs=1, **smoke)
+    (suite / "suite.yaml").write_text(yaml.safe_dump(raw))
+    for name in ("dit.yaml", *([raw["protocol"]] if isinstance(raw.get("protocol"), str) else [])):
+        shutil.copy(SHAPES / name, suite / name)
+    return suite
+
+
+def test_last_ckpt_of_a_row_is_its_final_state(tmp_path, monkeypatch):
+    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
+    # Periodic checkpoints every 2 steps while the budget stops training at step 3.
+    suite = _one_entry_suite(tmp_path, budget_scale=0.0075, checkpoint_every=2)
+    (row,) = run_suite(suite, preset="smoke", output=tmp_path / "out", progress=False, render=False)
+    (run_dir,) = (tmp_path / "out" / "dit").iterdir()
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    final = torch.load(run_dir / "final.ckpt", weights_only=True)
+    assert row["steps"] == last["global_step"] == final["global_step"] == 3
+    assert last["state_dict"].keys() == final["state_dict"].keys()
+    assert all(torch.equal(last["state_dict"][k], v) for k, v in final["state_dict"].items())
