@@ -14,12 +14,14 @@ Models and DataModules are chosen by ``class_path`` in YAML (subclass mode), so 
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import traceback
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -304,12 +306,36 @@ class _DescribeCLI(LDMBenchCLI):
         return None
 
 
+@contextlib.contextmanager
+def hub_offline() -> Iterator[None]:
+    """Within the block, the Hugging Face Hub is not asked for anything: configs come from the local cache or the copies
+    shipped in ``data/weights/configs`` (text encoders) and ``data.autoencoder.KNOWN_CONFIGS`` (VAEs).
+
+    ``HF_HUB_OFFLINE`` is read by huggingface_hub once, at import, so its module constant is switched as well.
+    """
+    from huggingface_hub import constants
+
+    before_env, before_constant = os.environ.get("HF_HUB_OFFLINE"), constants.HF_HUB_OFFLINE
+    os.environ["HF_HUB_OFFLINE"], constants.HF_HUB_OFFLINE = "1", True
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = before_constant
+        if before_env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = before_env
+
+
 def describe(args: list[str]) -> dict:
-    """Build the configured model on the meta device (no weights, no data) and return its size and cost."""
-    with torch.device("meta"), warnings.catch_warnings():
+    """Build the configured model on the meta device (no weights, no data, no network) and return its size and cost."""
+    # Only widths are needed, and every config it reads is shipped: a hub request here only costs retries offline.
+    with torch.device("meta"), warnings.catch_warnings(), hub_offline():
         # `describe` passes the arguments after the word "describe" while sys.argv still holds the whole command
         # line; that is intended, so LightningCLI's "both args and command line arguments" warning is noise here.
         warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
+        # diffusers' config lookup passes an argument huggingface_hub 0.23+ ignores; nothing a user can act on.
+        warnings.filterwarnings("ignore", message=r".*local_dir_use_symlinks.*")
         cli = _DescribeCLI(
             **CLI_KWARGS,
             save_config_callback=None,
