@@ -350,8 +350,13 @@ class DiffusionModule(pl.LightningModule):
         use_ema: bool = True,
         progress: bool = False,
         noise: Tensor | None = None,
+        generators: list[torch.Generator] | None = None,
     ) -> Tensor:
-        """Generate images in [-1, 1] for the given classes and control metadata (defaults: the whole canvas)."""
+        """Generate images in [-1, 1] for the given classes and control metadata (defaults: the whole canvas).
+
+        ``generators`` (one per sample) draw what the condition itself draws (noisy text padding), so that a
+        sample does not depend on its batch.
+        """
         if labels is not None:
             labels = labels.to(self.device)
             num_samples = labels.shape[0]
@@ -362,7 +367,12 @@ class DiffusionModule(pl.LightningModule):
         if control is None and self.conditioner.control_names:
             control = self.default_control(num_samples)
         cond = self.conditioner.make(
-            labels=labels, control=control, captions=captions, batch_size=num_samples, device=self.device
+            labels=labels,
+            control=control,
+            captions=captions,
+            batch_size=num_samples,
+            device=self.device,
+            generators=generators,
         )
         latents = self.sample_latents(cond, seed=seed, use_ema=use_ema, progress=progress, noise=noise)
         return self.autoencoder.decode(latents)  # already clamped to [-1, 1]
@@ -398,14 +408,17 @@ class DiffusionModule(pl.LightningModule):
         every batch is full and the data is not sharded across ranks. Stochastic samplers' per-step noise is
         seeded by the batch's first index.
         """
-        cond = self.conditioner(batch, train=False)
-        n = cond.batch_size
         index = batch.get("index")
         if index is None:
+            n = _batch_size(batch) or self.conditioner(batch, train=False).batch_size
             world = self.trainer.world_size if self._trainer is not None else 1
             index = torch.arange(n) + (batch_idx * world + self.global_rank) * n
         index = torch.as_tensor(index).reshape(-1).cpu()
-        latents = self.sample_latents(cond, seed=self.sample_seed(int(index[0])), noise=self.sample_noise(index))
+        # Each sample's own generator draws its starting noise, then its noisy text padding (if any).
+        generators = [torch.Generator(device="cpu").manual_seed(self.sample_seed(int(i))) for i in index]
+        noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in generators])
+        cond = self.conditioner(batch, train=False, generators=generators)
+        latents = self.sample_latents(cond, seed=self.sample_seed(int(index[0])), noise=noise)
         return self.autoencoder.decode(latents)  # already clamped to [-1, 1]
 
     # ------------------------------------------------------------------------------------------- describe

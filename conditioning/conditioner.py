@@ -249,8 +249,17 @@ class Conditioner(nn.Module):
 
     # ------------------------------------------------------------------------------------- building conds
 
-    def forward(self, batch: Mapping[str, Any], train: bool, generator: torch.Generator | None = None) -> Cond:
-        """Build the condition of ``batch``; with ``train`` the groups are dropped at their probabilities."""
+    def forward(
+        self,
+        batch: Mapping[str, Any],
+        train: bool,
+        generator: torch.Generator | None = None,
+        generators: Sequence[torch.Generator] | None = None,
+    ) -> Cond:
+        """Build the condition of ``batch``; with ``train`` the groups are dropped at their probabilities.
+
+        ``generator`` draws the dropout; ``generators`` (one per sample) the noise of noisy text padding (`make`).
+        """
         n, device = _batch_size(batch), _batch_device(batch)
         drop_semantic = drop_control = None
         if train:
@@ -271,6 +280,7 @@ class Conditioner(nn.Module):
             device=device,
             precomputed_text=batch.get("text"),
             text_drops=text_drops,
+            generators=generators,
         )
         if not train:
             return cond
@@ -285,6 +295,7 @@ class Conditioner(nn.Module):
         captions: Sequence[str] | None = None,
         precomputed_text: Mapping[str, Mapping[str, Tensor]] | None = None,
         text_drops: Mapping[str, Tensor] | None = None,
+        generators: Sequence[torch.Generator] | None = None,
     ) -> Cond:
         """Build a `Cond` from explicit values (used for sampling at chosen classes/controls/captions).
 
@@ -296,6 +307,8 @@ class Conditioner(nn.Module):
             captions: N captions (``semantic: caption``), unless ``precomputed_text`` covers every encoder.
             precomputed_text: ``{name: {"tokens", "mask", "pooled"}}`` states that replace running an encoder.
             text_drops: ``{name: (N,) bool}``: where each encoder's text is replaced by its null (training).
+            generators: One per sample, the random source of its noisy text padding, so that a sample's condition
+                does not depend on the batch or rank it is drawn in (None: the global RNG).
         """
         label = control_tensor = None
         text: dict[str, Any] = {}
@@ -307,7 +320,7 @@ class Conditioner(nn.Module):
             label = labels.long()
             self._check_labels(label)
         elif self.semantic == "caption":
-            text = self._text_fields(captions, device, precomputed_text, batch_size, text_drops)
+            text = self._text_fields(captions, device, precomputed_text, batch_size, text_drops, generators)
         if self.control_names:
             if control is None:
                 raise KeyError(f"the model is conditioned on {list(self.control_names)} but the batch has no 'control'")
@@ -340,6 +353,7 @@ class Conditioner(nn.Module):
         precomputed: Mapping[str, Mapping[str, Tensor]] | None,
         batch_size: int | None,
         text_drops: Mapping[str, Tensor] | None,
+        generators: Sequence[torch.Generator] | None = None,
     ) -> dict[str, Any]:
         states = self.encode_text(captions, device, precomputed, batch_size)
         first = next(iter(states.values()))[0]
@@ -353,13 +367,13 @@ class Conditioner(nn.Module):
             dropped[:, i] = drop
             states[name] = _where_states(drop, nulls[name], states[name])
         tokens, mask, pooled = self.combine_text(states)
-        tokens, mask = pad_text(tokens, mask, self.padding, self.padding_sigma)
+        tokens, mask = pad_text(tokens, mask, self.padding, self.padding_sigma, generator=generators)
         fields: dict[str, Any] = {"tokens": tokens, "token_mask": mask, "pooled": pooled}
         fields["text_names"], fields["text_null"] = self.text_names, dropped
         if self.text_null == "empty":
             null_tokens, null_mask, fields["null_pooled"] = self.combine_text(nulls)
             fields["null_tokens"], fields["null_token_mask"] = pad_text(
-                null_tokens, null_mask, self.padding, self.padding_sigma
+                null_tokens, null_mask, self.padding, self.padding_sigma, generator=generators
             )
         # A sample whose every encoder was dropped has no text left: it is semantically dropped.
         fields["semantic_null"] = dropped.all(1)

@@ -23,6 +23,7 @@ Legend: N batch, L tokens, E token width.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -54,7 +55,7 @@ def pad_text(
     mode: PaddingMode = "encoder",
     sigma: float = 0.1,
     relative: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Rewrite the padding slots of a text sequence (see the module table).
 
@@ -64,7 +65,8 @@ def pad_text(
         mode: ``encoder``, ``zero``, ``replicate`` or ``noisy_replicate``.
         sigma: Noise standard deviation of ``noisy_replicate``, relative to each copied token's RMS if ``relative``.
         relative: Scale ``sigma`` by the RMS over E of the token a slot copies.
-        generator: Random source of the noise.
+        generator: Random source of the noise: one generator for the batch, or one per row (row ``j`` draws from
+            ``generator[j]``, so a sample's padding does not depend on the batch it is drawn in).
 
     Returns:
         ``(tokens, mask)``; for the replicate modes the mask is all True (every slot holds caption content).
@@ -85,8 +87,24 @@ def pad_text(
     index = replicate_index(mask)
     out = tokens.gather(1, index[..., None].expand_as(tokens))
     if mode == "noisy_replicate" and sigma > 0:
-        noise = torch.randn(out.shape, generator=generator, device=out.device, dtype=torch.float32).to(out.dtype)
+        noise = _noise(out.shape, generator, out.device).to(out.dtype)
         scale = out.float().pow(2).mean(-1, keepdim=True).sqrt().to(out.dtype) if relative else 1.0
         copied = (index != torch.arange(mask.shape[1], device=mask.device))[..., None]  # padding slots only
         out = torch.where(copied, out + sigma * scale * noise, out)
     return out, torch.ones_like(mask)
+
+
+def _noise(
+    shape: torch.Size, generator: torch.Generator | Sequence[torch.Generator] | None, device: torch.device
+) -> Tensor:
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=torch.float32)
+    if len(generator) != shape[0]:
+        raise ValueError(f"pad_text got {len(generator)} generators for {shape[0]} rows")
+    rows = []
+    for g in generator:
+        # A child stream seeded from the sample's generator: never a copy of the first numbers of the sample's
+        # starting noise when a caller drew that noise from another generator of the same seed.
+        child = torch.Generator(g.device).manual_seed(int(torch.randint(0, 2**62, (), generator=g, device=g.device)))
+        rows.append(torch.randn(shape[1:], generator=child, device=g.device, dtype=torch.float32))
+    return torch.stack(rows).to(device)

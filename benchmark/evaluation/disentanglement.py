@@ -179,6 +179,7 @@ def control_disentanglement(
                 num_samples=n,
                 use_ema=protocol.use_ema,
                 noise=noise.to(module.device),
+                generators=generators,
             )
         return images.float().cpu()
 

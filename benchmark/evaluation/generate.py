@@ -151,6 +151,7 @@ def generate(
                     num_samples=hi - lo,
                     use_ema=protocol.use_ema,
                     noise=noise,
+                    generators=generators,
                 )
             chunks.append(to_uint8(images))
     c, h, w = 3, module.resolution, module.resolution

@@ -108,3 +108,23 @@ def test_labels_are_range_checked_once_per_batch_by_the_conditioner():
     for bad in ([0, 5], [-1, 2]):
         with pytest.raises(ValueError, match=r"\[0, 5\)"):
             conditioner({"class_label": torch.tensor(bad)}, train=True)
+
+
+def test_noisy_padding_of_a_sample_comes_from_its_own_generator_whatever_its_batch():
+    conditioner = Conditioner(semantic="caption", text_encoders={"fake": _FakeTextEncoder()}, padding="noisy_replicate")
+    tokens = torch.arange(4 * 5 * 3, dtype=torch.float32).reshape(4, 5, 3) / 10 + 1
+    mask = torch.arange(5) < torch.tensor([[1], [2], [3], [2]])
+    text = {"fake": {"tokens": tokens, "mask": mask, "pooled": tokens.mean(1)}}
+
+    def padded(rows, seeds):
+        part = {"fake": {k: v[rows] for k, v in text["fake"].items()}}
+        generators = [torch.Generator().manual_seed(s) for s in seeds]
+        return conditioner.make(precomputed_text=part, batch_size=len(rows), generators=generators).tokens
+
+    together = padded([0, 1, 2, 3], [10, 11, 12, 13])
+    torch.manual_seed(0)
+    alone = padded([2], [12])
+    torch.manual_seed(1)  # the global RNG plays no part
+    assert torch.equal(together[2:3], alone) and torch.equal(padded([2], [12]), alone)
+    assert not torch.equal(padded([2], [99]), alone)  # the noise is there, and it is the sample's own
+    assert torch.equal(together[:, 0], tokens[:, 0])  # real tokens untouched
