@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from conditioning import ClassEmbedder, Cond, ControlEmbedder, TimestepEmbedder, timestep_frequencies
+from conditioning.embedders import normalise_controls
 
 
 def _direct(t: torch.Tensor, dim: int, flip: bool, shift: float, max_period: float = 10000.0) -> torch.Tensor:
@@ -84,12 +85,58 @@ def test_control_embedder_features_and_null():
     with torch.no_grad():
         emb.null.copy_(torch.randn(16))
     control = torch.tensor([[256.0, 320.0, 0.0], [512.0, 512.0, 1.0]])
-    manual = emb.mlp(torch.cat([timestep_frequencies(control[:, i], 8) for i in range(3)], dim=1))
+    normalised = torch.stack([control[:, 0].log2(), control[:, 1].log2(), 2 * control[:, 2] - 1], dim=1)
+    manual = emb.mlp(torch.cat([timestep_frequencies(normalised[:, i], 8) for i in range(3)], dim=1))
     cond = Cond(control=control, control_names=tuple(names))
     torch.testing.assert_close(emb(cond), manual)
     dropped = emb(Cond(control=control, control_null=torch.tensor([True, False])))
     torch.testing.assert_close(dropped[0], emb.null)
     torch.testing.assert_close(dropped[1], manual[1])
+
+
+def test_normalise_controls_scales():
+    names = ("orig_h", "orig_w", "crop_top", "crop_left", "crop_h", "crop_w", "flip")
+    raw = torch.tensor([[32.0, 16.0, 8.0, 4.0, 16.0, 8.0, 1.0], [8.0, 8.0, 0.0, 2.0, 4.0, 4.0, 0.0]])
+    expected = torch.tensor([[5.0, 4.0, 0.25, 0.25, 4.0, 3.0, 1.0], [3.0, 3.0, 0.0, 0.25, 2.0, 2.0, -1.0]])
+    torch.testing.assert_close(normalise_controls(raw, names), expected)
+    # A per-group embedder that sees only the crop box: offsets as fractions of the crop side.
+    crop_only = normalise_controls(raw[:, 2:6], names[2:6])
+    torch.testing.assert_close(crop_only[:, :2], torch.tensor([[0.5, 0.5], [0.0, 0.5]]))
+    raw_emb = ControlEmbedder(list(names), 8, frequency_size=4, normalise=False)
+    torch.testing.assert_close(
+        raw_emb.features(raw), torch.cat([timestep_frequencies(raw[:, i], 4) for i in range(7)], 1)
+    )
+
+
+def _probe_r2(embedding: torch.Tensor, target: torch.Tensor, n_fit: int) -> torch.Tensor:
+    x = torch.cat([embedding.double(), torch.ones(len(embedding), 1, dtype=torch.float64)], 1)
+    w = torch.linalg.lstsq(x[:n_fit], target[:n_fit].double()).solution
+    residual = x[n_fit:] @ w - target[n_fit:].double()
+    held = target[n_fit:].double()
+    return 1 - (residual**2).sum(0) / ((held - held.mean(0)) ** 2).sum(0)
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [
+        ("orig_h", "orig_w", "crop_top", "crop_left", "crop_h", "crop_w", "flip"),  # one embedder (SDXL, additive)
+        ("crop_top", "crop_left", "crop_h", "crop_w", "flip"),  # the per_group schedule's geometric embedder
+        ("orig_h", "orig_w"),  # and its photometric one
+    ],
+)
+def test_linear_probe_recovers_every_shapes_control_from_its_embedding(columns):
+    """Issue 24: each control must be linearly readable from the (untrained) embedding, R² >= 0.99."""
+    from data.shapes import Shapes
+    from data.transforms import CONTROL_NAMES, control_to_tensor
+
+    shapes = Shapes("train", 32, length=600)
+    control = torch.stack([control_to_tensor(shapes[i]["control"]) for i in range(600)])
+    control = control[:, [CONTROL_NAMES.index(c) for c in columns]]
+    torch.manual_seed(0)
+    emb = ControlEmbedder(list(columns), hidden_size=128)
+    with torch.no_grad():
+        r2 = _probe_r2(emb(Cond(control=control, control_names=columns)), control, n_fit=400)
+    assert (r2 >= 0.99).all(), dict(zip(columns, r2.tolist()))
 
 
 def test_control_embedder_null_starts_at_zero():
