@@ -29,8 +29,10 @@ dataset here draws them per epoch (``crops_per_item`` in the key records the one
 Correctness rules:
 
 - The key (dataset class and options, split, resolution, autoencoder id, dtype and a hash of its weights, crops per
-  item, flip moments) is compared with the config; a cache built for something else is refused with a message
-  naming the differing keys. The default location is named by a hash of the key, so different configs never meet.
+  item, flip moments, and the code: a hash of the dataset's and the autoencoder's source files and the versions of
+  the libraries that draw and encode, `cache_code`) is compared with the config; a cache built for something else
+  is refused with a message naming the differing keys. The default location is named by a hash of the key, so
+  different configs never meet.
 - Shards are written in item order, each to a temporary file renamed into place, then recorded in the manifest
   (also written by rename). A killed build resumes: shards listed in the manifest are verified by sha256 and kept,
   anything after the last recorded shard is rebuilt, so no item is lost or duplicated.
@@ -61,6 +63,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+
+from data.sources import library_versions, source_hash
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +110,22 @@ def cache_key(dataset: Any, autoencoder: Any) -> dict[str, Any]:
     key = {"format": FORMAT_VERSION, **dataset.cache_key()}
     weights = weights_sha256(autoencoder)
     key["autoencoder"] = {"id": autoencoder.name, "dtype": str(autoencoder.dtype), "weights": weights}
+    key["code"] = cache_code(dataset, autoencoder)
     return key
+
+
+# Libraries that draw, transform or encode the cached items (Pillow rasterises Shapes, diffusers' VAE encodes).
+_CACHE_LIBRARIES = ("torch", "torchvision", "diffusers", "numpy", "Pillow")
+
+
+def cache_code(dataset: Any, autoencoder: Any) -> dict[str, Any]:
+    """The code a cache's content comes from: the dataset's and the autoencoder's modules (with the project modules
+    they import, `data.sources.source_hash`), this module, and the versions of the libraries that draw and encode.
+
+    Without it a change to, e.g., the Shapes renderer would read back latents of the old drawings.
+    """
+    modules = (type(dataset).__module__, type(autoencoder).__module__, __name__)
+    return {"source": source_hash(modules), "versions": library_versions(_CACHE_LIBRARIES)}
 
 
 def key_digest(key: Mapping[str, Any]) -> str:
@@ -143,7 +162,7 @@ def _check_key(directory: Path, stored: Mapping[str, Any], wanted: Mapping[str, 
             f"{k}: cache has {flat_s.get(k, '<missing>')!r}, config wants {flat_w.get(k, '<missing>')!r}" for k in diff
         )
         raise CacheMismatchError(
-            f"latent cache {directory} was built for a different config ({details}); "
+            f"latent cache {directory} was built for a different config or code ({details}); "
             "point latent_cache at another folder, use 'auto', or delete this one"
         )
 

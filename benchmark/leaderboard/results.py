@@ -23,8 +23,9 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-_PACKAGES = ("benchmark", "baselines", "conditioning", "data")
+from data.sources import PACKAGES as _PACKAGES
+from data.sources import REPO_ROOT, import_closure, module_file
+
 _CODE_SUFFIXES = {".py", ".json", ".safetensors", ".yaml", ".npz", ".pt"}
 # Files that cannot change a number of a row: how rows are keyed, stored and drawn, how the command line is read,
 # how rows are spread over worker processes (each row still trains in one process; the threads it had are in its
@@ -36,6 +37,7 @@ _NOT_CODE = {
     "benchmark/leaderboard/results.py",
     "benchmark/perf.py",
     "benchmark/perf_profile.py",
+    "data/sources.py",
 }
 # Trainer settings that change what is trained (everything else, e.g. loggers and callbacks, is the runner's).
 TRAINER_KEYS = (
@@ -86,7 +88,7 @@ def _code_files(class_paths: tuple[str, ...] | None) -> list[Path]:
         candidates = [p for package in _PACKAGES for p in (REPO_ROOT / package).rglob("*")]
     else:
         roots = [*_RUN_ROOTS, *(c.rpartition(".")[0] for c in class_paths if "." in c)]
-        candidates = [_module_file(m) for m in _import_closure(roots)]
+        candidates = [module_file(m) for m in import_closure(roots, deep=True)]
         candidates += [p for folder in _DATA_FILES for p in (REPO_ROOT / folder).rglob("*")]
     files = set()
     for path in candidates:
@@ -94,48 +96,6 @@ def _code_files(class_paths: tuple[str, ...] | None) -> list[Path]:
         if path.is_file() and "__pycache__" not in rel and path.suffix in _CODE_SUFFIXES and rel not in _NOT_CODE:
             files.add(path)
     return sorted(files)
-
-
-def _module_file(module: str) -> Path:
-    base = REPO_ROOT.joinpath(*module.split("."))
-    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
-
-
-def _project_module(name: str) -> str | None:
-    """The longest prefix of a dotted name that is a module of the project's packages (None outside them)."""
-    parts = name.split(".")
-    if parts[0] not in _PACKAGES:
-        return None
-    for end in range(len(parts), 0, -1):
-        module = ".".join(parts[:end])
-        if _module_file(module).is_file():
-            return module
-    return None
-
-
-def _import_closure(roots: Iterable[str]) -> set[str]:
-    """Every project module the roots import, directly or not, including the ``__init__`` of each package on the
-    way (Python runs it on import). Imports inside functions count too: they may run."""
-    import ast
-
-    todo = [m for m in (_project_module(r) for r in roots) if m]
-    seen: set[str] = set()
-    while todo:
-        module = todo.pop()
-        if module in seen:
-            continue
-        seen.add(module)
-        parts = module.split(".")
-        todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__
-        path = _module_file(module)
-        for node in ast.walk(ast.parse(path.read_text())):
-            names: list[str] = []
-            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
-            elif isinstance(node, ast.Import):
-                names = [a.name for a in node.names]
-            todo += [m for m in (_project_module(n) for n in names) if m]
-    return seen
 
 
 @cache

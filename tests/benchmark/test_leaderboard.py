@@ -229,7 +229,10 @@ def test_code_hash_covers_the_import_closure_of_the_entrys_classes_only(tmp_path
         (fake_root / package / "__init__.py").write_text("")
     (fake_root / "benchmark" / "module.py").write_text("import math\n")
     (fake_root / "data" / "extra.py").write_text("X = 1\n")
+    import data.sources
+
     monkeypatch.setattr(res, "REPO_ROOT", fake_root)
+    monkeypatch.setattr(data.sources, "REPO_ROOT", fake_root)
     names = {p.name for p in res._code_files(("benchmark.module.M",))}
     assert "extra.py" not in names and "module.py" in names
     (fake_root / "benchmark" / "module.py").write_text("def f():\n    from data.extra import X\n")

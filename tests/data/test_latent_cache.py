@@ -291,3 +291,37 @@ def test_auto_reads_a_leaderboard_budget_instead_of_max_steps():
     assert _planned_items(trainer, batch_size=32) == 157 * 64  # ceil(10,000 / 64) steps of a global batch of 64
     trainer.callbacks = []
     assert _planned_items(trainer, batch_size=32) == float("inf")
+
+
+@pytest.fixture
+def source_copy(tmp_path, monkeypatch):
+    """A copy of the project's floor-1 packages that `data.sources` hashes instead of the checkout."""
+    import shutil
+
+    import data.sources as sources
+
+    root = tmp_path / "src"
+    for package in ("data", "conditioning"):
+        shutil.copytree(ROOT / package, root / package, ignore=shutil.ignore_patterns("__pycache__", "weights"))
+    monkeypatch.setattr(sources, "REPO_ROOT", root)
+    return root
+
+
+def test_a_change_to_the_code_that_draws_or_encodes_the_items_is_a_new_cache(tmp_path, autoencoder, source_copy):
+    shapes = Shapes("train", 32, length=6)
+    key = lc.cache_key(shapes, autoencoder)
+    lc.build_cache(shapes, autoencoder, tmp_path / "c", progress=False)
+    (source_copy / "data/imagefolder.py").write_text("# another dataset's module: not this cache's code\n")
+    assert lc.cache_key(shapes, autoencoder) == key
+    for changed in ("data/shapes.py", "data/transforms.py", "data/autoencoder.py"):
+        path = source_copy / changed
+        original = path.read_text()
+        path.write_text(original + "\n# changed\n")
+        new_key = lc.cache_key(shapes, autoencoder)
+        assert new_key["code"]["source"] != key["code"]["source"], changed
+        assert lc.default_cache_dir(new_key) != lc.default_cache_dir(key)
+        with pytest.raises(lc.CacheMismatchError, match=r"code\.source"):
+            lc.LatentCacheDataset(tmp_path / "c", key=new_key)
+        path.write_text(original)
+    assert lc.cache_key(shapes, autoencoder) == key
+    assert key["code"]["versions"]["Pillow"] and key["code"]["versions"]["diffusers"]

@@ -1,0 +1,127 @@
+"""Hashes of the project's source files and library versions: what caches and result rows record about the code.
+
+A cached artefact (encoded latents, reference statistics) or a result row is valid only for the code that made it.
+`source_hash` hashes the files of the named modules and of the project modules they import, so a change to, e.g.,
+the Shapes renderer gives its latent cache and its reference statistics new keys. Modules outside the project's
+packages (a user's own dataset beside its config) count by their own file.
+
+Two ways to follow imports:
+
+- ``deep=False`` (caches): imports at module level only, without the parent packages' ``__init__``. A cache is made by
+  a few functions of a few modules (the dataset, the autoencoder, the extractor); following imports inside functions
+  would reach the whole engine (a dataset that imports an evaluation helper inside one method) and rebuild every
+  cache at each unrelated change.
+- ``deep=True`` (result rows): every import, inside functions too, with each parent package's ``__init__`` (Python
+  runs it on import): a row runs through the whole training loop, so anything it may call counts.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+from collections.abc import Iterable
+from functools import cache
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("benchmark", "baselines", "conditioning", "data")
+
+
+def module_file(module: str) -> Path:
+    """The file of a project module (a package's ``__init__.py``); it may not exist."""
+    base = REPO_ROOT.joinpath(*module.split("."))
+    return base / "__init__.py" if base.is_dir() else base.with_suffix(".py")
+
+
+def project_module(name: str) -> str | None:
+    """The longest prefix of a dotted name that is a module of the project's packages (None outside them)."""
+    parts = name.split(".")
+    if parts[0] not in PACKAGES:
+        return None
+    for end in range(len(parts), 0, -1):
+        module = ".".join(parts[:end])
+        if module_file(module).is_file():
+            return module
+    return None
+
+
+def _imported_names(tree: ast.Module, deep: bool) -> list[str]:
+    nodes = ast.walk(tree) if deep else _top_level(tree.body)
+    names: list[str] = []
+    for node in nodes:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names += [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+        elif isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+    return names
+
+
+def _top_level(body: list[ast.stmt]) -> Iterable[ast.stmt]:
+    """Statements that run on import: the module body, into ``if``/``try`` blocks but not into functions."""
+    for node in body:
+        yield node
+        if isinstance(node, ast.If):
+            yield from _top_level(node.body)
+            yield from _top_level(node.orelse)
+        elif isinstance(node, ast.Try):
+            for block in (node.body, node.orelse, node.finalbody, *(h.body for h in node.handlers)):
+                yield from _top_level(block)
+
+
+def import_closure(roots: Iterable[str], deep: bool = True) -> set[str]:
+    """Project modules the roots import, directly or not (see the module docstring for ``deep``)."""
+    todo = [m for m in (project_module(r) for r in roots) if m]
+    seen: set[str] = set()
+    while todo:
+        module = todo.pop()
+        if module in seen:
+            continue
+        seen.add(module)
+        if deep:
+            parts = module.split(".")
+            todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__
+        tree = ast.parse(module_file(module).read_text())
+        todo += [m for m in (project_module(n) for n in _imported_names(tree, deep)) if m]
+    return seen
+
+
+def _outside_file(module: str) -> Path | None:
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    origin = getattr(spec, "origin", None)
+    return Path(origin) if origin and origin.endswith(".py") else None
+
+
+def source_files(modules: Iterable[str], deep: bool = False) -> list[Path]:
+    """The files `source_hash` reads: the project modules' import closure plus outside modules' own files."""
+    modules = list(modules)
+    files = {module_file(m) for m in import_closure(modules, deep)}
+    files |= {f for m in modules if project_module(m) is None and (f := _outside_file(m)) is not None}
+    return sorted(f for f in files if f.is_file())
+
+
+def source_hash(modules: Iterable[str], deep: bool = False) -> str:
+    """sha256 (16 hex digits) of the source files of ``modules`` and the project modules they import."""
+    digest = hashlib.sha256()
+    for path in source_files(modules, deep):
+        name = path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else path.name
+        digest.update(name.encode())
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+@cache
+def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    """Installed versions of the named distributions (None where one is not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = None
+    return out
