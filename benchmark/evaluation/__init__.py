@@ -14,8 +14,13 @@ also measures without it (scale 1.0), and those keys carry the suffix ``_noguida
 ``fid``                        Fréchet Inception distance (torch-fidelity ``inception-v3-compat``, 2048-d pool
                                features) against the reference statistics (feature extractor ``inception-v3-compat``).
 ``inception_score``            Inception score (10 splits), when ``protocol.inception_score``.
-``precision`` / ``recall``     Improved precision / recall (k = 3, Inception pool features), when
-                               ``protocol.precision_recall``.
+``precision`` / ``recall``     Improved precision / recall (k = 3 nearest-neighbour manifolds, Kynkäänniemi et al.
+                               2019) in the extractor's features, when ``protocol.precision_recall``.
+``fd_data``                    Fréchet distance in the features of a classifier trained on the entry's own labelled
+                               data (feature extractor ``data-classifier``), with ``evaluator_val_accuracy``.
+``<key>_sd``                   The evaluation-noise SD of ``<key>``: a bootstrap over the samples
+                               (`benchmark.evaluation.stats`); the leaderboard combines it with training seeds.
+``refused``                    Metrics refused, one line each (e.g. flip metrics of data trained without flips).
 ``class_accuracy``             Fraction of samples whose shape kind (read by the Shapes CLIP's class head) is the class
                                asked for; for caption entries, the kind the caption names. Shapes only.
 ``flip_obeyed``                Fraction of asymmetric-kind samples (arrow, crescent, L shape) facing the way the flip
@@ -39,17 +44,36 @@ also measures without it (scale 1.0), and those keys carry the suffix ``_noguida
 
 Sample ``i`` of a set draws all its randomness from ``torch.Generator().manual_seed(seed * 1_000_003 + i)`` and its
 class is ``protocol.labels(K)[i] = i % K``, so a set does not depend on the batch size or the number of ranks; under
-``torch.distributed`` every rank generates a disjoint slice and the slices are gathered once.
+``torch.distributed`` every rank generates a disjoint slice, its extractor turns it into per-sample features, and
+the metrics (`benchmark.evaluation.metrics`, torchmetrics Metrics) gather those features, never the images.
 """
 
 from benchmark.evaluation.evaluate import evaluate
 from benchmark.evaluation.frechet import frechet_distance, load_npz_stats, stats_from_features
 from benchmark.evaluation.generate import GeneratedSet, generate
+from benchmark.evaluation.metrics import (
+    ClassAccuracy,
+    CLIPScore,
+    ControlDisentanglement,
+    FeatureMetric,
+    FlipObeyed,
+    FrechetDistance,
+    MetricUnavailable,
+    PrecisionRecall,
+)
 from benchmark.evaluation.protocol import EvalProtocol, sample_seed
 
 __all__ = [
+    "CLIPScore",
+    "ClassAccuracy",
+    "ControlDisentanglement",
     "EvalProtocol",
+    "FeatureMetric",
+    "FlipObeyed",
+    "FrechetDistance",
     "GeneratedSet",
+    "MetricUnavailable",
+    "PrecisionRecall",
     "evaluate",
     "frechet_distance",
     "generate",

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from benchmark.evaluation.metrics import MetricUnavailable
 from benchmark.evaluation.protocol import EvalProtocol
 
 __all__ = ["default_protocol", "evaluate_command", "load_weights", "print_table"]
@@ -29,11 +30,21 @@ SHAPES_PROTOCOL = Path(__file__).resolve().parents[2] / "leaderboards" / "shapes
 
 
 def default_protocol(datamodule: Any) -> EvalProtocol:
-    """The suite protocol for this data: the Shapes protocol for Shapes, FID against the val split otherwise."""
+    """The suite protocol for this data.
+
+    Shapes: the Shapes protocol. ImageNet: FID against the val split (Inception). Any other labelled image folder:
+    the ``data-classifier`` evaluator trained on its own train split (offline), against its train split.
+    """
+    from data.imagefolder import ImageFolderDataModule
+    from data.imagenet import ImageNetDataModule
     from data.shapes import ShapesDataModule
 
     if isinstance(datamodule, ShapesDataModule) and SHAPES_PROTOCOL.exists():
         return EvalProtocol.from_yaml(SHAPES_PROTOCOL)
+    if isinstance(datamodule, ImageFolderDataModule) and not isinstance(datamodule, ImageNetDataModule):
+        return EvalProtocol(
+            name="data-classifier", feature_extractor="data-classifier", reference="data:train", num_samples=1000
+        )
     return EvalProtocol(name="fid", feature_extractor="inception-v3-compat", reference="data:val")
 
 
@@ -89,9 +100,12 @@ def evaluate_command(argv: list[str]) -> dict[str, Any]:
     else:
         log.warning("no --ckpt_path: evaluating the untrained model")
     protocol = EvalProtocol.from_yaml(ours.protocol) if ours.protocol else default_protocol(datamodule)
-    metrics = evaluate(
-        module, protocol, datamodule, device=ours.device, ckpt_path=ours.ckpt_path, stats_root=ours.stats_root
-    )
+    try:
+        metrics = evaluate(
+            module, protocol, datamodule, device=ours.device, ckpt_path=ours.ckpt_path, stats_root=ours.stats_root
+        )
+    except MetricUnavailable as e:  # an extractor that does not fit the data: one line, no traceback
+        raise SystemExit(f"ldmbench evaluate: {e}") from None
     print_table(metrics)
     if ours.output:
         Path(ours.output).parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,7 @@ import torch
 from torch import Tensor
 
 from benchmark.evaluation.generate import per_sample_noise, to_uint8
+from benchmark.evaluation.metrics import ControlDisentanglement
 from benchmark.evaluation.protocol import EvalProtocol, sample_seed, shapes_val_descriptions
 from benchmark.evaluation.shapes_clip import ASYMMETRIC_KINDS, flip_obeyed
 
@@ -129,6 +130,8 @@ def control_disentanglement(
     control_scale: float | None = None,
     crop_scales: Sequence[float] = CROP_SCALES,
     size_scales: Sequence[float] = SIZE_SCALES,
+    flip: bool = True,
+    bootstrap_reps: int | None = None,
 ) -> dict[str, Any]:
     """Measure control disentanglement of a Shapes entry conditioned on control metadata (see the module doc).
 
@@ -142,9 +145,12 @@ def control_disentanglement(
             the protocol guides only the semantic group, but control guidance is part of what is measured here).
         crop_scales: Crop sides swept, as fractions of the canvas, decreasing; 1.0 is the reference.
         size_scales: Original canvas sides swept, as multiples of the resolution; 1.0 is the reference.
+        flip: Sweep the flip control; False for data trained without flips (no flip key is reported then).
+        bootstrap_reps: Bootstrap resamples of ``control_disentanglement_sd`` (default: the protocol's).
 
     Returns:
-        The keys of the module table.
+        The keys of the module table, with ``control_disentanglement_sd`` (bootstrap over the swept samples, through
+        `benchmark.evaluation.metrics.ControlDisentanglement`).
     """
     names = tuple(getattr(module.conditioner, "control_names", ()))
     if not names:
@@ -165,6 +171,8 @@ def control_disentanglement(
     else:
         kinds = None
     sweeps = sweep_controls(n, module.resolution, crop_scales, size_scales, ref_flip)
+    if not flip:
+        sweeps["flip"] = []
     generators_seeds = [sample_seed(protocol.seed, i) for i in range(n)]
     noise = torch.stack([torch.randn(module.latent_shape, generator=torch.Generator().manual_seed(s))
                          for s in generators_seeds])  # fmt: skip
@@ -201,13 +209,15 @@ def control_disentanglement(
     ref_out = predict(ref)
     ref_class = ref_out["class"].argmax(-1)
     metrics: dict[str, Any] = {}
-    kept_all: list[Tensor] = []
+    kept_rows: list[Tensor] = []  # per sweep: (n, values) kept indicators
+    flip_row = torch.full((n,), float("nan"))
+    crop_row = torch.full((n,), float("nan"))
     for key in ("flip", "crop", "size"):
         if not images[key]:
             continue
         outs = [predict(x) for x in images[key]]
-        kept = torch.cat([(o["class"].argmax(-1) == ref_class).float() for o in outs])
-        kept_all.append(kept)
+        kept = torch.stack([(o["class"].argmax(-1) == ref_class).float() for o in outs], 1)
+        kept_rows.append(kept)
         metrics[f"disentanglement_semantic_kept_{key}"] = float(kept.mean())
         if key == "flip":
             flipped, flipped_out = images["flip"][0], outs[0]
@@ -219,6 +229,7 @@ def control_disentanglement(
             if bool(asym.any()):
                 same = (flipped - ref).abs().mean((1, 2, 3))
                 mirrored = (flipped - ref.flip(-1)).abs().mean((1, 2, 3))
+                flip_row = torch.where(asym, (mirrored < same).float(), torch.tensor(float("nan")))
                 metrics["disentanglement_flip_obeyed"] = float((mirrored < same)[asym].float().mean())
                 logits = torch.cat([ref_out["direction"], flipped_out["direction"]])
                 asked = torch.cat([sweeps["reference"][0]["flip"], sweeps["flip"][0]["flip"]])
@@ -228,13 +239,19 @@ def control_disentanglement(
         if key == "crop":
             extents = [foreground_extent(ref)] + [foreground_extent(x) for x in images["crop"]]
             grew = [(b > a + 0.5 / module.resolution).float() for a, b in zip(extents, extents[1:], strict=False)]
-            metrics["disentanglement_crop_obeyed"] = float(torch.cat(grew).mean())
-    kept = float(torch.cat(kept_all).mean())
-    obeyed_parts = [metrics[k] for k in ("disentanglement_flip_obeyed", "disentanglement_crop_obeyed") if k in metrics]
-    obeyed = sum(obeyed_parts) / len(obeyed_parts) if obeyed_parts else 0.0
+            crop_row = torch.stack(grew, 1).mean(1)
+            metrics["disentanglement_crop_obeyed"] = float(crop_row.mean())
+    # One row per swept sample: its kept fraction, flip obeyed (NaN: kind shows no flip), crop obeyed.
+    kept_row = torch.cat(kept_rows, 1).mean(1) if kept_rows else torch.ones(n)
+    metric = ControlDisentanglement(
+        bootstrap_reps=protocol.bootstrap_reps if bootstrap_reps is None else bootstrap_reps, seed=protocol.seed
+    )
+    metric.update(torch.stack([kept_row, flip_row, crop_row], 1))
+    computed = metric.compute()
+    kept, obeyed = metric.parts(metric.gathered()[0])
     metrics["disentanglement_semantic_kept"] = kept
     metrics["disentanglement_control_obeyed"] = obeyed
-    metrics["control_disentanglement"] = _harmonic(kept, obeyed)
+    metrics.update(computed)
     metrics["disentanglement_samples"] = n
     metrics["disentanglement_control_scale"] = control_scale
     return metrics

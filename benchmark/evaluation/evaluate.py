@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import inspect
 import logging
 import subprocess
 import time
@@ -13,8 +14,15 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from benchmark.evaluation.frechet import cached_stats, frechet_distance, load_npz_stats, stats_from_features
+from benchmark.evaluation.frechet import (
+    cached_features,
+    cached_stats,
+    frechet_distance,
+    load_npz_stats,
+    stats_from_features,
+)
 from benchmark.evaluation.generate import GeneratedSet, generate, to_uint8
+from benchmark.evaluation.metrics import MetricUnavailable
 from benchmark.evaluation.protocol import EvalProtocol
 
 if TYPE_CHECKING:
@@ -22,7 +30,15 @@ if TYPE_CHECKING:
 
     from benchmark.module import DiffusionModule
 
-__all__ = ["evaluate", "file_sha256", "git_commit", "reference_stats"]
+__all__ = [
+    "evaluate",
+    "file_sha256",
+    "flips_trained",
+    "git_commit",
+    "is_shapes",
+    "reference_features",
+    "reference_stats",
+]
 
 log = logging.getLogger(__name__)
 _REPO = Path(__file__).resolve().parents[2]
@@ -56,51 +72,118 @@ def evaluate(
     module.eval()
     measure = _measurer(module, protocol, datamodule, stats_root)
     conditional = getattr(module.conditioner, "semantic", "none") != "none"
+    control_conditioned = bool(getattr(module.conditioner, "control_names", ()))
+    flips = flips_trained(datamodule)
     metrics: dict[str, Any] = {}
+    refused: list[str] = []
+    if control_conditioned and not flips:
+        refused.append(FLIP_REFUSAL)
+        log.warning(FLIP_REFUSAL)
     try:
         for suffix, scale in protocol.guidance_settings(conditional):
-            generated = generate(module, protocol, scale, progress=progress)
+            # Each rank keeps its own slice: the metrics gather features, not images.
+            generated = generate(module, protocol, scale, progress=progress, gather=False, ask_flips=flips)
             if not suffix:
                 metrics["sampling_images_per_s"] = generated.images_per_s
             metrics.update({f"{name}{suffix}": value for name, value in measure(generated).items()})
-        if protocol.feature_extractor == "shapes-clip" and getattr(module.conditioner, "control_names", ()):
+        if protocol.feature_extractor == "shapes-clip" and control_conditioned:
             # Entries conditioned on control metadata: sweep each control at fixed noise and condition.
             from benchmark.evaluation.disentanglement import control_disentanglement
             from benchmark.evaluation.shapes_clip import ShapesCLIP
 
-            metrics.update(control_disentanglement(module, protocol, ShapesCLIP.load()))
+            metrics.update(control_disentanglement(module, protocol, ShapesCLIP.load(), flip=flips))
     finally:
         module.train(was_training)
     metrics["num_samples"] = protocol.num_samples
     metrics["guidance_scale"] = protocol.guidance_scale if conditional else 1.0
     metrics["eval_seconds"] = time.perf_counter() - start
+    if refused:
+        metrics["refused"] = refused
     metrics.update(provenance(module, ckpt_path))
     metrics["protocol"] = protocol.to_dict()
     metrics["protocol_id"] = protocol.id()
     return metrics
 
 
+FLIP_REFUSAL = "flip metrics refused: the data was trained without flips (random_flip: false / augment: false)"
+
+
+def flips_trained(datamodule: Any) -> bool:
+    """Whether the entry's data showed flipped images in training (unknown data: assumed yes)."""
+    if datamodule is None:
+        return True
+    hparams = dict(getattr(datamodule, "hparams", {}) or {})
+    for name in ("random_flip", "augment"):
+        value = getattr(datamodule, name, hparams.get(name, True))
+        if value is False:
+            return False
+    return True
+
+
+def is_shapes(datamodule: Any) -> bool:
+    """Whether the data is the embedded Shapes (None: unknown, assumed Shapes as the protocol's reference says)."""
+    if datamodule is None:
+        return True
+    from data.shapes import Shapes, ShapesDataModule
+
+    return isinstance(datamodule, ShapesDataModule) or isinstance(getattr(datamodule, "train_set", None), Shapes)
+
+
 def _measurer(module: DiffusionModule, protocol: EvalProtocol, datamodule: Any, stats_root: str | None):
-    """A function GeneratedSet -> metrics, with the reference statistics and extractor loaded once."""
+    """A function GeneratedSet -> metrics, with the extractor, reference statistics and real features loaded once.
+
+    An extractor that does not fit the data refuses here, in one line (`MetricUnavailable`).
+    """
+    reps = protocol.bootstrap_reps
     if protocol.feature_extractor == "shapes-clip":
+        if not is_shapes(datamodule):
+            raise MetricUnavailable(
+                f"the Shapes CLIP judges Shapes images only, and {type(datamodule).__name__} is not Shapes: use "
+                "feature_extractor: data-classifier (trained on your data, offline) or inception-v3-compat"
+            )
         from benchmark.evaluation.shapes_clip import ShapesCLIP
 
         clip = ShapesCLIP.load()
         ref = reference_stats(protocol, module.resolution, datamodule, stats_root=stats_root, extractor=clip)
+        real = _real_features(protocol, module.resolution, datamodule, clip, stats_root)
 
         def measure(generated: GeneratedSet) -> dict[str, float]:
-            return clip.metrics(generated, ref)
+            return clip.metrics(generated, ref, real_features=real, bootstrap_reps=reps)
 
         return measure
+    if protocol.feature_extractor == "data-classifier":
+        from benchmark.evaluation.data_classifier import DataClassifier
+
+        judge = DataClassifier.for_data(datamodule)
+        ref = reference_stats(protocol, module.resolution, datamodule, stats_root=stats_root, extractor=judge)
+        real = _real_features(protocol, module.resolution, datamodule, judge, stats_root)
+
+        def measure(generated: GeneratedSet) -> dict[str, float]:
+            return judge.metrics(generated, ref, real_features=real, bootstrap_reps=reps)
+
+        return measure
+    if protocol.feature_extractor != "inception-v3-compat":
+        raise ValueError(
+            f"unknown feature_extractor {protocol.feature_extractor!r}: "
+            "use shapes-clip, data-classifier or inception-v3-compat"
+        )
     from benchmark.evaluation.inception import InceptionMetrics
 
     inception = InceptionMetrics(weights_path=protocol.inception_weights)
     ref = reference_stats(protocol, module.resolution, datamodule, stats_root=stats_root, extractor=inception)
+    real = _real_features(protocol, module.resolution, datamodule, inception, stats_root)
 
     def measure(generated: GeneratedSet) -> dict[str, float]:
-        return inception.metrics(generated, ref, protocol)
+        return inception.metrics(generated, ref, protocol, real_features=real)
 
     return measure
+
+
+def _real_features(protocol: EvalProtocol, resolution: int, datamodule: Any, extractor: Any, stats_root: str | None):
+    """Real features for precision / recall when the protocol asks for them (None otherwise); raises if impossible."""
+    if not protocol.precision_recall:
+        return None
+    return reference_features(protocol, resolution, datamodule, extractor=extractor, stats_root=stats_root)
 
 
 def shapes_reference_dataset(reference: str, resolution: int, datamodule: Any, length: int):
@@ -111,12 +194,10 @@ def shapes_reference_dataset(reference: str, resolution: int, datamodule: Any, l
     source = getattr(datamodule, "train_set", None)
     kwargs: dict[str, Any] = {}
     if isinstance(source, Shapes):
-        kwargs = {
-            "seed": source.seed,
-            "min_scale": source.min_scale,
-            "max_canvas_factor": source.max_canvas_factor,
-            "augment": source.augment,
-        }
+        # Every option of the data's own Shapes (renderer settings), whatever options Shapes has now.
+        params = inspect.signature(Shapes.__init__).parameters
+        kwargs = {k: getattr(source, k) for k in params if k not in ("self", "split", "resolution", "length")
+                  and hasattr(source, k)}  # fmt: skip
     return Shapes(split, resolution=resolution, length=length, **kwargs)
 
 
@@ -137,46 +218,80 @@ def reference_stats(
         extractor: Has ``features(uint8 images) -> (N, D)`` and ``spec() -> dict`` (name, weights hash, layer).
         stats_root: Cache folder.
     """
+    if protocol.reference.endswith(".npz"):
+        return load_npz_stats(protocol.reference)
+    dataset, n, spec = _reference_source(protocol, resolution, datamodule)
+    spec.update({"count": n, "preprocessing": "uint8 [0,255] RGB", **extractor.spec()})
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        log.info("computing reference statistics %s over %d images", protocol.reference, n)
+        return stats_from_features(_features_of(dataset, n, extractor))
+
+    stats, hit = cached_stats(spec, compute, root=stats_root)
+    log.info("reference statistics %s: %s", protocol.reference, "cached" if hit else "computed")
+    return stats
+
+
+def reference_features(
+    protocol: EvalProtocol,
+    resolution: int,
+    datamodule: Any = None,
+    *,
+    extractor: Any,
+    stats_root: str | None = None,
+) -> Tensor:
+    """(N, D) features of the protocol's real reference images (precision / recall), computed once and cached.
+
+    An ``.npz`` reference must hold its images (``arr_0``, NHWC uint8, as ADM's reference batches do); statistics
+    alone cannot give precision / recall, and that is an error, not a silent omission.
+    """
     ref = protocol.reference
     if ref.endswith(".npz"):
-        return load_npz_stats(ref)
+        with np.load(ref) as data:
+            if "arr_0" not in data:
+                raise ValueError(f"precision / recall need real images, and {ref} holds statistics only (no arr_0)")
+            images = torch.from_numpy(data["arr_0"][: protocol.reference_samples]).permute(0, 3, 1, 2).contiguous()
+        return torch.cat([extractor.features(images[i : i + 256]) for i in range(0, images.shape[0], 256)])
+    dataset, n, spec = _reference_source(protocol, resolution, datamodule)
+    spec.update({"count": n, "preprocessing": "uint8 [0,255] RGB", "kind": "features", **extractor.spec()})
+    features, _ = cached_features(spec, lambda: _features_of(dataset, n, extractor).numpy(), root=stats_root)
+    return torch.from_numpy(features)
+
+
+def _features_of(dataset: Any, n: int, extractor: Any) -> Tensor:
+    feats = []
+    for lo in range(0, n, 256):
+        batch = torch.stack([dataset[i]["image"] for i in range(lo, min(lo + 256, n))])
+        feats.append(extractor.features(to_uint8(batch)).double())
+    return torch.cat(feats)
+
+
+def _reference_source(protocol: EvalProtocol, resolution: int, datamodule: Any) -> tuple[Any, int, dict[str, Any]]:
+    """The reference dataset, its image count and the spec that keys its cached statistics."""
+    ref = protocol.reference
     n = protocol.reference_samples
     if ref.startswith("shapes:"):
         dataset = shapes_reference_dataset(ref, resolution, datamodule, n)
-        spec = {
-            "dataset": "shapes",
-            "split": dataset.split,
-            "resolution": resolution,
-            "seed": dataset.seed,
-            "min_scale": dataset.min_scale,
-            "max_canvas_factor": dataset.max_canvas_factor,
-            "augment": dataset.augment,
-        }
+        spec: dict[str, Any] = {"dataset": "shapes", "split": dataset.split, "resolution": resolution}
+        # The data's own key (renderer options, length, seed): a change of the Shapes settings is a new reference.
+        spec["data"] = dataset.cache_key() if hasattr(dataset, "cache_key") else {"seed": dataset.seed}
     elif ref.startswith("data:"):
         split = ref.split(":", 1)[1]
         if datamodule is None:
             raise ValueError(f"reference {ref!r} needs the entry's DataModule")
+        if getattr(datamodule, f"{split}_set", None) is None and hasattr(datamodule, "setup"):
+            datamodule.setup("fit")
         dataset = getattr(datamodule, f"{split}_set", None)
         if dataset is None:
             raise ValueError(f"the DataModule {type(datamodule).__name__} has no {split}_set for reference {ref!r}")
         n = min(n, len(dataset))
         spec = {"dataset": type(datamodule).__name__, "split": split, "resolution": resolution}
         spec.update({k: v for k, v in dict(getattr(datamodule, "hparams", {})).items() if _jsonable(v)})
+        if hasattr(dataset, "cache_key"):
+            spec["data"] = dataset.cache_key()
     else:
         raise ValueError(f"unknown reference {ref!r}: use 'shapes:<split>', 'data:<split>' or a path to an .npz")
-    spec.update({"count": n, "preprocessing": "uint8 [0,255] RGB", **extractor.spec()})
-
-    def compute() -> tuple[np.ndarray, np.ndarray]:
-        log.info("computing reference statistics %s over %d images", ref, n)
-        feats = []
-        for lo in range(0, n, 256):
-            batch = torch.stack([dataset[i]["image"] for i in range(lo, min(lo + 256, n))])
-            feats.append(extractor.features(to_uint8(batch)))
-        return stats_from_features(torch.cat(feats))
-
-    stats, hit = cached_stats(spec, compute, root=stats_root)
-    log.info("reference statistics %s: %s", ref, "cached" if hit else "computed")
-    return stats
+    return dataset, n, spec
 
 
 def _jsonable(value: Any) -> bool:

@@ -28,6 +28,7 @@ import scipy.linalg
 __all__ = [
     "FeatureStats",
     "cache_dir",
+    "cached_features",
     "cached_stats",
     "frechet_distance",
     "frechet_distance_of_features",
@@ -155,3 +156,31 @@ def cached_stats(
     os.replace(tmp, npz)  # atomic: a concurrent reader sees the old file or the new one, never half of one
     sidecar.write_text(json.dumps({"spec": spec, "dim": int(np.asarray(mu).shape[0])}, indent=2, sort_keys=True))
     return (np.asarray(mu, np.float64), np.asarray(sigma, np.float64)), False
+
+
+def cached_features(
+    spec: dict[str, Any], compute: Callable[[], np.ndarray], root: str | os.PathLike | None = None
+) -> tuple[np.ndarray, bool]:
+    """Reference features (N, D) for ``spec`` (precision / recall need the rows, not only their moments).
+
+    Cached like `cached_stats`: ``<key>.npz`` (``features``) with a JSON sidecar that must match ``spec`` exactly.
+    """
+    root = Path(root) if root is not None else cache_dir()
+    stem = root / stats_key(spec)
+    npz, sidecar = stem.with_suffix(".npz"), stem.with_suffix(".json")
+    if npz.exists() and sidecar.exists():
+        try:
+            stored = json.loads(sidecar.read_text())
+        except json.JSONDecodeError:
+            stored = None
+        if stored is not None and stored.get("spec") == json.loads(json.dumps(spec)):
+            with np.load(npz) as data:
+                if "features" in data:
+                    return data["features"].astype(np.float64), True
+    features = np.asarray(compute(), np.float64)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = stem.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez(tmp, features=features)
+    os.replace(tmp, npz)
+    sidecar.write_text(json.dumps({"spec": spec, "dim": int(features.shape[1])}, indent=2, sort_keys=True))
+    return features, False

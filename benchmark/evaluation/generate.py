@@ -3,8 +3,10 @@
 Sample ``i`` draws its starting noise, and any noise a stochastic sampler injects along the way, from its own
 generator ``torch.Generator().manual_seed(seed * 1_000_003 + i)``. Its class is ``protocol.labels(K)[i]`` (or its
 caption ``protocol.caption_list()[i]``). So the set is the same whatever the batch size, and whatever the number of
-ranks: under ``torch.distributed`` rank ``r`` of ``W`` generates the contiguous slice ``[r*N//W, (r+1)*N//W)`` and
-the slices are gathered once, in index order, without padding or repeats.
+ranks: under ``torch.distributed`` rank ``r`` of ``W`` generates the contiguous slice ``[r*N//W, (r+1)*N//W)``.
+`benchmark.evaluation.evaluate` keeps each rank's slice local (``gather=False``): its metrics gather per-sample
+features, never images. ``gather=True`` (the default of this function) gathers the images once, in index order,
+without padding or repeats, for callers that want the images themselves (grids, tests).
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ class GeneratedSet:
         captions: N captions for caption-conditioned entries, else None.
         control: (N,) float flip flag each sample was asked for (0 = as drawn, 1 = mirrored), or None.
         seconds: Wall time of the generation (the slowest rank's, under DDP).
+        total: Number of samples of the whole set (all ranks); the rows held here are ``images.shape[0]``, all of
+            them unless the set was generated with ``gather=False`` under DDP.
     """
 
     images: Tensor
@@ -44,10 +48,11 @@ class GeneratedSet:
     captions: list[str] | None
     control: Tensor | None
     seconds: float
+    total: int | None = None
 
     @property
     def images_per_s(self) -> float:
-        return self.images.shape[0] / max(self.seconds, 1e-9)
+        return (self.total or self.images.shape[0]) / max(self.seconds, 1e-9)
 
 
 def to_uint8(images: Tensor) -> Tensor:
@@ -102,6 +107,8 @@ def generate(
     *,
     num_samples: int | None = None,
     progress: bool = False,
+    gather: bool = True,
+    ask_flips: bool = True,
 ) -> GeneratedSet:
     """Generate the protocol's set with the entry (all ranks take part; every rank gets the whole set).
 
@@ -111,6 +118,11 @@ def generate(
         guidance_scale: Semantic guidance scale of this set.
         num_samples: Overrides ``protocol.num_samples``.
         progress: Show a progress bar over batches (rank 0).
+        gather: Gather every rank's images (True), or keep this rank's slice and its labels, captions and controls
+            (False: what evaluation does, so no rank holds every image).
+        ask_flips: Ask control-conditioned entries for flipped samples (a fair coin per sample); False when the
+            data was trained without flips, so no sample asks for a control the model never saw (then ``control`` is
+            None and no flip metric is computed).
     """
     from tqdm.auto import tqdm
 
@@ -121,7 +133,8 @@ def generate(
     num_classes = int(getattr(module, "num_classes", None) or getattr(module.backbone, "num_classes", 0) or 0)
     all_labels = protocol.replace(num_samples=n).labels(num_classes) if semantic == "class" else None
     all_captions = protocol.replace(num_samples=n).caption_list(module.resolution) if semantic == "caption" else None
-    flips = _requested_flips(n, protocol.seed) if getattr(module.conditioner, "control_names", ()) else None
+    control_conditioned = bool(getattr(module.conditioner, "control_names", ()))
+    flips = _requested_flips(n, protocol.seed) if control_conditioned and ask_flips else None
     measured_labels = all_labels
     if all_captions is not None and protocol.captions == "shapes-val":
         # The kind and direction each caption names: what class accuracy and flip obeyed check. A flip control, if
@@ -157,8 +170,20 @@ def generate(
     c, h, w = 3, module.resolution, module.resolution
     local = torch.cat(chunks) if chunks else torch.zeros(0, c, h, w, dtype=torch.uint8)
     seconds = time.perf_counter() - start
+    if not gather:
+        part = slice(indices.start, indices.stop)
+        return GeneratedSet(
+            images=local,
+            labels=None if measured_labels is None else measured_labels[part],
+            captions=None if all_captions is None else all_captions[part],
+            control=None if flips is None else flips[part],
+            seconds=_slowest(seconds, world),
+            total=n,
+        )
     images, seconds = _gather(local, seconds, world)
-    return GeneratedSet(images=images, labels=measured_labels, captions=all_captions, control=flips, seconds=seconds)
+    return GeneratedSet(
+        images=images, labels=measured_labels, captions=all_captions, control=flips, seconds=seconds, total=n
+    )
 
 
 def _requested_flips(n: int, seed: int) -> Tensor:
@@ -169,6 +194,16 @@ def _requested_flips(n: int, seed: int) -> Tensor:
     """
     bits = [(sample_seed(seed, i) * 0x9E3779B97F4A7C15 >> 40) & 1 for i in range(n)]
     return torch.tensor(bits, dtype=torch.float32)
+
+
+def _slowest(seconds: float, world: int) -> float:
+    if world == 1:
+        return seconds
+    t = torch.tensor([seconds], dtype=torch.float64)
+    if dist.get_backend() == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
 
 
 def _gather(local: Tensor, seconds: float, world: int) -> tuple[Tensor, float]:

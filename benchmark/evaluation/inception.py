@@ -27,15 +27,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from benchmark.evaluation.metrics import MetricUnavailable
+
 __all__ = ["INCEPTION_FILE", "InceptionMetrics", "check_inception_weights", "resolve_inception_weights"]
 
 INCEPTION_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_FILE}"
 HOW_TO = (
-    f"FID needs the Inception weights of torch-fidelity ({INCEPTION_FILE}, about 96 MB). With network access run\n"
-    f"    python -c \"import torch; torch.hub.load_state_dict_from_url('{INCEPTION_URL}')\"\n"
-    "which stores it in $TORCH_HOME/hub/checkpoints/; copy that file to the offline machine's hub cache, or anywhere\n"
-    "and pass it as EvalProtocol(inception_weights=PATH) (YAML: inception_weights: PATH)."
+    f"FID needs torch-fidelity's Inception weights {INCEPTION_FILE} (96 MB): put them in "
+    "$TORCH_HOME/hub/checkpoints/ or pass inception_weights: PATH in the protocol, or use feature_extractor: "
+    "data-classifier (an evaluator trained on your data, offline; docs/evaluation.md)"
 )
 _HASH_IN_NAME = re.compile(r"-([a-f0-9]{6,})\.")
 
@@ -102,7 +103,7 @@ def resolve_inception_weights(weights_path: str | None) -> str | None:
     """The checked weights file to use, or None to let torch-fidelity download it (raises offline without one)."""
     if weights_path:
         if not Path(weights_path).is_file():
-            raise FileNotFoundError(f"Inception weights {weights_path} do not exist.\n{HOW_TO}")
+            raise FileNotFoundError(f"Inception weights {weights_path} do not exist. {HOW_TO}")
         check_inception_weights(weights_path)
         return str(weights_path)
     cached = Path(torch.hub.get_dir()) / "checkpoints" / INCEPTION_FILE
@@ -110,7 +111,7 @@ def resolve_inception_weights(weights_path: str | None) -> str | None:
         check_inception_weights(cached)
         return str(cached)
     if _offline():
-        raise RuntimeError(f"No Inception weights and the machine is offline (HF_HUB_OFFLINE).\n{HOW_TO}")
+        raise MetricUnavailable(f"no Inception weights and the machine is offline (HF_HUB_OFFLINE). {HOW_TO}")
     return None
 
 
@@ -135,8 +136,9 @@ class InceptionMetrics:
                 feature_extractor_weights_path=self.weights_path,
                 verbose=False,
             ).to(self.device)
-        except (OSError, RuntimeError) as e:  # URLError is an OSError
-            raise RuntimeError(f"Could not load the Inception weights: {e}\n{HOW_TO}") from e
+        except (OSError, RuntimeError) as e:  # URLError is an OSError: no network
+            reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise MetricUnavailable(f"the Inception weights could not be downloaded ({reason}). {HOW_TO}") from None
         self._weights_id = (
             hashlib.sha256(Path(self.weights_path).read_bytes()).hexdigest()[:16] if self.weights_path else "6726825d"
         )
@@ -162,22 +164,36 @@ class InceptionMetrics:
         return self.outputs(images)["2048"]
 
     def metrics(
-        self, generated: Any, reference: tuple[np.ndarray, np.ndarray], protocol: Any, real: Tensor | None = None
+        self,
+        generated: Any,
+        reference: tuple[np.ndarray, np.ndarray],
+        protocol: Any,
+        real: Tensor | None = None,
+        *,
+        real_features: Tensor | None = None,
     ) -> dict[str, float]:
-        """``fid`` and, as the protocol asks, ``inception_score`` and ``precision`` / ``recall`` (needs ``real``)."""
-        from benchmark.evaluation.frechet import frechet_distance, stats_from_features
+        """``fid`` and, as the protocol asks, ``inception_score`` and ``precision`` / ``recall``, each with ``_sd``.
+
+        Precision / recall need the real images (``real``) or their pool features (``real_features``); asked for
+        without either, they raise instead of being left out.
+        """
+        from benchmark.evaluation import metrics as M
 
         out = self.outputs(generated.images)
-        metrics = {"fid": frechet_distance(*stats_from_features(out["2048"]), *reference)}
+        reps = {"bootstrap_reps": int(getattr(protocol, "bootstrap_reps", 200))}
+        labels = None if generated.labels is None else generated.labels.cpu().reshape(-1)
+        updates: list[tuple[M.FeatureMetric, Any, Any]] = [
+            (M.FrechetDistance(reference, name="fid", **reps), out["2048"], labels)
+        ]
+        if getattr(protocol, "precision_recall", False):
+            if real_features is None and real is None:
+                raise ValueError(
+                    "precision / recall need the real images: the protocol's reference gives statistics only "
+                    "(use reference: data:<split> or an ADM .npz holding arr_0 images)"
+                )
+            if real_features is None:
+                real_features = self.features(real)
+            updates.append((M.PrecisionRecall(real_features.double(), **reps), out["2048"], None))
         if getattr(protocol, "inception_score", False):
-            from torch_fidelity.metric_isc import isc_features_to_metric
-
-            metrics["inception_score"] = isc_features_to_metric(out["logits_unbiased"], splits=10)[
-                "inception_score_mean"
-            ]
-        if getattr(protocol, "precision_recall", False) and real is not None:
-            from torch_fidelity.metric_prc import calculate_precision_recall_full
-
-            precision, recall = calculate_precision_recall_full(out["2048"].float(), self.features(real).float(), 3)
-            metrics.update(precision=float(precision), recall=float(recall))
-        return metrics
+            updates.append((M.InceptionScore(**reps), out["logits_unbiased"], None))
+        return M.measure_all(updates)

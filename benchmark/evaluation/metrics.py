@@ -43,9 +43,20 @@ __all__ = [
     "FeatureMetric",
     "FlipObeyed",
     "FrechetDistance",
+    "FrechetDistanceInfinity",
+    "InceptionScore",
+    "KernelDistance",
+    "MetricUnavailable",
     "PrecisionRecall",
+    "frechet_distance_infinity",
     "knn_precision_recall",
+    "measure_all",
+    "polynomial_mmd2",
 ]
+
+
+class MetricUnavailable(RuntimeError):
+    """A metric or extractor that does not fit the data, or cannot load offline; its message is one line."""
 
 
 def _np(x: Tensor) -> np.ndarray:
@@ -150,13 +161,103 @@ class FrechetDistance(FeatureMetric):
     def value(self, features: np.ndarray, labels: np.ndarray | None) -> float:
         if features.shape[0] < 2:
             raise ValueError(f"{self.name}: needs at least 2 samples")
+        n, d = features.shape
         mu = features.mean(0)
-        sigma = np.cov(features, rowvar=False)
-        inner = self._ref_root @ sigma @ self._ref_root
-        eig = np.linalg.eigvalsh((inner + inner.T) / 2)
-        trace_cross = float(np.sqrt(np.clip(eig, 0, None)).sum())
+        centred = (features - mu) / np.sqrt(n - 1)  # Σ = centredᵀ centred
+        if n < d:  # wide features (2048-d Inception) and few rows: an (n, D) SVD instead of a (D, D) eigenproblem
+            trace_cross = float(np.linalg.svd(centred @ self._ref_root, compute_uv=False).sum())
+        else:
+            inner = self._ref_root @ (centred.T @ centred) @ self._ref_root
+            eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+            trace_cross = float(np.sqrt(np.clip(eig, 0, None)).sum())
         diff = mu - self.ref_mu
-        return float(diff @ diff + np.trace(sigma) + self._ref_trace - 2 * trace_cross)
+        return float(diff @ diff + (centred * centred).sum() + self._ref_trace - 2 * trace_cross)
+
+
+def measure_all(updates: list[tuple[FeatureMetric, Any, Any]]) -> dict[str, float]:
+    """Update every metric with its ``(features, labels)``, then compute them all, in the same order on every rank.
+
+    Keys whose value is NaN (e.g. flip obeyed when no sample shows a flip) are left out.
+    """
+    for metric, features, labels in updates:
+        metric.update(features, labels)
+    out: dict[str, float] = {}
+    for metric, _, _ in updates:
+        out.update({k: v for k, v in metric.compute().items() if np.isfinite(v)})
+    return out
+
+
+def frechet_distance_infinity(
+    fd_of: Any, features: np.ndarray, points: int = 8, smallest: float = 0.2, seed: int = 0
+) -> float:
+    """FD extrapolated to infinitely many samples (FD∞, Chong & Forsyth 2020): a line in 1/n through FD at subsets.
+
+    The bias of FD from n samples is close to c/n, so FD at ``points`` subset sizes from ``smallest`` · N to N
+    (random subsets without replacement) is fit by ``a + b/n`` and ``a`` returned.
+
+    Args:
+        fd_of: Function rows -> FD (e.g. `FrechetDistance.value` with labels None).
+        features: (N, D) rows.
+    """
+    n = features.shape[0]
+    rng = np.random.default_rng(seed)
+    sizes = np.unique(np.linspace(max(int(smallest * n), min(n, 20)), n, points).astype(int))
+    fds = [fd_of(features if m == n else features[rng.choice(n, m, replace=False)]) for m in sizes]
+    if len(sizes) < 2:
+        return float(fds[-1])
+    slope, intercept = np.polyfit(1.0 / sizes, np.asarray(fds), 1)
+    return float(intercept)
+
+
+class FrechetDistanceInfinity(FrechetDistance):
+    """`frechet_distance_infinity` against fixed reference statistics: FD with its 1/n bias extrapolated away."""
+
+    name = "fd_inf"
+
+    def value(self, features: np.ndarray, labels: np.ndarray | None) -> float:
+        return frechet_distance_infinity(lambda f: FrechetDistance.value(self, f, None), features, seed=self.seed)
+
+
+def polynomial_mmd2(x: np.ndarray, y: np.ndarray, yy_mean: float | None = None) -> float:
+    """Unbiased MMD² with the cubic kernel (xᵀy / d + 1)³ of KID (Bińkowski et al. 2018); no 1/n bias floor.
+
+    Args:
+        x: (n, D) rows.
+        y: (m, D) reference rows.
+        yy_mean: The mean off-diagonal kernel of ``y`` with itself, when computed once already.
+    """
+    d = x.shape[1]
+
+    def k(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return (a @ b.T / d + 1) ** 3
+
+    n, m = x.shape[0], y.shape[0]
+    kxx = k(x, x)
+    xx = (kxx.sum() - np.trace(kxx)) / (n * (n - 1))
+    if yy_mean is None:
+        kyy = k(y, y)
+        yy_mean = (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+    return float(xx + yy_mean - 2 * k(x, y).mean())
+
+
+class KernelDistance(FeatureMetric):
+    """Unbiased polynomial-kernel MMD² (KID's estimator) against fixed reference features."""
+
+    name = "kd"
+    higher_is_better = False
+    stratify_default = True
+
+    def __init__(self, reference_features: Any, name: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name=name, **kwargs)
+        ref = reference_features.detach().cpu() if hasattr(reference_features, "detach") else reference_features
+        self.ref = np.asarray(ref, np.float64)
+        d = self.ref.shape[1]
+        kyy = (self.ref @ self.ref.T / d + 1) ** 3
+        m = self.ref.shape[0]
+        self._yy = float((kyy.sum() - np.trace(kyy)) / (m * (m - 1)))
+
+    def value(self, features: np.ndarray, labels: np.ndarray | None) -> float:
+        return polynomial_mmd2(features, self.ref, self._yy)
 
 
 class ClassAccuracy(FeatureMetric):
@@ -173,14 +274,21 @@ class ClassAccuracy(FeatureMetric):
 
 
 class FlipObeyed(FeatureMetric):
-    """Fraction of samples facing the way asked: ``features`` direction logits (0 right, 1 left), ``labels`` flip."""
+    """Fraction of samples facing the way asked, among those whose kind shows a flip (NaN if none does).
+
+    ``features``: direction logits (N, 2; 0 right, 1 left). ``labels`` (N, 2): the requested flip, and 1 where the
+    sample's kind is asymmetric (every row is passed, so every rank gathers the same number of states).
+    """
 
     name = "flip_obeyed"
 
     def value(self, features: np.ndarray, labels: np.ndarray | None) -> float:
-        if labels is None:
-            raise ValueError("flip_obeyed needs the requested flips")
-        return float((features.argmax(1) == np.round(labels[:, 0])).mean())
+        if labels is None or labels.shape[1] < 2:
+            raise ValueError("flip_obeyed needs labels (requested flip, kind shows a flip)")
+        shown = labels[:, 1] > 0.5
+        if not shown.any():
+            return float("nan")
+        return float((features.argmax(1) == np.round(labels[:, 0]))[shown].mean())
 
 
 class CLIPScore(FeatureMetric):
@@ -217,6 +325,18 @@ class ControlDisentanglement(FeatureMetric):
 
     def value(self, features: np.ndarray, labels: np.ndarray | None) -> float:
         return _harmonic(*self.parts(features))
+
+
+class InceptionScore(FeatureMetric):
+    """Inception score of ``features`` = Inception's unbiased logits (torch-fidelity's computation, 10 splits)."""
+
+    name = "inception_score"
+
+    def value(self, features: np.ndarray, labels: np.ndarray | None) -> float:
+        from torch_fidelity.metric_isc import isc_features_to_metric
+
+        logits = torch.from_numpy(features)
+        return float(isc_features_to_metric(logits, splits=min(10, features.shape[0]))["inception_score_mean"])
 
 
 def knn_precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> tuple[float, float]:

@@ -56,15 +56,22 @@ class EvalProtocol:
         captions: Caption list of caption-conditioned entries: ``"shapes-val"`` (captions of Shapes val items
             ``0..num_samples-1``) or a path to a text file with one caption per line (cycled).
         feature_extractor: ``"shapes-clip"`` (the embedded Shapes CLIP: ``fd_shapes``, class accuracy, CLIP score,
-            flip obeyed) or ``"inception-v3-compat"`` (torch-fidelity's Inception: FID, IS, precision / recall).
+            flip obeyed; Shapes data only), ``"data-classifier"`` (a small classifier trained on the entry's own
+            labelled data, offline: ``fd_data``, class accuracy, its own val accuracy; see
+            `benchmark.evaluation.data_classifier`) or ``"inception-v3-compat"`` (torch-fidelity's Inception: FID,
+            IS, precision / recall; needs its weights).
         reference: Reference statistics: ``"shapes:train"`` / ``"shapes:val"`` (Shapes images of that split with the
             data's own settings, computed once and cached), a path to an ADM-style ``.npz`` with ``mu`` / ``sigma``,
             or ``"data:val"`` / ``"data:train"`` (the DataModule's own split, cached).
         reference_samples: Number of real images in the reference statistics (when they are computed here).
         inception_weights: Path of torch-fidelity's Inception state dict (``weights-inception-2015-12-05-*.pth``)
             for machines without network access; None downloads it once through torch-fidelity.
-        precision_recall: Also compute Inception precision / recall (k = 3 on the 2048-d pool features, as ADM).
+        precision_recall: Also compute improved precision / recall (k = 3, Kynkäänniemi et al. 2019) in the
+            extractor's features against ``reference_samples`` real images of the reference (an error when the
+            reference has no images).
         inception_score: Also compute the Inception score.
+        bootstrap_reps: Bootstrap resamples behind every metric's evaluation-noise SD (``<key>_sd``; see
+            `benchmark.evaluation.stats`); 0 reports no SD.
     """
 
     name: str = "custom"
@@ -86,6 +93,7 @@ class EvalProtocol:
     inception_weights: str | None = None
     precision_recall: bool = False
     inception_score: bool = False
+    bootstrap_reps: int = 200
     # Fields that do not change the numbers (where weights live, how big a batch is) stay out of the id.
     _NOT_IN_ID: ClassVar[tuple[str, ...]] = ("batch_size", "inception_weights")
 
@@ -102,6 +110,8 @@ class EvalProtocol:
             raise ValueError(f"EvalProtocol: flow_sampler must be 'euler', got {self.flow_sampler!r}")
         if self.ddpm_sampler not in ("ddim", "ddpm"):
             raise ValueError(f"EvalProtocol: ddpm_sampler must be 'ddim' or 'ddpm', got {self.ddpm_sampler!r}")
+        if self.bootstrap_reps < 0 or self.bootstrap_reps == 1:
+            raise ValueError(f"EvalProtocol: bootstrap_reps must be 0 or >= 2, got {self.bootstrap_reps}")
         if self.label_scheme != "balanced":
             raise ValueError(f"EvalProtocol: label_scheme must be 'balanced', got {self.label_scheme!r}")
 

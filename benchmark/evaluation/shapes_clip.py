@@ -130,22 +130,44 @@ class ShapesCLIP(nn.Module):
         return float(100 * (img * txt).sum(-1).clamp(min=0).mean())
 
     # ------------------------------------------------------------------------------------------ metrics
-    def metrics(self, generated: Any, reference: tuple[Any, Any]) -> dict[str, float]:
-        """``fd_shapes`` and, where the set says what was asked for, class accuracy, flip obeyed and CLIP score."""
-        from benchmark.evaluation.frechet import frechet_distance, stats_from_features
+    def metrics(
+        self,
+        generated: Any,
+        reference: tuple[Any, Any],
+        *,
+        real_features: Tensor | None = None,
+        bootstrap_reps: int = 200,
+    ) -> dict[str, float]:
+        """``fd_shapes`` and, where the set says what was asked for, class accuracy, flip obeyed and CLIP score.
+
+        Each value comes with ``<key>_sd``, its bootstrap evaluation-noise SD (`benchmark.evaluation.metrics`).
+        Under DDP ``generated`` may be this rank's slice: the metrics gather features, not images.
+
+        Args:
+            generated: A `benchmark.evaluation.generate.GeneratedSet`.
+            reference: ``(mu, sigma)`` of the real reference features.
+            real_features: Real ``pool`` features: adds ``precision`` / ``recall`` (k-NN manifolds, k = 3).
+            bootstrap_reps: Bootstrap resamples of the SDs (0: none).
+        """
+        from benchmark.evaluation import metrics as M
 
         outputs = self.image_outputs(generated.images)
-        metrics = {"fd_shapes": frechet_distance(*stats_from_features(outputs["pool"]), *reference)}
-        if generated.labels is not None:
-            labels = generated.labels.cpu()
-            metrics["class_accuracy"] = float((outputs["class"].argmax(-1) == labels).float().mean())
+        labels = None if generated.labels is None else generated.labels.cpu().reshape(-1)
+        reps = {"bootstrap_reps": bootstrap_reps}
+        updates: list[tuple[M.FeatureMetric, Any, Any]] = [
+            (M.FrechetDistance(reference, name="fd_shapes", **reps), outputs["pool"], labels)
+        ]
+        if labels is not None:
+            updates.append((M.ClassAccuracy(**reps), outputs["class"], labels))
             if generated.control is not None:
-                obeyed = flip_obeyed(outputs["direction"], labels, generated.control, self.names["class"])
-                if obeyed is not None:
-                    metrics["flip_obeyed"] = obeyed
+                shown = torch.tensor([self.names["class"][int(k)] in ASYMMETRIC_KINDS for k in labels])
+                flip_labels = torch.stack([generated.control.cpu().float().reshape(-1), shown.float()], 1)
+                updates.append((M.FlipObeyed(**reps), outputs["direction"], flip_labels))
         if generated.captions is not None:
-            metrics["clip_score"] = self.clip_score(generated.images, generated.captions)
-        return metrics
+            updates.append((M.CLIPScore(**reps), outputs["embeds"], self.text_embeds(generated.captions)))
+        if real_features is not None:
+            updates.append((M.PrecisionRecall(real_features, **reps), outputs["pool"], None))
+        return M.measure_all(updates)
 
     def predict(self, images: Tensor) -> dict[str, Tensor]:
         """Predicted index of every head for uint8 images (e.g. ``predict(x)["class"]``)."""
