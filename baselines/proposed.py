@@ -14,10 +14,11 @@ What changes against the mmDiT baseline (SD3's conditioning):
   ``both`` (SD3: tokens and the adaLN vector) or ``adaln`` (class only in the adaLN vector; the context stream then
   holds the class table's null row, a learned constant token) for the conditioning study.
 - Control metadata (original size, crop box, flip) has its own SDXL-style Fourier embedder, and its embedding is
-  added to the adaLN vector **multiplied by a noise-level weight** w(t) (`conditioning.control_schedule`): cosine by
-  default, w = cos(π/2·t), 1 on clean inputs and 0 at pure noise, so the control cannot steer the coarse early
-  steps where the content is decided. ``constant`` is SDXL's additive conditioning; ``cosine2``, ``truncated`` and
-  ``per_group`` (one embedder and schedule per control group) are the reconstructed variants.
+  added to the adaLN vector **multiplied by a noise-level weight** w(t) (`conditioning.control_schedule`). By
+  default ``per_group`` (one embedder and schedule per control group): crop and flip at weight 1 at every noise
+  level (the proposal places them in the early, high-noise steps), the original size with w = cos(π/2·t), 1 on
+  clean inputs and 0 at pure noise (a late, detail-level control). ``cosine`` (every control faded), ``constant``
+  (SDXL's additive conditioning), ``cosine2`` and ``truncated`` are the reconstructed variants.
 - Semantic and control groups are dropped independently in training (the conditioner's ``semantic_dropout`` and
   ``control_dropout``, 0.1 each) so that sampling can guide them with separate scales (``ClassifierFreeGuidance``'s
   ``semantic_scale`` and ``control_scale``).
@@ -67,7 +68,7 @@ class ProposedMMDiT(MMDiT):
             pooled-text vector in adaLN) or ``adaln`` (class-conditional only: the class only in the adaLN vector).
         control_names: Control columns to embed, in the order of ``cond.control``; None: no control path.
         control_schedule: The weight w(t) of the control embedding (per group with ``kind: per_group``); default
-            ``ControlSchedule("cosine")``.
+            ``ControlSchedule("per_group")``.
         **kwargs: The remaining ``MMDiT`` arguments (size, channels, ``num_classes`` or ``context_dim``, ...).
     """
 
@@ -142,8 +143,8 @@ class ProposedModule(MMDiTModule):
         size: A row of ``baselines.mmdit.SIZES`` (``mmDiT-XL/2``, ``mmDiT-tiny/2``, ...).
         semantic_path: ``attention`` (proposed), ``both`` (SD3's class / pooled vector also in adaLN) or ``adaln``
             (class-conditional only: class only in adaLN).
-        control_schedule: w(t) of the control embedding: ``cosine`` (proposed), ``constant`` (SDXL's additive
-            conditioning), ``cosine2``, ``truncated`` (with ``t_max``), ``per_group`` or ``zero``.
+        control_schedule: w(t) of the control embedding: ``per_group`` (default: geometric constant, size cosine),
+            ``cosine``, ``constant`` (SDXL's additive conditioning), ``cosine2``, ``truncated`` (``t_max``) or ``zero``.
         objective: Training objective (rectified flow, logit-normal t).
         sampler: Sampler for sample grids and ``predict`` (Euler).
         guidance: Two-scale classifier-free guidance (``semantic_scale``, ``control_scale``).
@@ -157,7 +158,7 @@ class ProposedModule(MMDiTModule):
         self,
         size: str = "mmDiT-XL/2",
         semantic_path: SemanticPath = "attention",
-        control_schedule: ControlSchedule = lazy_instance(ControlSchedule, kind="cosine"),
+        control_schedule: ControlSchedule = lazy_instance(ControlSchedule, kind="per_group"),
         objective: Objective = lazy_instance(RectifiedFlow),
         sampler: Sampler = lazy_instance(EulerSampler, steps=50),
         guidance: ClassifierFreeGuidance = lazy_instance(ClassifierFreeGuidance, semantic_scale=1.5),

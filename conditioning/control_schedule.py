@@ -8,17 +8,24 @@ content to it. With t in [0, 1] and t = 1 pure noise:
 ================  ====================================  =================================================
 kind              w(t)                                  use
 ================  ====================================  =================================================
-``cosine``        cos(π/2 · t)                          the proposal's default (1 at t = 0, 0 at t = 1)
+``cosine``        cos(π/2 · t)                          one cosine for every control (1 at t = 0, 0 at t = 1)
 ``cosine2``       cos²(π/2 · t)                         a faster fade
 ``truncated``     cos(π/2 · min(1, t / t_max))          reaches 0 already at t = t_max
 ``constant``      1                                     SDXL: control added at every noise level
 ``zero``          0                                     control path switched off (ablation / checks)
+``per_group``     one of the above per control group    the default: geometric ``constant``, size ``cosine``
 ================  ====================================  =================================================
 
 The functional form and its constants are a reconstruction (the proposal states "a cosine schedule" and the
-direction only), so every choice is an argument. ``groups`` gives controls of different kinds their own schedule:
-by default geometric controls (crop box, flip; they decide the layout, which is fixed early) keep a constant
-weight and the size control (original image size, the proxy for resolution / detail) follows the cosine.
+direction only), so every choice is an argument. Why ``per_group`` is the default: the proposal's stated rationale
+(``shared/reference/paper.md`` §2.3) is that "low-level augmentations (e.g., resolution, color) only influence later
+stages of denoising when sufficient detail is present, while high-level augmentations (e.g., cropping, flipping)
+affect earlier stages". Earlier stages are the high-noise ones, where one cosine for every control is already near
+0, so a single cosine would switch crop and flip off exactly where the proposal places them. ``per_group`` follows
+the sentence: geometric controls (crop box, flip; they decide the layout, which is fixed early) keep a constant
+weight, and the size control (original image size, the proxy for resolution / detail) follows the cosine, so it
+acts late. A single ``cosine`` (every control faded at high noise), ``cosine2``, ``truncated`` and ``constant``
+(SDXL) are ablation cells of ``leaderboards/shapes-ablations``.
 """
 
 from __future__ import annotations
@@ -66,8 +73,8 @@ class ControlSchedule:
     """The weight w(t) of the control embedding in the adaLN vector, one schedule or one per control group.
 
     Args:
-        kind: The schedule of every control (``cosine``, ``cosine2``, ``truncated``, ``constant``, ``zero``), or
-            ``per_group``: each group of ``groups`` follows its entry in ``group_kinds``.
+        kind: ``per_group`` (default): each group of ``groups`` follows its entry in ``group_kinds``; or one
+            schedule for every control (``cosine``, ``cosine2``, ``truncated``, ``constant``, ``zero``).
         t_max: Where ``truncated`` schedules reach 0 (in (0, 1]).
         groups: Control columns per group (``per_group`` only); default `DEFAULT_GROUPS`.
         group_kinds: Schedule of each group (``per_group`` only); default geometric ``constant``, photometric
@@ -76,7 +83,7 @@ class ControlSchedule:
 
     def __init__(
         self,
-        kind: str = "cosine",
+        kind: str = "per_group",
         t_max: float = 1.0,
         groups: dict[str, list[str]] | None = None,
         group_kinds: dict[str, str] | None = None,

@@ -77,7 +77,8 @@ def test_with_w_zero_the_control_path_has_no_effect_and_otherwise_it_does():
     )
     with torch.no_grad():
         torch.testing.assert_close(off(x, t, a), off(x, t, b), rtol=0, atol=0)
-        on = _randomised(ProposedMMDiT(control_names=list(CONTROL_NAMES), **CLASS))  # cosine
+        cosine = ControlSchedule("cosine")  # the default is per_group, whose crop and flip act at every t
+        on = _randomised(ProposedMMDiT(control_names=list(CONTROL_NAMES), control_schedule=cosine, **CLASS))
         assert not torch.allclose(on(x, t, a), on(x, t, b))
         # The cosine weight vanishes at pure noise: there the control changes nothing (up to cos(π/2) ≈ 6e-17).
         ones = torch.ones(2)
@@ -180,7 +181,7 @@ def test_the_module_fits_a_few_steps():
     module = ProposedModule(size="mmDiT-tiny/2", resolution=32, num_classes=10, autoencoder=Autoencoder())
     backbone = module.backbone
     assert module.conditioner.control_names == CONTROL_NAMES and module.conditioner.control_dropout == 0.1
-    assert backbone.y_embedder is None and set(backbone.control_embedders) == {"all"}
+    assert backbone.y_embedder is None and set(backbone.control_embedders) == {"geometric", "photometric"}
     before = {k: v.clone() for k, v in backbone.state_dict().items()}
     loader = torch.utils.data.DataLoader([Shapes(resolution=32)[i] for i in range(8)], batch_size=4)
     trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -188,7 +189,9 @@ def test_the_module_fits_a_few_steps():
     trainer.fit(module, loader)
     assert trainer.global_step == 3
     after = backbone.state_dict()
-    assert not torch.equal(after["control_embedders.all.mlp.0.weight"], before["control_embedders.all.mlp.0.weight"])
+    for group in ("geometric", "photometric"):  # both control paths learn
+        key = f"control_embedders.{group}.mlp.0.weight"
+        assert not torch.equal(after[key], before[key])
     assert all(torch.isfinite(v).all() for v in after.values())
 
 
@@ -244,15 +247,17 @@ def test_each_ablation_cell_changes_its_axis_only():
         return (m.semantic_path, m.control_schedule.kind, c.control_names, c.control_dropout,
                 m.guidance.control_scale, c.semantic, c.padding)  # fmt: skip
 
-    base = ("attention", "cosine", CONTROL_NAMES, 0.1, 1.0, "class", "encoder")
+    base = ("attention", "per_group", CONTROL_NAMES, 0.1, 1.0, "class", "encoder")
     expected = {
         "scheduled": base,
         "class_adaln": ("adaln", *base[1:]),
         "additive": ("attention", "constant", *base[2:]),
-        "control_none": ("attention", "cosine", (), 0.0, 1.0, "class", "encoder"),
-        "control_cfg_off": ("attention", "cosine", CONTROL_NAMES, 0.0, 1.0, "class", "encoder"),
-        "control_cfg_on": ("attention", "cosine", CONTROL_NAMES, 0.1, 2.0, "class", "encoder"),
-        "padding_zero": ("attention", "cosine", CONTROL_NAMES, 0.1, 1.0, "caption", "zero"),
+        "schedule_cosine": ("attention", "cosine", *base[2:]),
+        "schedule_cosine2": ("attention", "cosine2", *base[2:]),
+        "control_none": ("attention", "per_group", (), 0.0, 1.0, "class", "encoder"),
+        "control_cfg_off": ("attention", "per_group", CONTROL_NAMES, 0.0, 1.0, "class", "encoder"),
+        "control_cfg_on": ("attention", "per_group", CONTROL_NAMES, 0.1, 2.0, "class", "encoder"),
+        "padding_zero": ("attention", "per_group", CONTROL_NAMES, 0.1, 1.0, "caption", "zero"),
     }
     for name, want in expected.items():
         assert axes(build(name)) == want, name
