@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import logging
 import os
 import sys
 import traceback
@@ -31,10 +32,11 @@ os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 import torch  # noqa: E402
 from jsonargparse import Namespace, lazy_instance  # noqa: E402
 from lightning.pytorch import LightningDataModule  # noqa: E402
-from lightning.pytorch.callbacks import BasePredictionWriter  # noqa: E402
+from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary  # noqa: E402
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
+from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table  # noqa: E402
 
 import baselines.dit  # noqa: E402, F401  (imported so that short names like `--model DiTModule` resolve)
 import data.imagefolder  # noqa: E402, F401
@@ -57,6 +59,12 @@ from benchmark.runs import (  # noqa: E402
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
 # lightning 2.6 + torch 2.14: an internal deprecation inside Lightning's pytree handling, not ours.
 warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+# Lightning advertises its cloud logger on every Trainer it builds (not advice for this benchmark's users), and says
+# it keeps the model summary the CLI gives it (`SummaryWithoutFlops`).
+_QUIET = ("litlogger", "Trainer already configured with model summary callbacks")
+logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+    lambda record: not any(text in record.getMessage() for text in _QUIET)
+)
 
 TRAINER_DEFAULTS = {
     # Placed (save_dir, name, version) by LDMBenchCLI.place_run; see benchmark/runs.py for the layout.
@@ -67,17 +75,33 @@ TRAINER_DEFAULTS = {
     "use_distributed_sampler": False,
 }
 
-EXTRA_COMMANDS = """\
-more commands (ldmbench <command> --help):
-  describe        params, GMACs and shapes of a config's model as JSON; no data, no weights
-                  (ldmbench describe --config leaderboards/shapes/dit.yaml)
-  sample          images of chosen classes from a checkpoint: PNGs and a grid
-                  (ldmbench sample --config X.yaml --ckpt_path C --classes 3,7 --n 8 [--output DIR])
-  cache-latents   encode a dataset once and train on the stored latents
-  evaluate        fd_shapes / FID and related metrics of a checkpoint under a suite's protocol
-  leaderboard     run / render / eval a suite: every entry under one budget and one protocol
-  perf            training and sampling speed of ours vs the reference implementations, side by side
-"""
+# `ldmbench`, `ldmbench -h` and `ldmbench --help` print this list (LightningCLI's own reflows any epilog into one
+# paragraph). LightningCLI's `test` still runs (it is `validate` on the test loader, which is the validation set in
+# every DataModule here), but it is not listed: it measures nothing `validate` does not.
+COMMANDS = (
+    ("fit", "train an entry from its config (ldmbench fit --config leaderboards/shapes/dit.yaml)"),
+    ("validate", "EMA loss at fixed noise on the validation set of a checkpoint (--ckpt_path C | last)"),
+    ("predict", "one generated image per validation item: PNGs and an ADM-style samples.npz"),
+    ("sample", "images of chosen classes from a checkpoint, PNGs and a grid (--classes 3,7 --n 8 [--protocol P])"),
+    ("describe", "params, GMACs and shapes of a config's model as JSON; no data, no weights, no network"),
+    ("cache-latents", "encode a dataset's training split once; every later run trains on the stored latents"),
+    ("evaluate", "fd_shapes / FID and related metrics of a checkpoint under a suite's protocol"),
+    ("leaderboard", "run / render / eval a suite: every entry under one budget and one protocol"),
+    ("perf", "training and sampling speed of ours vs the reference implementations, side by side"),
+)
+
+
+def command_help() -> str:
+    """The top-level help: one line per command."""
+    width = max(len(name) for name, _ in COMMANDS) + 2
+    lines = [f"  {name:<{width}}{text}" for name, text in COMMANDS]
+    return (
+        "usage: ldmbench <command> [options]   (the same CLI is installed as `lightning`)\n\n"
+        "commands:\n" + "\n".join(lines) + "\n\n"
+        "ldmbench <command> --help lists a command's options; configs stack left to right (--config a.yaml "
+        "--config b.yaml)\nand any key can be overridden (--trainer.max_steps 100).\n"
+    )
+
 
 _OUR_PACKAGES = tuple(
     os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), name) + os.sep
@@ -127,7 +151,6 @@ CLI_KWARGS = {
     "subclass_mode_model": True,
     "subclass_mode_data": True,
     "auto_configure_optimizers": False,  # each recipe's optimizer is a constructor argument of its module
-    "parser_kwargs": {"epilog": EXTRA_COMMANDS},
 }
 
 
@@ -173,7 +196,8 @@ class LDMBenchCLI(LightningCLI):
             if found is None:
                 rank_zero_info(f"ldmbench: no checkpoint of {entry} under {root}; starting a new run")
             else:
-                rank_zero_info(f"ldmbench: resuming {entry} from {found}")
+                verb = "resuming" if subcommand == "fit" else f"{subcommand} of"
+                rank_zero_info(f"ldmbench: {verb} {entry} from {found}")
             config.ckpt_path = ckpt = None if found is None else str(found)
         if ckpt:
             checkpoint_step(ckpt)
@@ -230,10 +254,46 @@ class LDMBenchCLI(LightningCLI):
         if config.get("enable_progress_bar") is False and isinstance(config.get("callbacks"), list):
             # `--trainer.enable_progress_bar false` switches off a bar the config lists, instead of refusing both.
             config["callbacks"] = [c for c in config["callbacks"] if not isinstance(c, ProgressBarBase)]
+        if self.subcommand in ("validate", "test", "predict"):
+            # An evaluation writes under <run>/<command>/ and saves no checkpoint, so the config's ModelCheckpoint,
+            # restored from the training run's state, would warn that its folder changed. (Leaving it out instead
+            # makes Lightning warn that the checkpoint's callbacks are missing.)
+            warnings.filterwarnings("ignore", message=r".*The dirpath has changed from.*")
+        max_steps, every = config.get("max_steps") or -1, config.get("log_every_n_steps")
+        if 0 < max_steps < (every or 50):
+            # A run shorter than the logging interval would write no metrics.csv at all: log its last step.
+            config["log_every_n_steps"] = max_steps
         configured = list(config.get("callbacks") or []) + list(callbacks)
+        if config.get("enable_model_summary") is not False and not any(isinstance(c, ModelSummary) for c in configured):
+            callbacks = [*callbacks, SummaryWithoutFlops()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
             callbacks = [*callbacks, ImageWriter()]  # predict writes PNGs and samples.npz unless told otherwise
         return super()._instantiate_trainer(config, callbacks)
+
+
+class SummaryWithoutFlops(ModelSummary):
+    """Lightning's model summary without its FLOPs column and total.
+
+    Lightning counts FLOPs only through ``example_input_array``, which a diffusion module (noised latents, time,
+    condition) has none of, so it printed "Total FLOPs: 0". The real cost is in `ldmbench describe`
+    (``gmacs_per_forward``, ``train_gflops_per_image``).
+    """
+
+    @staticmethod
+    def summarize(
+        summary_data: list[tuple[str, list[str]]],
+        total_parameters: int,
+        trainable_parameters: int,
+        model_size: float,
+        total_training_modes: dict[str, int],
+        total_flops: int,
+        **summarize_kwargs: Any,
+    ) -> None:
+        columns = [column for column in summary_data if column[0] != "FLOPs"]
+        table = _format_summary_table(
+            total_parameters, trainable_parameters, model_size, total_training_modes, 0, *columns
+        )
+        rank_zero_info("\n" + table.rsplit("\n", 1)[0])  # the last line is the FLOPs total
 
 
 _CSV_LOGGERS = (
@@ -327,21 +387,22 @@ def hub_offline() -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = before_env
 
 
-def describe(args: list[str]) -> dict:
-    """Build the configured model on the meta device (no weights, no data, no network) and return its size and cost."""
-    # Only widths are needed, and every config it reads is shipped: a hub request here only costs retries offline.
-    with torch.device("meta"), warnings.catch_warnings(), hub_offline():
-        # `describe` passes the arguments after the word "describe" while sys.argv still holds the whole command
-        # line; that is intended, so LightningCLI's "both args and command line arguments" warning is noise here.
+def _model_cli(args: list[str]) -> _DescribeCLI:
+    """Model and data built from ``args`` exactly as `fit` builds them, without a Trainer."""
+    with warnings.catch_warnings():
+        # `describe` and `sample` pass the arguments after their own word while sys.argv still holds the whole
+        # command line; that is intended, so LightningCLI's "both args and command line arguments" warning is noise.
         warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
         # diffusers' config lookup passes an argument huggingface_hub 0.23+ ignores; nothing a user can act on.
         warnings.filterwarnings("ignore", message=r".*local_dir_use_symlinks.*")
-        cli = _DescribeCLI(
-            **CLI_KWARGS,
-            save_config_callback=None,
-            args=args,
-            run=False,
-        )
+        return _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=args, run=False)
+
+
+def describe(args: list[str]) -> dict:
+    """Build the configured model on the meta device (no weights, no data, no network) and return its size and cost."""
+    # Only widths are needed, and every config it reads is shipped: a hub request here only costs retries offline.
+    with torch.device("meta"), hub_offline():
+        cli = _model_cli(args)
     return cli.model.describe()
 
 
@@ -378,7 +439,7 @@ def sample(args: list[str]) -> Path:
     if not classes or ours.n < 1:
         parser.error("give at least one class and --n >= 1")
 
-    cli = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=rest, run=False)
+    cli = _model_cli(rest)
     model, config = cli.model, cli.config
     root, entry = _root_and_entry(config)
     ckpt = newest_checkpoint(root, entry) if ours.ckpt_path == "last" else Path(ours.ckpt_path)
@@ -453,6 +514,9 @@ def main(args: ArgsType = None) -> None:
         "evaluate": ("benchmark.evaluation.command", "evaluate_command"),
         "perf": ("benchmark.perf", "main"),
     }
+    if argv is not None and (not argv or argv[0] in ("-h", "--help")):
+        print(command_help(), file=sys.stdout if argv else sys.stderr)
+        sys.exit(0 if argv else 2)
     try:
         if argv and argv[0] == "describe":
             if not any(a.startswith(("--config", "--model", "-h", "--help")) for a in argv[1:]):
