@@ -4,6 +4,7 @@
     ldmbench fit --config ... --ckpt_path last        # resume: weights, optimizer, EMA, step, data position
     ldmbench validate|test|predict --config ... --ckpt_path path/to.ckpt
     ldmbench describe --config leaderboards/imagenet-256/dit_xl_2.yaml   # params / GMACs as JSON, no data
+    ldmbench sample --config ... --ckpt_path C --classes 3,7 [--protocol P.yaml]   # see benchmark/sample_cli.py
     ldmbench cache-latents --config leaderboards/shapes/dit.yaml [--output DIR]   # latents of the train split
     ldmbench perf --models dit,mdt --size tiny [--precision fp32,bf16] [--output leaderboards/perf/README.md]
     ldmbench evaluate --config ... --ckpt_path C [--protocol P.yaml] [--output metrics.json]   # metrics table + JSON
@@ -406,79 +407,6 @@ def describe(args: list[str]) -> dict:
     return cli.model.describe()
 
 
-def sample(args: list[str]) -> Path:
-    """``ldmbench sample``: images of chosen classes from a checkpoint, as PNGs and one grid (rows = classes).
-
-    The model is built from the config (and overrides) exactly as ``fit`` builds it, then loads the checkpoint's
-    weights; the EMA weights sample unless ``--raw``. Columns share their starting noise, so rows differ only by class.
-    Output goes to ``--output``, else to ``<run>/sample/<checkpoint stem>/`` beside the run the checkpoint belongs to.
-    """
-    import argparse
-
-    from torchvision.utils import make_grid, save_image
-
-    from benchmark.callbacks.samples import label_rows
-    from benchmark.runs import read_checkpoint
-
-    parser = argparse.ArgumentParser(
-        prog="ldmbench sample",
-        description="Generate images of chosen classes from a checkpoint. Any other option (--config, "
-        "--model.init_args..., --run_name) is read as by `ldmbench fit`.",
-    )
-    parser.add_argument("--ckpt_path", required=True, help="checkpoint file, or `last` for the entry's newest")
-    parser.add_argument("--classes", required=True, help="comma-separated class indices, e.g. 3,7")
-    parser.add_argument("--n", type=int, default=8, help="images per class (default 8)")
-    parser.add_argument("--output", default=None, help="output folder (default: beside the checkpoint's run)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
-    parser.add_argument("--raw", action="store_true", help="sample with the raw weights instead of the EMA")
-    ours, rest = parser.parse_known_args(args)
-    try:
-        classes = [int(c) for c in ours.classes.split(",") if c.strip()]
-    except ValueError:
-        parser.error(f"--classes must be comma-separated integers, got {ours.classes!r}")
-    if not classes or ours.n < 1:
-        parser.error("give at least one class and --n >= 1")
-
-    cli = _model_cli(rest)
-    model, config = cli.model, cli.config
-    root, entry = _root_and_entry(config)
-    ckpt = newest_checkpoint(root, entry) if ours.ckpt_path == "last" else Path(ours.ckpt_path)
-    if ckpt is None:
-        raise ConfigError(f"no checkpoint of {entry} under {root}")
-    state = read_checkpoint(ckpt)
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise ConfigError(f"{ckpt} is not a Lightning checkpoint of a DiffusionModule (no state_dict)")
-    model.load_state_dict(state["state_dict"])
-    num_classes = getattr(model, "num_classes", None)
-    bad = [c for c in classes if c < 0 or (num_classes is not None and c >= num_classes)]
-    if bad:
-        raise ConfigError(f"classes {bad} are outside [0, {num_classes}) of this model")
-
-    model = model.to("cuda" if torch.cuda.is_available() else "cpu").eval()
-    generator = torch.Generator().manual_seed(ours.seed)
-    columns = torch.randn((ours.n, *model.latent_shape), generator=generator)
-    labels = torch.tensor(classes).repeat_interleave(ours.n)
-    images = model.sample_images(
-        labels=labels, noise=columns.repeat(len(classes), 1, 1, 1), seed=ours.seed, use_ema=not ours.raw
-    )
-    images = ((images.float().cpu() + 1) / 2).clamp(0, 1)
-
-    run = run_of_checkpoint(ckpt)
-    base = run[0] / run[1] / f"version_{run[2]}" if run else root / entry
-    out = Path(ours.output) if ours.output else base / "sample" / ckpt.stem
-    out.mkdir(parents=True, exist_ok=True)
-    for i, (label, image) in enumerate(zip(labels.tolist(), images)):
-        save_image(image, out / f"class{label:04d}_{i % ours.n:03d}.png")
-    grid = make_grid(images, nrow=ours.n, padding=2, pad_value=1.0)
-    try:
-        names = [str(cli.datamodule.class_names[c]) for c in classes]
-    except Exception:  # noqa: BLE001 - names are a nicety; data that cannot list them (e.g. no root here) has none
-        names = [str(c) for c in classes]
-    save_image(label_rows(grid, names), out / "grid.png")
-    print(f"ldmbench sample: {len(images)} images of classes {classes} from {ckpt} written to {out}")
-    return out
-
-
 def config_files(argv: list[str]) -> list[str]:
     """The files given as ``--config FILE`` or ``--config=FILE`` on a command line, in order."""
     found = []
@@ -510,6 +438,7 @@ def main(args: ArgsType = None) -> None:
     add_import_paths(argv)
     commands = {  # extra commands beside LightningCLI's fit/validate/test/predict; imported only when used
         "cache-latents": ("benchmark.cache_cli", "cache_latents"),
+        "sample": ("benchmark.sample_cli", "sample"),
         "leaderboard": ("benchmark.leaderboard.command", "main"),
         "evaluate": ("benchmark.evaluation.command", "evaluate_command"),
         "perf": ("benchmark.perf", "main"),
@@ -527,9 +456,6 @@ def main(args: ArgsType = None) -> None:
                 )
                 sys.exit(2)
             print(json.dumps(describe(argv[1:]), indent=2))
-            return
-        if argv and argv[0] == "sample":
-            sample(argv[1:])
             return
         if argv and argv[0] in commands:
             module_name, function = commands[argv[0]]
