@@ -15,9 +15,11 @@ sweeps one control field at a time over its range and measures, on the Shapes im
     absolute pixel difference) to the mirror image of the reference than to the reference itself. This reads the
     pixels, not a head, so an ignored control scores 0, not chance. The direction head's reading
     (`shapes_clip.flip_obeyed`, 0.5 = chance) is reported beside it.
-  * crop size: a smaller crop of the same canvas shows the object larger, so the object's measured extent (side of
-    the bounding box of the pixels that differ from the background colour, the median colour of the image border)
-    must grow by more than half a pixel from each crop scale to the next smaller one.
+  * crop size: a centred crop of side ``s`` shows the centre of the reference canvas enlarged, so the image swept to
+    ``s`` must be closer (mean absolute pixel difference) to the reference's own centre crop of side ``s``, resized
+    to the full image (`zoom_centre`), than to the reference itself. Like the flip test this reads pixels against
+    the model's own reference, so it holds on any background (a lit, graded one included) and an ignored control
+    scores 0. (`foreground_extent`, the object's bounding box, is kept for the figures.)
   * original size changes no geometry in Shapes (the whole canvas is resized to the output), so it only enters
     semantic kept.
 
@@ -53,7 +55,14 @@ if TYPE_CHECKING:
     from benchmark.evaluation.shapes_clip import ShapesCLIP
     from benchmark.module import DiffusionModule
 
-__all__ = ["CROP_SCALES", "SIZE_SCALES", "control_disentanglement", "foreground_extent", "sweep_controls"]
+__all__ = [
+    "CROP_SCALES",
+    "SIZE_SCALES",
+    "control_disentanglement",
+    "foreground_extent",
+    "sweep_controls",
+    "zoom_centre",
+]
 
 CROP_SCALES: tuple[float, ...] = (1.0, 0.9, 0.8)
 """Side of the centred crop as a fraction of the canvas (the Shapes training crops keep >= 80 % of the area)."""
@@ -92,6 +101,17 @@ def sweep_controls(
         "crop": [control(r, s, flip0) for s in crop_scales if s != 1.0],
         "size": [control(r * s, 1.0, flip0) for s in size_scales if s != 1.0],
     }
+
+
+def zoom_centre(images: Tensor, fraction: float) -> Tensor:
+    """The centred crop of side ``fraction`` of each image, resized back to the full size (bilinear)."""
+    import torch.nn.functional as F
+
+    h, w = images.shape[-2:]
+    ch, cw = max(1, round(fraction * h)), max(1, round(fraction * w))
+    top, left = (h - ch) // 2, (w - cw) // 2
+    crop = images[..., top : top + ch, left : left + cw].float()
+    return F.interpolate(crop, size=(h, w), mode="bilinear", align_corners=False)
 
 
 def foreground_extent(images: Tensor, threshold: float = 0.25) -> Tensor:
@@ -237,9 +257,12 @@ def control_disentanglement(
                 if head is not None:
                     metrics["disentanglement_flip_direction_head"] = head
         if key == "crop":
-            extents = [foreground_extent(ref)] + [foreground_extent(x) for x in images["crop"]]
-            grew = [(b > a + 0.5 / module.resolution).float() for a, b in zip(extents, extents[1:], strict=False)]
-            crop_row = torch.stack(grew, 1).mean(1)
+            scales = [s for s in crop_scales if s != 1.0]
+            zoomed = [
+                ((x - zoom_centre(ref, s)).abs().mean((1, 2, 3)) < (x - ref).abs().mean((1, 2, 3))).float()
+                for x, s in zip(images["crop"], scales, strict=True)
+            ]
+            crop_row = torch.stack(zoomed, 1).mean(1)
             metrics["disentanglement_crop_obeyed"] = float(crop_row.mean())
     # One row per swept sample: its kept fraction, flip obeyed (NaN: kind shows no flip), crop obeyed.
     kept_row = torch.cat(kept_rows, 1).mean(1) if kept_rows else torch.ones(n)

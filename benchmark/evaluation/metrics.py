@@ -141,7 +141,8 @@ class FrechetDistance(FeatureMetric):
     """Fréchet distance of the rows' Gaussian fit against fixed reference statistics ``(mu, sigma)``.
 
     ``tr((Σ Σ_ref)^½)`` is computed as the sum of the square roots of the eigenvalues of ``S Σ S`` with
-    ``S = Σ_ref^½`` computed once, so each bootstrap replicate is one symmetric eigen-decomposition.
+    ``S = Σ_ref^½`` computed once (or of ``C Σ_ref Cᵀ`` for the centred rows C when there are fewer rows than
+    dimensions), so each bootstrap replicate is one symmetric eigen-decomposition.
     """
 
     name = "fd"
@@ -152,10 +153,17 @@ class FrechetDistance(FeatureMetric):
         super().__init__(name=name, **kwargs)
         mu, sigma = (np.asarray(a, np.float64) for a in reference)
         self.ref_mu, self.ref_sigma = mu, sigma
-        # Σ_ref is symmetric PSD: its square root from one eigen-decomposition (far cheaper than sqrtm at 2048-d).
-        lam, vec = np.linalg.eigh((sigma + sigma.T) / 2)
-        self._ref_root = (vec * np.sqrt(np.clip(lam, 0, None))) @ vec.T
+        self._root: np.ndarray | None = None
         self._ref_trace = float(np.trace(sigma))
+
+    @property
+    def _ref_root(self) -> np.ndarray:
+        # Σ_ref is symmetric PSD: its square root from one eigen-decomposition (far cheaper than sqrtm at 2048-d),
+        # computed once, and only when a set has at least as many rows as dimensions.
+        if self._root is None:
+            lam, vec = np.linalg.eigh((self.ref_sigma + self.ref_sigma.T) / 2)
+            self._root = (vec * np.sqrt(np.clip(lam, 0, None))) @ vec.T
+        return self._root
 
     def value(self, features: np.ndarray, labels: np.ndarray | None) -> float:
         if features.shape[0] < 2:
@@ -163,8 +171,10 @@ class FrechetDistance(FeatureMetric):
         n, d = features.shape
         mu = features.mean(0)
         centred = (features - mu) / np.sqrt(n - 1)  # Σ = centredᵀ centred
-        if n < d:  # wide features (2048-d Inception) and few rows: an (n, D) SVD instead of a (D, D) eigenproblem
-            trace_cross = float(np.linalg.svd(centred @ self._ref_root, compute_uv=False).sum())
+        if n < d:  # few rows of wide features (2048-d Inception): Σ Σ_ref has the eigenvalues of C Σ_ref Cᵀ (n, n)
+            inner = centred @ self.ref_sigma @ centred.T
+            eig = np.linalg.eigvalsh((inner + inner.T) / 2)
+            trace_cross = float(np.sqrt(np.clip(eig, 0, None)).sum())
         else:
             inner = self._ref_root @ (centred.T @ centred) @ self._ref_root
             eig = np.linalg.eigvalsh((inner + inner.T) / 2)
