@@ -37,7 +37,7 @@ also measures without it (scale 1.0), and those keys carry the suffix ``_noguida
 ``eval_seconds``               Wall time of the whole evaluation (reference statistics included on a cache miss).
 ``protocol`` / ``protocol_id`` The protocol's fields and its stable hash (`EvalProtocol.id`).
 ``checkpoint`` /               The checkpoint file, its SHA-256 and training step (when known), and the code's commit
-``checkpoint_sha256`` /        (``git rev-parse HEAD``, ``-dirty`` if tracked files changed).
+``checkpoint_sha256`` /        (``git rev-parse HEAD``), and ``code_diff``: a hash of how the packages differ from it.
 ``checkpoint_step`` /
 ``commit``
 =============================  =========================================================================================

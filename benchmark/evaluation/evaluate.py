@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
-import subprocess
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -19,11 +18,13 @@ from benchmark.evaluation.frechet import (
     cached_stats,
     frechet_distance,
     load_npz_stats,
+    stats_code,
     stats_from_features,
 )
 from benchmark.evaluation.generate import GeneratedSet, generate, to_uint8
 from benchmark.evaluation.metrics import MetricUnavailable
 from benchmark.evaluation.protocol import EvalProtocol
+from data.sources import PACKAGES, diff_hash, git_commit
 
 if TYPE_CHECKING:
     import lightning.pytorch as pl
@@ -41,7 +42,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-_REPO = Path(__file__).resolve().parents[2]
 
 
 def evaluate(
@@ -222,6 +222,7 @@ def reference_stats(
         return load_npz_stats(protocol.reference)
     dataset, n, spec = _reference_source(protocol, resolution, datamodule)
     spec.update({"count": n, "preprocessing": "uint8 [0,255] RGB", **extractor.spec()})
+    spec["code"] = stats_code(dataset, extractor, to_uint8)
 
     def compute() -> tuple[np.ndarray, np.ndarray]:
         log.info("computing reference statistics %s over %d images", protocol.reference, n)
@@ -254,6 +255,7 @@ def reference_features(
         return torch.cat([extractor.features(images[i : i + 256]) for i in range(0, images.shape[0], 256)])
     dataset, n, spec = _reference_source(protocol, resolution, datamodule)
     spec.update({"count": n, "preprocessing": "uint8 [0,255] RGB", "kind": "features", **extractor.spec()})
+    spec["code"] = stats_code(dataset, extractor, to_uint8)
     features, _ = cached_features(spec, lambda: _features_of(dataset, n, extractor).numpy(), root=stats_root)
     return torch.from_numpy(features)
 
@@ -314,26 +316,10 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def git_commit(repo: str | Path = _REPO) -> str | None:
-    """The checked-out commit of the code that ran (with ``-dirty`` when tracked files changed), or None."""
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return head + ("-dirty" if dirty else "")
-
-
 def provenance(module: Any, ckpt_path: str | None) -> dict[str, Any]:
-    """``checkpoint_step``, ``checkpoint_sha256`` (when a checkpoint is given) and ``commit``."""
-    out: dict[str, Any] = {"commit": git_commit()}
+    """``checkpoint_step``, ``checkpoint_sha256`` (when a checkpoint is given), ``commit`` (`data.sources.git_commit`)
+    and ``code_diff``, a hash of how the project's packages differ from it (None when they do not)."""
+    out: dict[str, Any] = {"commit": git_commit(), "code_diff": diff_hash(PACKAGES)}
     step = None
     if ckpt_path is not None:
         out["checkpoint"] = str(ckpt_path)

@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 import scipy.linalg
 
+from data.sources import library_versions, source_hash
+
 __all__ = [
     "FeatureStats",
     "cache_dir",
@@ -33,6 +35,7 @@ __all__ = [
     "frechet_distance",
     "frechet_distance_of_features",
     "load_npz_stats",
+    "stats_code",
     "stats_from_features",
 ]
 
@@ -108,6 +111,21 @@ def load_npz_stats(path: str | os.PathLike) -> FeatureStats:
         if missing:
             raise KeyError(f"{path} has no {missing} (keys: {sorted(data.files)}); expected ADM-style mu and sigma")
         return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+
+
+# Libraries that can move reference statistics: image decoding and resizing, the extractors, the moments.
+_STATS_LIBRARIES = ("torch", "torchvision", "numpy", "scipy", "Pillow", "torch-fidelity", "transformers")
+
+
+def stats_code(*producers: Any) -> dict[str, Any]:
+    """The code cached reference statistics or features come from, for their spec: a hash of the modules of
+    ``producers`` (the dataset that draws the reference images, the extractor, the image conversion; with the project
+    modules they import at module level, `data.sources.source_hash`) and of this module, and library versions.
+
+    Without it a change to, e.g., the Shapes renderer would keep comparing against statistics of the old drawings.
+    """
+    modules = {getattr(p, "__module__", None) or type(p).__module__ for p in producers} | {__name__}
+    return {"source": source_hash(sorted(modules)), "versions": library_versions(_STATS_LIBRARIES)}
 
 
 def cache_dir() -> Path:

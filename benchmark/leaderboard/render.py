@@ -35,8 +35,10 @@ CSV_COLUMNS = (
     "steps",
     "global_batch",
     "metric",
+    "metric_sd",
     "metric_noguidance",
     "class_accuracy",
+    "class_accuracy_sd",
     "class_accuracy_noguidance",
     "clip_score",
     "control_disentanglement",
@@ -76,18 +78,21 @@ def spread_stats(values: list[float]) -> tuple[float, float] | None:
 
 
 def rank_with_ties(stats: list[tuple[str, float, float]], higher_is_better: bool = False) -> dict[str, str]:
-    """Ranks ``1, =1, 3, ...``: an entry ties with the one above when their mean ± spread intervals overlap."""
-    order = sorted(stats, key=lambda s: -s[1] if higher_is_better else s[1])
+    """Ranks ``1, =1, 3, ...`` from intervals: 1 + the number of entries whose interval lies wholly better.
+
+    No chaining: in a ≈ b ≈ c with a clearly better than c, c ranks below a. The tables rank with
+    `benchmark.evaluation.stats.pairwise_ranks` (a named test, Holm-corrected); this is its interval-only form.
+    """
     ranks: dict[str, str] = {}
-    group_rank, previous = 0, None
-    for position, (name, mean, spread) in enumerate(order, start=1):
-        if previous is not None and abs(mean - previous[1]) < spread + previous[2]:
-            ranks[name] = f"={group_rank}"
-            ranks[previous[0]] = f"={group_rank}"
+    numbers = {}
+    for name, mean, spread in stats:
+        if higher_is_better:
+            better = sum(1 for _, m, s in stats if m - s > mean + spread)
         else:
-            group_rank = position
-            ranks[name] = str(position)
-        previous = (name, mean, spread)
+            better = sum(1 for _, m, s in stats if m + s < mean - spread)
+        numbers[name] = 1 + better
+    for name, number in numbers.items():
+        ranks[name] = f"={number}" if sum(1 for v in numbers.values() if v == number) > 1 else str(number)
     return ranks
 
 
@@ -123,6 +128,46 @@ def fmt_flops(value: Any) -> str:
     return f"{value:.3g} FLOPs"
 
 
+def interval_stats(groups: dict[str, list[dict[str, Any]]], key: str) -> dict[str, tuple[float, float, int] | None]:
+    """Per entry: (mean over seeds, 95 % CI half-width, seeds) of column ``key`` (`benchmark.evaluation.stats`).
+
+    The half-width combines each seed's evaluation-noise SD (``<key>_sd``, a bootstrap over the samples) with the
+    training-seed variance pooled over the table's multi-seed entries.
+    """
+    from benchmark.evaluation.stats import combine, pooled_seed_variance
+
+    rows = {name: _row_stat(name, g, key) for name, g in groups.items()}
+    seed_var = pooled_seed_variance([r for r in rows.values() if r is not None])
+    out: dict[str, tuple[float, float, int] | None] = {}
+    for name, row in rows.items():
+        if row is None:
+            out[name] = None
+            continue
+        mean, _, half = combine(row, seed_var)
+        out[name] = (mean, half, row.n)
+    return out
+
+
+def _row_stat(name: str, g: list[dict[str, Any]], key: str) -> Any:
+    from benchmark.evaluation.stats import RowStat
+
+    pairs = [(r.get(key), r.get(f"{key}_sd")) for r in g]
+    pairs = [(v, sd) for v, sd in pairs if v is not None and math.isfinite(v)]
+    if not pairs:
+        return None
+    return RowStat(name, [v for v, _ in pairs], [sd for _, sd in pairs])
+
+
+def fmt_interval(stat: tuple[float, float, int] | None, scale: float = 1.0, digits: int = 3) -> str:
+    """``mean ± half-width`` of the 95 % CI (``mean`` alone when no part of the interval was measured)."""
+    if stat is None:
+        return ""
+    mean, half, _ = stat
+    if not half or not math.isfinite(half):
+        return f"{mean * scale:.{digits}g}"
+    return f"{mean * scale:.{digits}g} ± {half * scale:.2g}"
+
+
 def fmt_stat(stat: tuple[float, float] | None, n: int, scale: float = 1.0, digits: int = 3) -> str:
     if stat is None:
         return ""
@@ -143,13 +188,19 @@ def current_keys(suite: Suite, rows: list[dict[str, Any]]) -> set[str]:
 
     entries = {e.name: e for e in suite.entries()}
     keys = set()
-    wanted = {(r.get("entry"), r.get("seed"), r.get("preset")) for r in rows if r.get("source", "trained") == "trained"}
-    for name, seed, preset_name in sorted(wanted, key=str):
+    # Keyed for the thread count each row recorded: a row is current for the threads it ran with.
+    wanted = {
+        (r.get("entry"), r.get("seed"), r.get("preset"), r.get("threads"))
+        for r in rows
+        if r.get("source", "trained") == "trained"
+    }
+    for name, seed, preset_name, threads in sorted(wanted, key=str):
         if name not in entries or preset_name not in suite.presets:
             continue
         preset = suite.presets[preset_name]
+        budget, protocol = suite.budget_for(preset), suite.protocol_for(preset)
         try:
-            keys.add(entry_key(entries[name], int(seed), suite.budget_for(preset), suite.protocol_for(preset)))
+            keys.add(entry_key(entries[name], int(seed), budget, protocol, threads=threads or -1))
         except Exception:  # noqa: BLE001 - an entry that no longer parses makes its rows stale, not render fail
             continue
     return keys
@@ -317,14 +368,14 @@ def readme_lines(
     current = [r for r in rows if not r.get("stale") and r.get("source", "trained") == "trained"]
     ok = [r for r in current if r.get("status") == "ok"]
     groups = _group(ok)
-    stats = {name: spread_stats([r.get("metric") for r in g]) for name, g in groups.items()}
+    stats = interval_stats(groups, "metric")
     # Pre-training stages of a transfer suite (suite.yaml `stages`) are measured on other data or at another
     # resolution: listed last, without a rank.
     stages = set(suite.raw.get("stages") or [])
-    ranks = rank_with_ties(
-        [(n, s[0], s[1]) for n, s in stats.items() if s is not None and n not in stages],
-        higher_is_better=suite.higher_is_better,
-    )
+    from benchmark.evaluation.stats import pairwise_ranks
+
+    ranked_rows = [_row_stat(n, g, "metric") for n, g in groups.items() if n not in stages]
+    ranks = pairwise_ranks([r for r in ranked_rows if r is not None], higher_is_better=suite.higher_is_better)
     ranks.update({n: "stage" for n in stages if n in groups})
     guided = suite.protocol.get("guidance_scale")
     header = [
@@ -349,10 +400,15 @@ def readme_lines(
         "commit",
     ]
     table = []
-    order = sorted(groups, key=lambda n: (n in stages, stats[n] is None, _rank_number(ranks.get(n)), n))
+    columns = {
+        key: interval_stats(groups, key)
+        for key in ("metric_noguidance", "class_accuracy", "clip_score", "control_disentanglement")
+    }
+    order = sorted(
+        groups, key=lambda n: (n in stages, stats[n] is None, _rank_number(ranks.get(n)), stats[n] and stats[n][0], n)
+    )
     for name in order:
         g = groups[name]
-        n = len(g)
         mem_kind = _same(g, "peak_memory_kind")
         table.append(
             [
@@ -364,11 +420,11 @@ def readme_lines(
                 fmt_num(_mean(g, "train_gflops_per_image")),
                 fmt_flops(_mean(g, "budget_train_flops") or _mean(g, "train_flops")),
                 fmt_num(_mean(g, "images_seen")),
-                fmt_stat(stats[name], n),
-                fmt_stat(spread_stats([r.get("metric_noguidance") for r in g]), n),
-                fmt_stat(spread_stats([r.get("class_accuracy") for r in g]), n, scale=100),
-                fmt_stat(spread_stats([r.get("clip_score") for r in g]), n),
-                fmt_stat(spread_stats([r.get("control_disentanglement") for r in g]), n),
+                fmt_interval(stats[name]),
+                fmt_interval(columns["metric_noguidance"][name]),
+                fmt_interval(columns["class_accuracy"][name], scale=100),
+                fmt_interval(columns["clip_score"][name]),
+                fmt_interval(columns["control_disentanglement"][name]),
                 fmt_num(_mean(g, "train_images_per_s")),
                 fmt_num(_mean(g, "sampling_images_per_s")),
                 fmt_num(_mean(g, "peak_memory_gb")) + (" (RSS)" if mem_kind == "rss" else ""),
@@ -390,14 +446,14 @@ def readme_lines(
     lines += ["## Results", ""]
     lines += md_table(header, table) if table else ["No entries yet."]
     lines += [""]
-    if any(len(g) > 1 for g in groups.values()):
-        lines += [
-            "Values are mean ± half the range over the seeds shown; entries whose intervals overlap share a rank "
-            "(`=k`): their difference is smaller than the seed-to-seed spread.",
-            "",
-        ]
-    elif groups:
-        lines += ["One seed per entry: no spread is measured, so ranks do not show ties (`--seeds 0,1` adds one).", ""]
+    if groups:
+        from benchmark.evaluation.stats import METHOD
+
+        reps = suite.protocol_for(suite.preset(preset)).get("bootstrap_reps", 200)
+        lines += [METHOD.format(reps=reps), ""]
+        if not any(len(g) > 1 for g in groups.values()):
+            lines += ["One seed per entry: the training-seed variance is not measured, so no entry is ranked "
+                      "(`--seeds 0,1` adds one).", ""]  # fmt: skip
     if stages & set(groups):
         lines += [
             "Rows ranked `stage` are pre-training stages (trained at another resolution or on other data and read by "

@@ -22,7 +22,7 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,9 @@ from lightning.pytorch import Callback
 from benchmark import runs
 from benchmark.callbacks.budget import ComputeBudget
 from benchmark.leaderboard import results as res
+from benchmark.leaderboard.parallel import available_cores
 from benchmark.leaderboard.suite import Budget, Entry, Preset, Suite, load_suite
+from data.sources import diff_hash
 
 _CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 _FINAL = runs.ROW_FINAL
@@ -50,6 +52,8 @@ class Job:
     seed: int
     key: str
     run_dir: Path
+    threads: int | None = None  # torch threads the row trains with (part of its key)
+    code_files: list[Path] = field(default_factory=list)  # the files in its key (source and entry YAML)
 
 
 # ----------------------------------------------------------------------------------------------- configs
@@ -78,12 +82,19 @@ def parse_entry(config: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
 
 
-def entry_key(entry: Entry, seed: int, budget: Budget | None, protocol: dict[str, Any]) -> str:
-    """The key a trained row of ``entry`` at ``seed`` has with this checkout, budget and protocol."""
+def entry_fingerprint(entry: Entry, seed: int) -> dict[str, Any]:
+    """The parts of the entry's resolved config at ``seed`` that decide its numbers (`results.entry_fingerprint`)."""
     config = copy.deepcopy(entry.config)
     config["seed_everything"] = seed
-    fingerprint = res.entry_fingerprint(parse_entry(config))
-    return res.row_key(fingerprint, seed, None if budget is None else budget.as_dict(), protocol)
+    return res.entry_fingerprint(parse_entry(config))
+
+
+def entry_key(
+    entry: Entry, seed: int, budget: Budget | None, protocol: dict[str, Any], threads: int | None = None
+) -> str:
+    """The key a trained row of ``entry`` at ``seed`` has with this checkout, budget, protocol and thread count."""
+    fingerprint = entry_fingerprint(entry, seed)
+    return res.row_key(fingerprint, seed, None if budget is None else budget.as_dict(), protocol, threads=threads)
 
 
 def training_config(entry: Entry, seed: int, run_dir: Path, preset: Preset, progress: bool) -> dict[str, Any]:
@@ -190,12 +201,15 @@ def save_grid(module: Any, datamodule: Any, protocol: Any, path: Path, samples_p
 
 
 # ----------------------------------------------------------------------------------------------- rows
-def environment(world_size: int, precision: Any) -> dict[str, Any]:
+def environment(world_size: int, precision: Any, code_files: list[Path] | None = None) -> dict[str, Any]:
+    """Where and with what a row ran: hardware, threads, commit (and how the files in its key differ from it)."""
     return {
         "hardware": res.hardware(world_size),
         "world_size": world_size,
         "precision": str(precision),
+        "threads": res.torch_threads(),
         "commit": res.git_commit(),
+        "code_diff": diff_hash(code_files or []),
         "code": res.code_hash(),
         "versions": res.library_versions(),
     }
@@ -242,6 +256,11 @@ def metric_columns(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
         "control_disentanglement": pick("control_disentanglement"),
         "sampling_images_per_s": pick("sampling_images_per_s", "sample_images_per_s", "images_per_s"),
     }
+    # Each number's evaluation-noise SD (bootstrap over the samples), which render combines with the seed spread.
+    sources = {"metric": metric, "metric_noguidance": f"{metric}_noguidance"}
+    for column in list(columns)[:6]:
+        columns[f"{column}_sd"] = pick(f"{sources.get(column, column)}_sd")
+    return columns
 
 
 def classify_failure(error: BaseException) -> str:
@@ -343,7 +362,7 @@ def run_job(
         row["train_gflops_per_image"] = None if not train.get("flops_per_image") else train["flops_per_image"] / 1e9
         row["objective"] = type(module.objective).__name__
         row["eval_sampler"] = eval_sampler_name(module, protocol)
-        row.update(environment(trainer.world_size, trainer.precision))
+        row.update(environment(trainer.world_size, trainer.precision, job.code_files))
         eval_started = time.perf_counter()
         metrics = evaluate_module(module, protocol, datamodule, device)
         row["eval_seconds"] = time.perf_counter() - eval_started
@@ -380,14 +399,26 @@ def describe_module(module: Any) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------------------------------------- the suite
-def plan(suite: Suite, preset: Preset, entries: list[str] | None, seeds: list[int] | None, output: Path) -> list[Job]:
+def plan(
+    suite: Suite,
+    preset: Preset,
+    entries: list[str] | None,
+    seeds: list[int] | None,
+    output: Path,
+    threads: int | None = None,
+) -> list[Job]:
+    """The (entry, seed) jobs of a run, keyed for ``threads`` torch threads (default: this process's count)."""
     budget = suite.budget_for(preset)
     protocol = suite.protocol_for(preset)
+    threads = res.torch_threads() if threads is None else threads
     jobs = []
     for entry in suite.entries(entries):
         for seed in seeds or preset.seeds:
-            key = entry_key(entry, seed, budget, protocol)
-            jobs.append(Job(entry=entry, seed=seed, key=key, run_dir=runs.row_dir(output, entry.name, seed, key)))
+            fingerprint = entry_fingerprint(entry, seed)
+            key = res.row_key(fingerprint, seed, budget.as_dict(), protocol, threads=threads)
+            files = [*res.row_code_files(fingerprint), entry.path]
+            run_dir = runs.row_dir(output, entry.name, seed, key)
+            jobs.append(Job(entry=entry, seed=seed, key=key, run_dir=run_dir, threads=threads, code_files=files))
     return jobs
 
 
@@ -444,7 +475,15 @@ def run_suite(
     results_file = results_dir / "results.jsonl"
     budget = suite.budget_for(preset_obj)
     protocol = suite.protocol_for(preset_obj)
-    planned = plan(suite, preset_obj, entries, seeds, out)
+    workers = jobs if jobs is not None else preset_obj.jobs
+    # torchrun / srun set these before Lightning initialises the process group.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
+    in_processes = workers > 1 and not distributed and not callbacks
+    # A row's numbers hold for its thread count only (part of its key): with several workers every row trains at
+    # cores // workers threads, even one that ends up running alone in this process.
+    threads = max(1, available_cores() // workers) if in_processes else res.torch_threads()
+    planned = plan(suite, preset_obj, entries, seeds, out, threads=threads)
     # A `failed` row (an error that may not come back: a missing file, a killed worker) is retried; `diverged` and
     # `oom` rows are results of the entry under this budget and hardware, and stay.
     existing = {
@@ -453,6 +492,10 @@ def run_suite(
         if r.get("status") != "failed"
     }
     todo = [j for j in planned if force or (j.entry.name, j.seed, j.key) not in existing]
+    if todo:  # before anything trains: a committed suite folder gets rows of committed code only
+        protocol_file = suite.raw.get("protocol")
+        suite_files = [suite.root / name for name in ("suite.yaml", protocol_file) if isinstance(name, str)]
+        res.check_clean_for(results_dir, [f for job in todo for f in job.code_files] + suite_files)
     console.rule(f"[bold]leaderboard {suite.name}[/] · preset {preset_obj.name}")
     console.print(
         f"{len(planned)} rows planned, {len(planned) - len(todo)} current, {len(todo)} to run"
@@ -461,11 +504,7 @@ def run_suite(
     written: list[dict[str, Any]] = []
     suite_started = time.perf_counter()
 
-    workers = jobs if jobs is not None else preset_obj.jobs
-    # torchrun / srun set these before Lightning initialises the process group.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
-    at_once = workers if workers > 1 and len(todo) > 1 and not distributed and not callbacks else 1
+    at_once = workers if in_processes and len(todo) > 1 else 1
     if callbacks and workers > 1 and len(todo) > 1:
         console.print(f"{len(callbacks)} callback(s) given: rows run one at a time in this process, not {workers}")
 
@@ -485,9 +524,9 @@ def run_suite(
     if at_once > 1:
         _run_parallel(suite, todo, preset_obj, workers, output, out, results_file, force, console, finished)
     else:
-        _run_serial(
-            suite, todo, preset_obj, budget, protocol, progress, callbacks, results_dir, results_file, console, finished
-        )
+        with _torch_threads(threads):
+            serial_args = (budget, protocol, progress, callbacks, results_dir, results_file, console, finished)
+            _run_serial(suite, todo, preset_obj, *serial_args)
     console.rule(f"done in {_clock(time.perf_counter() - suite_started)} · {results_file}")
     return written
 
@@ -555,6 +594,17 @@ def _run_serial(
             res.append_row(results_file, row)
         _barrier()
         finished(row)
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int) -> Iterator[None]:
+    """Train at ``threads`` torch threads (the count the rows are keyed for), then restore the caller's."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _clock(seconds: float) -> str:
@@ -630,6 +680,8 @@ def eval_checkpoint(
         config["model"].setdefault("init_args", {})["init_from"] = str(ckpt_path)
     fingerprint = res.entry_fingerprint(parse_entry(config))
     key = res.row_key({**fingerprint, "weights": _file_hash(ckpt_path)}, 0, None, protocol_fields, source=source)
+    code_files = [*res.row_code_files(fingerprint), entry.path]
+    res.check_clean_for(results_dir, code_files)
     started = time.perf_counter()
     row: dict[str, Any] = {
         "suite": suite.name,
@@ -655,7 +707,7 @@ def eval_checkpoint(
         row.update(describe_module(module))
         row["objective"] = type(module.objective).__name__
         row["eval_sampler"] = eval_sampler_name(module, protocol)
-        row.update(environment(trainer.world_size, trainer.precision))
+        row.update(environment(trainer.world_size, trainer.precision, code_files))
         metrics = evaluate_module(module, protocol, datamodule, device)
         row["metrics"] = metrics
         row.update(metric_columns(metrics, suite.metric))

@@ -336,8 +336,9 @@ def test_render_from_synthetic_results(tmp_path):
     table = [line for line in text.splitlines() if line.startswith("| ")]
     a_line = next(line for line in table if line.startswith("| =1 | a |"))
     b_line = next(line for line in table if line.startswith("| =1 | b |"))
-    assert "9 ± 1" in a_line and "18 ± 2" in a_line and "90 ± 0" in a_line
-    assert "10 ± 0.5" in b_line, "the stale row leaked into b's mean"
+    # 95 % intervals: seed variance pooled over a and b ((2 + 0.5) / 2), no evaluation SD recorded in these rows.
+    assert "| 9 ± 1.5 |" in a_line and "| 18 ± 3.1 |" in a_line and "| 90 |" in a_line
+    assert "| 10 ± 1.5 |" in b_line, "the stale row leaked into b's mean"
     assert "1.3M" in a_line and "1 TFLOPs" in a_line and "12,480" in a_line and "abc1234" in a_line
     assert "| c |" in text and "diverged" in text and "FloatingPointError" in text
     assert "stale" in text
