@@ -55,6 +55,7 @@ from benchmark.runs import (  # noqa: E402
     refuse_fixed_paths,
     run_of_checkpoint,
 )
+from data.folder_scan import FolderError  # noqa: E402
 
 # The frozen autoencoder and the EMA copy are in eval mode on purpose; Lightning warns about any such module.
 warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode at the start of training.*")
@@ -462,7 +463,7 @@ def main(args: ArgsType = None) -> None:
             getattr(importlib.import_module(module_name), function)(argv[1:])
             return
         build_cli(args)
-    except (ConfigError, CheckpointError) as error:
+    except (ConfigError, CheckpointError, FolderError) as error:
         print(f"ldmbench: error: {error}", file=sys.stderr)
         sys.exit(2)
 

@@ -8,9 +8,11 @@ policy shared by every DataModule here:
   (``index + 1, index + 2, ...`` modulo the length); for a stream of tar shards, the next readable sample of the same
   shard (or the shard's last readable one when the bad samples end it). The number of items, hence every batch shape
   and the exact resume of an indexable stream, is unchanged.
-- Each substitution is **counted by reason** (``corrupt_image``, ``empty_caption``, ``missing_label``, ...) and
-  warned about (the first few in full, then every power of two), and the item carries ``bad_input = 1`` so the main
-  process sees the counts of every loader worker in the batches (`BadInputMonitor`).
+- Each substitution is **counted by reason** (``corrupt_image``, ``too_small``, ``empty_caption``,
+  ``missing_label``, ...) and warned about (the first few in full, then every power of two), **each bad file once**:
+  a file already reported (by the scan of an image folder before training, `data.folder_scan`, or by an earlier
+  epoch in the same loader worker) is counted again but not warned about again. The item carries ``bad_input = 1``
+  so the main process sees the counts of every loader worker in the batches (`BadInputMonitor`).
 - Above ``max_fraction`` of the items seen (after at least ``min_items``), the run **stops** with `TooManyBadInputs`,
   whose message names the counts, the fraction, the last bad item and the option that sets the limit.
 """
@@ -30,11 +32,17 @@ _FULL_WARNINGS = 5  # bad items warned about one by one; after that, every power
 
 
 class BadInputError(ValueError):
-    """An item that cannot be used as it is (the reason is the message's first word)."""
+    """An item that cannot be used as it is (the reason is the message's first word).
 
-    def __init__(self, reason: str, detail: str) -> None:
+    Args:
+        reason: Short category (``corrupt_image``, ``too_small``, ``empty_caption``...).
+        detail: Where and what, for messages.
+        path: The file, when there is one: a file is warned about once however often it is met.
+    """
+
+    def __init__(self, reason: str, detail: str, path: str | None = None) -> None:
         super().__init__(f"{reason}: {detail}")
-        self.reason, self.detail = reason, detail
+        self.reason, self.detail, self.path = reason, detail, path
 
 
 class TooManyBadInputs(RuntimeError):
@@ -68,6 +76,7 @@ class BadInputCounter:
         self.seen = 0
         self.reasons: Counter[str] = Counter()
         self.last: str | None = None
+        self.reported: set[str] = set()  # files already warned about (here or by a folder scan): not warned again
 
     @property
     def bad(self) -> int:
@@ -83,12 +92,14 @@ class BadInputCounter:
         """Count ``n`` usable items."""
         self.seen += n
 
-    def add_bad(self, reason: str, where: str) -> None:
-        """Count one bad item, warn, and stop if the fraction is now too high.
+    def add_bad(self, reason: str, where: str, key: str | None = None) -> None:
+        """Count one bad item, warn (once per ``key``), and stop if the fraction is now too high.
 
         Args:
             reason: Short category (``corrupt_image``, ``empty_caption``, ``missing_label``...).
             where: The file, shard member or index of the item, for the messages.
+            key: What identifies the bad input (its file); one already in `reported` is counted but not warned
+                about again. None: ``where``.
 
         Raises:
             TooManyBadInputs: If the bad fraction exceeds ``max_fraction`` after ``min_items`` items.
@@ -96,9 +107,12 @@ class BadInputCounter:
         self.seen += 1
         self.reasons[reason] += 1
         self.last = f"{reason} at {where}"
-        bad = self.bad
-        if bad <= _FULL_WARNINGS or bad & (bad - 1) == 0:
-            log.warning("%s: substituted bad input (%s); %s", self.name, self.last, self.summary())
+        key = where if key is None else key
+        if key not in self.reported:
+            self.reported.add(key)
+            new = len(self.reported)
+            if new <= _FULL_WARNINGS or new & (new - 1) == 0:
+                log.warning("%s: substituted bad input (%s); %s", self.name, self.last, self.summary())
         self.check()
 
     def check(self) -> None:
@@ -157,7 +171,7 @@ def substitute_next(
             if counter is None:
                 raise
             reason = error.reason if isinstance(error, BadInputError) else "corrupt_image"
-            counter.add_bad(reason, str(getattr(error, "detail", error)) or f"index {at}")
+            counter.add_bad(reason, str(getattr(error, "detail", error)) or f"index {at}", getattr(error, "path", None))
             continue
         if counter is not None:
             counter.good()  # the substitute is a good read too: the fraction is bad reads over all reads

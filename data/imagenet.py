@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from data.bad_input import BadInputCounter, BadInputError, BadInputMonitor, substitute_next
+from data.bad_input import BadInputCounter, BadInputError, substitute_next
 from data.crop_policy import CropPolicy
-from data.imagefolder import ImageFolderDataModule, ImageFolderDataset, _load_rgb
+from data.imagefolder import ImageFolderDataModule, ImageFolderDataset
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,7 @@ class ImageNetDataset(ImageFolderDataset):
         seed: Seed of the per-sample crop and flip draws.
         split: Name of the split (part of a latent cache's key).
         counter: Counts bad items and enforces the limit (each loader worker holds its own copy).
+        min_side: Images whose shorter side is below this many pixels are bad input (``too_small``).
     """
 
     wants_stream_position = True  # the training sampler passes (index, stream position)
@@ -68,15 +69,11 @@ class ImageNetDataset(ImageFolderDataset):
         seed: int = 0,
         split: str = "train",
         counter: BadInputCounter | None = None,
+        min_side: int = 1,
     ) -> None:
-        super().__init__(samples, class_names, resolution, crop_policy.flip_p, skip_corrupt=True, split=split)
+        counter = counter if counter is not None else BadInputCounter(name=f"ImageNet {split}")
+        super().__init__(samples, class_names, resolution, crop_policy.flip_p, split, counter, min_side)
         self.crop_policy, self.seed = crop_policy, seed
-        self.counter = counter if counter is not None else BadInputCounter(name=f"ImageNet {split}")
-
-    @property
-    def num_bad(self) -> int:
-        """Bad items met by this process."""
-        return self.counter.bad
 
     def cache_key(self) -> dict:
         """What determines a latent cache of this split: files, resolution, crop policy and flip moments."""
@@ -95,6 +92,7 @@ class ImageNetDataset(ImageFolderDataset):
                 "num_items": len(self.samples),
                 "files_sha256": listing,
                 "crop": self.crop_policy.describe(self.resolution),
+                "min_side": self.min_side,
             },
             "crops_per_item": 1,
             "flip_moments": self.crop_policy.flip_p > 0,
@@ -125,7 +123,7 @@ class ImageNetDataset(ImageFolderDataset):
         path, label = self.samples[index]
         if label is None or label < 0:
             raise BadInputError("missing_label", path)
-        image = _load_rgb(path)  # CorruptImageError (an OSError) names the file
+        image = self.read(path)  # CorruptImageError (an OSError) or too_small, naming the file
         tensor, control = self.crop_policy(image, self.resolution, rng, flip)
         return {
             "image": tensor,
@@ -153,9 +151,13 @@ class ImageNetDataModule(ImageFolderDataModule):
         min_items_before_stop: Items to see before ``max_bad_fraction`` is enforced.
         val_per_class: Keep only the first ``k`` validation images of each class (class-balanced FID reference); None
             keeps them all.
+        min_image_side: As for `ImageFolderDataModule` (default: an eighth of the resolution).
+        scan: Read every image's header before training and print the summary (`data.folder_scan`). Off by default
+            here: 1.28M headers take minutes on a network file system (the result is stored for the next run).
     """
 
     root_env = ENV_ROOT  # read by the CLI's data-root check, before anything is built
+    _data_name = "ImageNet"
 
     def __init__(
         self,
@@ -171,6 +173,8 @@ class ImageNetDataModule(ImageFolderDataModule):
         max_bad_fraction: float = 0.001,
         min_items_before_stop: int = 1000,
         val_per_class: int | None = None,
+        min_image_side: int | None = None,
+        scan: bool = False,
     ) -> None:
         self._root_option = root
         policy = crop_policy if crop_policy is not None else CropPolicy("adm_center", flip_p=0.5)
@@ -182,17 +186,16 @@ class ImageNetDataModule(ImageFolderDataModule):
             val_fraction=val_fraction,
             seed=seed,
             random_flip=policy.flip_p > 0,
-            skip_corrupt=True,
             num_classes=num_classes,
             latent_cache=latent_cache,
+            max_bad_fraction=max_bad_fraction,
+            min_items_before_stop=min_items_before_stop,
+            min_image_side=min_image_side,
+            scan=scan,
         )
         if val_per_class is not None and val_per_class < 1:
             raise ValueError(f"val_per_class must be >= 1, got {val_per_class}")
         self.crop_policy, self.val_per_class = policy, val_per_class
-        self.bad_inputs = BadInputMonitor(
-            BadInputCounter(max_bad_fraction, min_items_before_stop, name="ImageNet train (all workers)")
-        )
-        self._worker_counter = BadInputCounter(max_bad_fraction, min_items_before_stop, name="ImageNet train")
 
     @property
     def train_dir(self) -> Path:
@@ -211,35 +214,17 @@ class ImageNetDataModule(ImageFolderDataModule):
         names, val_samples = self.train_set.class_names, self.val_set.samples
         if self.val_per_class is not None:
             val_samples = balanced_subset(val_samples, self.val_per_class)
+        train_counter, val_counter, side = self.train_set.counter, self.val_set.counter, self.min_image_side
         self.train_set = ImageNetDataset(
-            self.train_set.samples, names, self.resolution, self.crop_policy, self.seed, "train", self._worker_counter
+            self.train_set.samples, names, self.resolution, self.crop_policy, self.seed, "train", train_counter, side
         )
-        val_counter = BadInputCounter(1.0, name="ImageNet val")
         self.val_set = ImageNetDataset(
-            val_samples, names, self.resolution, eval_policy(self.crop_policy), self.seed, "val", val_counter
+            val_samples, names, self.resolution, eval_policy(self.crop_policy), self.seed, "val", val_counter, side
         )
 
     def fid_labels(self, n: int) -> torch.Tensor:
         """Class of generated sample ``i``: ``i % num_classes`` (equal counts when ``n`` is a multiple)."""
         return torch.arange(n, dtype=torch.long) % self.num_classes
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count the training batch's substituted items (from every worker), stop above the limit, log the counts."""
-        trainer = self.trainer
-        if trainer is not None and trainer.training and isinstance(batch, dict):
-            if self.bad_inputs.update(batch) and trainer.logger is not None:
-                trainer.logger.log_metrics(self.bad_inputs.metrics(), step=trainer.global_step)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """The stream position (see `data.sampling`) and the bad-input counts."""
-        return {**super().state_dict(), "bad_inputs": self.bad_inputs.counter.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the stream position and the bad-input counts."""
-        if "bad_inputs" in state:
-            self.bad_inputs.counter.load_state_dict(state["bad_inputs"])
-        super().load_state_dict({k: v for k, v in state.items() if k != "bad_inputs"})
 
 
 def balanced_subset(samples: list[tuple[str, int]], per_class: int) -> list[tuple[str, int]]:

@@ -5,7 +5,9 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from benchmark.cli import config_files, main
 
@@ -73,3 +75,49 @@ def test_an_imagenet_root_variable_naming_a_missing_folder_is_named(capsys, monk
     monkeypatch.setattr("torch.cuda.is_available", lambda: False)
     err = _one_line_error(capsys, ["fit", "--config", IMAGENET])
     assert str(tmp_path / "not-here") in err and "$IMAGENET_ROOT" in err
+
+
+def _own_data(root: Path) -> Path:
+    """Three classes of three 8 px images; one unreadable file, one 1x1 image."""
+    rng = np.random.default_rng(0)
+    for name in ("cat", "dog", "fox"):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype="uint8")).save(root / "train" / name / f"{i}.png")
+    (root / "train" / "dog" / "broken.png").write_bytes(b"not a png")
+    Image.new("RGB", (1, 1)).save(root / "train" / "fox" / "dot.png")
+    config = root / "data.yaml"
+    config.write_text(
+        "data:\n  class_path: data.imagefolder.ImageFolderDataModule\n  init_args:\n"
+        f"    root: {root}\n    resolution: 32\n    val_fraction: 0.2\n"
+    )
+    return config
+
+
+FAST_FIT = [
+    "--data.init_args.batch_size=4",
+    "--data.init_args.num_workers=0",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.limit_val_batches=1",
+    "--model.init_args.sampler.init_args.steps=2",
+    "--trainer.max_steps=2",
+]
+
+
+def test_own_data_with_a_bad_file_trains_after_one_summary(tmp_path, monkeypatch, capfd):
+    monkeypatch.chdir(tmp_path)
+    config = _own_data(tmp_path / "mine")
+    main(["fit", "--config", SHAPES, "--config", str(config), *FAST_FIT])
+    out = capfd.readouterr().out
+    assert out.count("11 images in 3 classes") == 1  # one summary, before training
+    assert "broken.png" in out and "dot.png" in out and "upscaled more than 2x" in out
+    run = tmp_path / "runs/dit-DiTModule/version_0"
+    assert (run / "checkpoints/last.ckpt").is_file() and (run / "metrics.csv").is_file()
+
+
+def test_an_empty_class_folder_ends_in_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    config = _own_data(tmp_path / "mine")
+    (tmp_path / "mine" / "train" / "empty").mkdir()
+    err = _one_line_error(capsys, ["fit", "--config", SHAPES, "--config", str(config), *FAST_FIT])
+    assert "hold no image (empty)" in err

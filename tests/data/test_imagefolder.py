@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from data.folder_scan import FolderError
 from data.imagefolder import CorruptImageError, ImageFolderDataModule, ImageFolderDataset
 from data.transforms import control_to_tensor
 
@@ -135,17 +136,82 @@ def test_truncated_image_raises(tmp_path):
         ImageFolderDataset([(str(path), 0)], ["x"], RES)[0]
 
 
-def test_skip_corrupt_counts_and_logs(folder, caplog):
-    bad = folder / "train" / "cat" / "broken.jpg"
-    bad.write_bytes(b"garbage")
-    dm = ImageFolderDataModule(folder, resolution=RES, val_fraction=0.1, skip_corrupt=True)
-    dm.setup()
-    dataset = ImageFolderDataset(dm.train_set.samples + dm.val_set.samples, dm.class_names, RES, skip_corrupt=True)
-    with caplog.at_level(logging.WARNING, logger="data.imagefolder"):
-        items = _all_items(dataset)
-    assert len(items) == len(dataset) == 8
-    assert dataset.num_skipped == 1
-    assert "broken.jpg" in caplog.text and "1 skipped" in caplog.text
+def _own_folder(root, extra=None) -> None:
+    """A user's folder of 8 px images: class a (one unreadable), class b (one 1x1, one 3x3), and a stray text file."""
+    for name, count in (("a", 3), ("b", 3)):
+        (root / "train" / name).mkdir(parents=True)
+        for i in range(count):
+            _write(root / "train" / name / f"{i}.png", 8, 8, seed=i + 10 * len(name))
+    (root / "train" / "a" / "bad.png").write_bytes(b"\x89PNG not really")
+    _write(root / "train" / "b" / "tiny.png", 1, 1, seed=5)
+    _write(root / "train" / "b" / "small.png", 3, 3, seed=6)
+    (root / "train" / "b" / "notes.txt").write_text("not an image")
+
+
+def test_the_scan_prints_one_summary_of_classes_skipped_unreadable_and_small_files(tmp_path, capsys):
+    _own_folder(tmp_path)
+    dm = ImageFolderDataModule(tmp_path, resolution=8, batch_size=2, num_workers=0, val_fraction=0.2)
+    dm.setup("fit")
+    out = capsys.readouterr().out
+    assert "9 images in 2 classes (4-5 per class: a: 4, b: 5)" in out
+    assert "skipped 1 file(s) that are not images" in out and "notes.txt" in out
+    assert "1 unreadable file(s)" in out and "bad.png" in out
+    assert "1 image(s) with a side below 2 px" in out and "tiny.png" in out  # min side: max(2, 8 // 8)
+    assert "1 image(s) below 4 px on their shorter side" in out and "small.png" in out
+    assert len(dm.train_set) + len(dm.val_set) == 9  # nothing dropped: the policy replaces at read time
+
+
+def test_unreadable_and_tiny_images_are_replaced_counted_and_reported_once(tmp_path, capsys, caplog):
+    _own_folder(tmp_path)
+    truncated = tmp_path / "train" / "a" / "trunc.jpg"  # a header the scan reads; the pixels fail later
+    _write(truncated, 8, 8, seed=9)
+    truncated.write_bytes(truncated.read_bytes()[:-20])
+    dm = ImageFolderDataModule(tmp_path, resolution=8, num_workers=0, min_items_before_stop=0, max_bad_fraction=0.5)
+    dm.setup("fit")
+    assert "trunc.jpg" not in capsys.readouterr().out
+    # Every file once per epoch, in one process (as one persistent loader worker reads them), with the scan's record.
+    train = dm.train_set
+    dataset = ImageFolderDataset(train.samples + dm.val_set.samples, dm.class_names, 8, 0.0, counter=train.counter)
+    dataset.min_side = train.min_side
+    with caplog.at_level(logging.WARNING, logger="data.bad_input"):
+        for _epoch in range(3):
+            items = _all_items(dataset)
+    assert len(items) == len(dataset) == 10 and all(item["image"].shape == (3, 8, 8) for item in items)
+    assert sum(int(item["bad_input"]) for item in items) == 3
+    # Every bad read is counted: per epoch bad.png, then trunc.jpg as bad.png's substitute, then trunc.jpg itself.
+    assert dataset.counter.reasons == {"corrupt_image": 9, "too_small": 3}
+    assert caplog.text.count("trunc.jpg") == 1  # found while training: warned once, not once per epoch
+    assert "bad.png" not in caplog.text and "tiny.png" not in caplog.text  # in the scan's summary already
+
+
+def test_an_empty_class_folder_is_named_in_one_error(tmp_path):
+    _own_folder(tmp_path)
+    (tmp_path / "train" / "c").mkdir()
+    (tmp_path / "train" / "d").mkdir()
+    (tmp_path / "train" / "d" / "readme.txt").write_text("no images here")
+    with pytest.raises(FolderError, match=r"2 class folder\(s\) of .* hold no image \(c, d\)"):
+        _ = ImageFolderDataModule(tmp_path, resolution=8).num_classes
+
+
+def test_too_much_bad_input_stops_before_training_naming_the_limit(tmp_path):
+    _own_folder(tmp_path)
+    dm = ImageFolderDataModule(tmp_path, resolution=8, num_workers=0, max_bad_fraction=0.1, min_items_before_stop=5)
+    with pytest.raises(FolderError, match=r"2 of 9 items were bad .*max_bad_fraction"):
+        dm.setup("fit")
+    fine = ImageFolderDataModule(tmp_path, resolution=8, num_workers=0, max_bad_fraction=0.25, min_items_before_stop=5)
+    fine.setup("fit")  # 2 of 9 is under 25%
+
+
+def test_listing_matches_torchvision_imagefolder(folder):
+    from torchvision.datasets import ImageFolder
+
+    from data.folder_scan import list_class_folders
+
+    (folder / "train" / "cat" / "nested").mkdir()
+    _write(folder / "train" / "cat" / "nested" / "deep.JPG", 9, 9, seed=3)
+    reference = ImageFolder(str(folder / "train"))
+    listing = list_class_folders(folder / "train")
+    assert listing.samples == reference.samples and listing.classes == reference.classes
 
 
 def test_declared_num_classes_needs_no_disk_and_is_checked(tmp_path):
