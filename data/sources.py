@@ -125,3 +125,66 @@ def library_versions(names: tuple[str, ...]) -> dict[str, str | None]:
         except PackageNotFoundError:
             out[name] = None
     return out
+
+
+# ------------------------------------------------------------------------------------------------ git
+def _git(*args: str) -> str | None:
+    import subprocess
+
+    try:
+        done = subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout
+
+
+@cache
+def git_commit() -> str | None:
+    """The checked-out commit (10 hex digits), never suffixed: what ``git checkout`` takes; None outside git.
+
+    Whether the files that made a result differed from it is recorded apart (`dirty_files`, `diff_hash`).
+    """
+    head = _git("rev-parse", "--short=10", "HEAD")
+    return head.strip() or None if head is not None else None
+
+
+def _relative(paths: Iterable[str | Path]) -> list[str]:
+    out = []
+    for path in paths:
+        path = Path(path)
+        path = path.absolute() if not path.is_absolute() else path
+        out.append(path.relative_to(REPO_ROOT).as_posix() if path.is_relative_to(REPO_ROOT) else str(path))
+    return sorted(set(out))
+
+
+def _untracked(paths: list[str]) -> list[str]:
+    out = _git("ls-files", "--others", "--exclude-standard", "--", *paths) if paths else None
+    return [line for line in (out or "").splitlines() if line]
+
+
+def dirty_files(paths: Iterable[str | Path]) -> list[str]:
+    """Those of ``paths`` whose content is not HEAD's (modified, or not committed at all), repository-relative;
+    [] outside git."""
+    paths = _relative(paths)
+    if not paths:
+        return []
+    changed = (_git("diff", "HEAD", "--name-only", "--", *paths) or "").splitlines()
+    return sorted({line for line in changed if line} | set(_untracked(paths)))
+
+
+def diff_hash(paths: Iterable[str | Path]) -> str | None:
+    """sha256 (16 hex digits) of how ``paths`` differ from HEAD (``git diff HEAD`` plus files not committed): with
+    the commit it names the exact files a result came from; None when they are HEAD's (or outside git)."""
+    paths = _relative(paths)
+    if not paths or not (_git("diff", "HEAD", "--name-only", "--", *paths) or _untracked(paths)):
+        return None
+    digest = hashlib.sha256((_git("diff", "HEAD", "--binary", "--", *paths) or "").encode())
+    for name in _untracked(paths):
+        digest.update(name.encode() + hashlib.sha256((REPO_ROOT / name).read_bytes()).digest())
+    return digest.hexdigest()[:16]
+
+
+def is_tracked(path: str | Path) -> bool:
+    """Whether git tracks a file at or under ``path`` (e.g. a committed suite folder)."""
+    rel = _relative([path])
+    return bool(rel) and bool((_git("ls-files", "--", rel[0]) or "").strip())

@@ -1,10 +1,15 @@
 """Result rows: their key, the environment they record, and the ``results.jsonl`` file they live in.
 
 A row is keyed by a hash of everything that decides its numbers: the resolved entry config (model, data, the
-trainer settings that change training), the seed, the budget, the evaluation protocol, the code and the versions of
-torch, lightning and diffusers. "The code" is a hash of the engine's sources and shipped weights plus the entry's own
-baseline module (and the baseline modules it imports) rather than the git commit, so a commit that only touches
-documentation, results or another baseline keeps rows current; the commit is recorded too.
+trainer settings that change training), the seed, the budget, the evaluation protocol, the code, the versions of
+the libraries in `ROW_LIBRARIES` and torch's thread count. "The code" is a hash of the engine's sources and shipped
+weights plus the entry's own baseline module (and the baseline modules it imports) rather than the git commit, so a
+commit that only touches documentation, results or another baseline keeps rows current.
+
+Provenance: a row records the commit it ran at (`data.sources.git_commit`, never ``-dirty``) and, when the files in
+its key differed from that commit, ``code_diff``, a hash of the difference (`data.sources.diff_hash`). The runner
+refuses to write rows into a committed suite folder while files in their keys differ from HEAD
+(`check_clean_for`): a committed row can then always be reproduced from its commit.
 A row whose key differs from the one the current checkout computes is *stale*: shown as such, never mixed in, and
 redone by the next run.
 """
@@ -16,7 +21,6 @@ import hashlib
 import json
 import os
 import platform
-import subprocess
 import tempfile
 from collections.abc import Iterable
 from functools import cache
@@ -24,7 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from data.sources import PACKAGES as _PACKAGES
-from data.sources import REPO_ROOT, import_closure, module_file
+from data.sources import REPO_ROOT, diff_hash, dirty_files, import_closure, is_tracked, module_file
+from data.sources import git_commit as git_commit  # the one helper; rows record it
+from data.sources import library_versions as _library_versions
 
 _CODE_SUFFIXES = {".py", ".json", ".safetensors", ".yaml", ".npz", ".pt"}
 # Files that cannot change a number of a row: how rows are keyed, stored and drawn, how the command line is read,
@@ -98,37 +104,25 @@ def _code_files(class_paths: tuple[str, ...] | None) -> list[Path]:
     return sorted(files)
 
 
-@cache
-def git_commit() -> str | None:
-    """Short HEAD commit of the checkout, with ``-dirty`` when tracked files differ; None outside git."""
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no", "--", *_PACKAGES],
-            cwd=REPO_ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
-    return commit + ("-dirty" if dirty else "")
+# Libraries whose changes can move a number: the engine (torch, lightning), the autoencoder (diffusers), the text
+# encoders and the Shapes CLIP (transformers), the data (torchvision, Pillow's rasteriser, numpy), the evaluation
+# (scipy's sqrtm, torch-fidelity's Inception).
+ROW_LIBRARIES = (
+    "torch",
+    "lightning",
+    "diffusers",
+    "transformers",
+    "torchvision",
+    "numpy",
+    "scipy",
+    "Pillow",
+    "torch-fidelity",
+)
 
 
-@cache
 def library_versions() -> dict[str, str | None]:
-    """Versions of the libraries whose changes can move a number."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    out: dict[str, str | None] = {}
-    for name in ("torch", "lightning", "diffusers"):
-        try:
-            out[name] = version(name)
-        except PackageNotFoundError:
-            out[name] = None
-    return out
+    """Versions of the libraries whose changes can move a number (`ROW_LIBRARIES`)."""
+    return dict(_library_versions(ROW_LIBRARIES))
 
 
 @cache
@@ -172,8 +166,13 @@ def row_key(
     protocol: dict[str, Any],
     *,
     source: str = "trained",
+    threads: int | None = None,
 ) -> str:
-    """The key of a row: what would have to be equal for a rerun to reproduce it."""
+    """The key of a row: what would have to be equal for a rerun to reproduce it.
+
+    ``threads`` is the torch thread count the row runs with (default: this process's): results are deterministic
+    per thread count only, so a rerun at another count is another row.
+    """
     return stable_hash(
         {
             "entry": fingerprint,
@@ -183,8 +182,26 @@ def row_key(
             "source": source,
             "code": code_hash(_class_paths(fingerprint)),
             "versions": library_versions(),
+            "threads": torch_threads() if threads is None else int(threads),
         }
     )
+
+
+def torch_threads() -> int:
+    """This process's torch thread count (what a row trained here runs with)."""
+    import torch
+
+    return torch.get_num_threads()
+
+
+def row_code_files(fingerprint: dict[str, Any]) -> list[Path]:
+    """The source files in a row's key (`code_hash` of the classes its config names)."""
+    return _code_files(_class_paths(fingerprint))
+
+
+def code_diff(fingerprint: dict[str, Any]) -> str | None:
+    """Hash of how the files in a row's key differ from the commit it records (None: they are the commit's)."""
+    return diff_hash(row_code_files(fingerprint))
 
 
 def _class_paths(fingerprint: Any) -> tuple[str, ...]:
@@ -277,3 +294,26 @@ def latest_rows(rows: list[dict[str, Any]], current_keys: set[str] | None) -> li
         if current_keys is None or ident[2] != "trained" or row.get("key") in current_keys:
             current[ident] = row
     return [{**current[i], "stale": False} if i in current else {**row, "stale": True} for i, row in newest.items()]
+
+
+def check_clean_for(results_dir: str | Path, files: Iterable[str | Path]) -> None:
+    """Refuse to write rows into ``results_dir`` when git tracks it and any of ``files`` (what the rows' keys hold)
+    differs from HEAD.
+
+    A row written there would name a commit that does not hold the code it ran. Other changes (documentation,
+    tests, baselines the rows do not use) are allowed: the rows' code is then the commit's. Elsewhere (``--output``)
+    rows are always written and record the difference as ``code_diff``.
+
+    Raises:
+        ValueError: naming the changed files and the two ways out.
+    """
+    if not is_tracked(results_dir):
+        return
+    dirty = dirty_files(files)
+    if dirty:
+        shown = ", ".join(dirty[:8]) + (f" and {len(dirty) - 8} more" if len(dirty) > 8 else "")
+        raise ValueError(
+            f"{results_dir} is committed, and files in these rows' keys differ from HEAD ({shown}): a row written "
+            "now would name a commit that does not hold its code. Commit them first, or write the rows elsewhere "
+            "with --output"
+        )
