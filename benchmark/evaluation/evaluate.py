@@ -85,7 +85,7 @@ def evaluate(
             generated = generate(module, protocol, scale, progress=progress, gather=False, ask_flips=flips)
             if not suffix:
                 metrics["sampling_images_per_s"] = generated.images_per_s
-            metrics.update({f"{name}{suffix}": value for name, value in measure(generated).items()})
+            metrics.update({_suffixed(name, suffix): value for name, value in measure(generated).items()})
         if protocol.feature_extractor == "shapes-clip" and control_conditioned:
             # Entries conditioned on control metadata: sweep each control at fixed noise and condition.
             from benchmark.evaluation.disentanglement import control_disentanglement
@@ -103,6 +103,13 @@ def evaluate(
     metrics["protocol"] = protocol.to_dict()
     metrics["protocol_id"] = protocol.id()
     return metrics
+
+
+def _suffixed(name: str, suffix: str) -> str:
+    """``fd_shapes`` -> ``fd_shapes_noguidance``; its SD ``fd_shapes_sd`` -> ``fd_shapes_noguidance_sd``."""
+    if suffix and name.endswith("_sd"):
+        return f"{name[:-3]}{suffix}_sd"
+    return f"{name}{suffix}"
 
 
 FLIP_REFUSAL = "flip metrics refused: the data was trained without flips (random_flip: false / augment: false)"
