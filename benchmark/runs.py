@@ -12,7 +12,9 @@ Layout (``root`` is ``--trainer.default_root_dir``, ``runs`` by default; ``entry
 
 A leaderboard row (`benchmark.leaderboard.runner`) trains in ``<output>/<entry>/seed<S>-<training key>/``
 (`row_dir`): ``checkpoints/last.ckpt`` (the final state once training ended; ``final.ckpt`` is the same weights),
-``train.json`` when training finished, ``lightning_logs/version_<N>/metrics.csv``.
+``train.json`` when training finished, ``lightning_logs/version_<N>/metrics.csv``. A row whose trained model another
+entry's row already made (same training key: they differ only at sampling) evaluates that folder's model instead
+(`trained_row_dir`).
 
 Every decision about these paths is made here, so the CLI, the runner, the callbacks and the tests agree. A config
 therefore never names a checkpoint folder: ``ModelCheckpoint.dirpath`` is refused (`refuse_fixed_paths`), since a fixed
@@ -172,11 +174,23 @@ def refuse_fixed_paths(config: Any) -> None:
 
 ROW_CHECKPOINTS = "checkpoints"
 ROW_FINAL = "final.ckpt"
+ROW_TRAINED = "train.json"  # written once training ended: the model is final, the row only needs evaluating
 
 
 def row_dir(output: str | os.PathLike, entry: str, seed: int, training_key: str) -> Path:
-    """The folder a leaderboard row trains in: ``<output>/<entry>/seed<S>-<first 8 of its training key>``."""
-    return Path(output) / entry / f"seed{seed}-{training_key[:8]}"
+    """The folder a leaderboard row trains in: ``<output>/<entry>/seed<S>-<first 12 of its training key>``."""
+    return Path(output) / entry / f"seed{seed}-{training_key[:12]}"
+
+
+def trained_row_dir(run_dir: str | os.PathLike) -> Path:
+    """The folder a row trains in or reuses: its own (`row_dir`) when that exists, else the folder of another entry
+    whose model finished training under the same training key (``<output>/*/seed<S>-<key>/train.json``), else its
+    own. Cells that differ only at sampling thus share one trained model."""
+    run_dir = Path(run_dir)
+    if run_dir.exists():
+        return run_dir
+    done = sorted(p.parent for p in run_dir.parent.parent.glob(f"*/{run_dir.name}/{ROW_TRAINED}"))
+    return done[0] if done else run_dir
 
 
 def row_checkpoint_dir(run_dir: str | os.PathLike) -> Path:

@@ -124,14 +124,16 @@ def _discard_runs(
     cli: argparse.ArgumentParser, suite: Suite, args: argparse.Namespace, seeds: list[int] | None
 ) -> None:
     """``--retrain``: delete the run folders of the rows about to run, so that none resumes or reuses a training."""
-    from benchmark.leaderboard.runner import default_output, plan
+    from benchmark.leaderboard.runner import default_output, plan, run_threads
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         # Every rank would delete while another may already be reading: the launcher's user deletes them first.
         cli.error("--retrain under torchrun/srun: delete the rows' run folders before launching, then use --force")
     preset = suite.preset(args.preset)
     output = Path(args.output) if args.output else default_output(suite, preset)
-    for job in plan(suite, preset, _list(args.entries), seeds, output):
-        if job.run_dir.exists():
-            shutil.rmtree(job.run_dir)
-            print(f"retrain: deleted {job.run_dir}")
+    _, threads = run_threads(args.jobs if args.jobs is not None else preset.jobs)
+    for job in plan(suite, preset, _list(args.entries), seeds, output, threads=threads):
+        # Every folder of the row's trained model: its own, or another cell's that it would reuse.
+        for run_dir in sorted(output.glob(f"*/{job.run_dir.name}")):
+            shutil.rmtree(run_dir)
+            print(f"retrain: deleted {run_dir}")

@@ -131,7 +131,10 @@ def _stages(suite_root: Path) -> set[str]:
 
 
 def _may_start(job: Any, running: list[_Worker], stages: set[str]) -> bool:
-    """A row that reads a stage's checkpoint waits until no stage is running (stages come first in ``todo``)."""
+    """A row that reads a stage's checkpoint waits until no stage is running (stages come first in ``todo``), and a
+    row whose model another running row trains (same training key) waits for it, then reuses that model."""
+    if any(getattr(w.job, "train_key", None) and w.job.train_key == getattr(job, "train_key", None) for w in running):
+        return False
     return job.entry.name in stages or not any(w.job.entry.name in stages for w in running)
 
 

@@ -200,7 +200,7 @@ def current_keys(suite: Suite, rows: list[dict[str, Any]]) -> set[str]:
         preset = suite.presets[preset_name]
         budget, protocol = suite.budget_for(preset), suite.protocol_for(preset)
         try:
-            keys.add(entry_key(entries[name], int(seed), budget, protocol, threads=threads or -1))
+            keys.add(entry_key(entries[name], int(seed), budget, protocol, threads=threads or -1, preset=preset))
         except Exception:  # noqa: BLE001 - an entry that no longer parses makes its rows stale, not render fail
             continue
     return keys

@@ -16,6 +16,7 @@ redone by the next run.
 
 from __future__ import annotations
 
+import copy
 import fcntl
 import hashlib
 import json
@@ -159,6 +160,46 @@ def entry_fingerprint(resolved: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+# Model arguments that act only when sampling: two cells that differ only here share one trained model.
+SAMPLING_ARGS = ("sampler", "guidance")
+
+
+def _split(fingerprint: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the fingerprint without the sampling-only model arguments, those arguments)."""
+    training = copy.deepcopy(fingerprint)
+    init_args = (training.get("model") or {}).get("init_args") or {}
+    sampling = {name: init_args.pop(name, None) for name in SAMPLING_ARGS}
+    return training, sampling
+
+
+def training_key(
+    fingerprint: dict[str, Any],
+    seed: int,
+    budget: dict[str, Any] | None,
+    *,
+    threads: int | None = None,
+    in_training: dict[str, Any] | None = None,
+) -> str:
+    """The key of a row's trained model: what would have to be equal for a rerun to train the same weights.
+
+    The entry's config without its sampler and guidance, the seed, budget, code, library versions and threads.
+    ``in_training`` holds what evaluations during training depend on (protocol, sampling, their period and size)
+    when a preset runs them, since their numbers are logged in the training's folder and become the row's curve.
+    """
+    training, _ = _split(fingerprint)
+    return stable_hash(
+        {
+            "entry": training,
+            "seed": seed,
+            "budget": budget,
+            "code": code_hash(_class_paths(fingerprint)),
+            "versions": library_versions(),
+            "threads": torch_threads() if threads is None else int(threads),
+            "in_training": in_training,
+        }
+    )
+
+
 def row_key(
     fingerprint: dict[str, Any],
     seed: int,
@@ -167,24 +208,17 @@ def row_key(
     *,
     source: str = "trained",
     threads: int | None = None,
+    in_training: dict[str, Any] | None = None,
 ) -> str:
     """The key of a row: what would have to be equal for a rerun to reproduce it.
 
-    ``threads`` is the torch thread count the row runs with (default: this process's): results are deterministic
-    per thread count only, so a rerun at another count is another row.
+    Its trained model's `training_key`, plus what acts at sampling only (the entry's sampler and guidance, the
+    evaluation protocol) and the row's source. ``threads`` is the torch thread count the row runs with (default:
+    this process's): results are deterministic per thread count only, so a rerun at another count is another row.
     """
-    return stable_hash(
-        {
-            "entry": fingerprint,
-            "seed": seed,
-            "budget": budget,
-            "protocol": protocol,
-            "source": source,
-            "code": code_hash(_class_paths(fingerprint)),
-            "versions": library_versions(),
-            "threads": torch_threads() if threads is None else int(threads),
-        }
-    )
+    _, sampling = _split(fingerprint)
+    trained = training_key(fingerprint, seed, budget, threads=threads, in_training=in_training)
+    return stable_hash({"training": trained, "sampling": sampling, "protocol": protocol, "source": source})
 
 
 def torch_threads() -> int:

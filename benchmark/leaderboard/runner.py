@@ -41,7 +41,7 @@ from data.sources import diff_hash
 
 _CHECKPOINT_CLASS = "lightning.pytorch.callbacks.ModelCheckpoint"
 _FINAL = runs.ROW_FINAL
-_TRAIN_DONE = "train.json"
+_TRAIN_DONE = runs.ROW_TRAINED
 
 
 @dataclass
@@ -53,6 +53,7 @@ class Job:
     key: str
     run_dir: Path
     threads: int | None = None  # torch threads the row trains with (part of its key)
+    train_key: str = ""  # its trained model's key: rows that differ only at sampling share it (and the model)
     code_files: list[Path] = field(default_factory=list)  # the files in its key (source and entry YAML)
 
 
@@ -89,12 +90,56 @@ def entry_fingerprint(entry: Entry, seed: int) -> dict[str, Any]:
     return res.entry_fingerprint(parse_entry(config))
 
 
+def in_training_evaluation(preset: Preset | None, protocol: dict[str, Any]) -> dict[str, Any] | None:
+    """What a preset's evaluations during training depend on (None when it runs none): part of the training key."""
+    if preset is None or preset.eval_every <= 0:
+        return None
+    return {"every": preset.eval_every, "num_samples": preset.eval_num_samples, "protocol": protocol}
+
+
+def entry_keys(
+    entry: Entry,
+    seed: int,
+    budget: Budget | None,
+    protocol: dict[str, Any],
+    threads: int | None = None,
+    preset: Preset | None = None,
+) -> tuple[str, str]:
+    """``(row key, training key)`` of a trained row of ``entry`` at ``seed`` with this checkout, budget, protocol,
+    thread count and preset (`results.row_key`, `results.training_key`)."""
+    return _keys(entry_fingerprint(entry, seed), seed, budget, protocol, threads, preset)
+
+
+def _keys(
+    fingerprint: dict[str, Any],
+    seed: int,
+    budget: Budget | None,
+    protocol: dict[str, Any],
+    threads: int | None,
+    preset: Preset | None,
+) -> tuple[str, str]:
+    budget_fields = None if budget is None else budget.as_dict()
+    in_training = in_training_evaluation(preset, protocol)
+    if in_training is not None:
+        in_training["sampling"] = res._split(fingerprint)[1]  # its evaluations sample with the entry's settings
+    kwargs = {"threads": threads, "in_training": in_training}
+    return (
+        res.row_key(fingerprint, seed, budget_fields, protocol, **kwargs),
+        res.training_key(fingerprint, seed, budget_fields, **kwargs),
+    )
+
+
 def entry_key(
-    entry: Entry, seed: int, budget: Budget | None, protocol: dict[str, Any], threads: int | None = None
+    entry: Entry,
+    seed: int,
+    budget: Budget | None,
+    protocol: dict[str, Any],
+    threads: int | None = None,
+    preset: Preset | None = None,
 ) -> str:
-    """The key a trained row of ``entry`` at ``seed`` has with this checkout, budget, protocol and thread count."""
-    fingerprint = entry_fingerprint(entry, seed)
-    return res.row_key(fingerprint, seed, None if budget is None else budget.as_dict(), protocol, threads=threads)
+    """The key a trained row of ``entry`` at ``seed`` has with this checkout, budget, protocol, thread count and
+    preset."""
+    return entry_keys(entry, seed, budget, protocol, threads, preset)[0]
 
 
 def training_config(entry: Entry, seed: int, run_dir: Path, preset: Preset, progress: bool) -> dict[str, Any]:
@@ -285,13 +330,14 @@ def run_job(
 ) -> dict[str, Any]:
     """Train (or resume) and evaluate one (entry, seed); return its row (rank 0 writes it)."""
     started = time.perf_counter()
-    run_dir = job.run_dir
+    run_dir = runs.trained_row_dir(job.run_dir)  # another cell's model when only sampling differs
     config = training_config(job.entry, job.seed, run_dir, preset, progress)
     row: dict[str, Any] = {
         "suite": suite.name,
         "entry": job.entry.name,
         "seed": job.seed,
         "key": job.key,
+        "training_key": job.train_key,
         "source": "trained",
         "preset": preset.name,
         "model": job.entry.model_class.rsplit(".", 1)[-1],
@@ -299,9 +345,12 @@ def run_job(
         "protocol": protocol_fields,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
-    if _is_rank_zero():
+    if run_dir != job.run_dir:
+        row["trained_by"] = run_dir.parent.name  # the entry whose row trained the model this row evaluates
+    if _is_rank_zero() and not run_dir.exists():
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "key.json").write_text(json.dumps({"key": job.key, "entry": job.entry.name, "seed": job.seed}))
+        key_fields = {"training_key": job.train_key, "entry": job.entry.name, "seed": job.seed}
+        (run_dir / "key.json").write_text(json.dumps(key_fields))
     device = None
     try:
         cli = instantiate(config)
@@ -415,11 +464,26 @@ def plan(
     for entry in suite.entries(entries):
         for seed in seeds or preset.seeds:
             fingerprint = entry_fingerprint(entry, seed)
-            key = res.row_key(fingerprint, seed, budget.as_dict(), protocol, threads=threads)
+            key, train_key = _keys(fingerprint, seed, budget, protocol, threads, preset)
             files = [*res.row_code_files(fingerprint), entry.path]
-            run_dir = runs.row_dir(output, entry.name, seed, key)
-            jobs.append(Job(entry=entry, seed=seed, key=key, run_dir=run_dir, threads=threads, code_files=files))
+            run_dir = runs.row_dir(output, entry.name, seed, train_key)
+            job = Job(entry, seed, key, run_dir, threads=threads, train_key=train_key, code_files=files)
+            jobs.append(job)
     return jobs
+
+
+def run_threads(workers: int, callbacks: bool = False) -> tuple[bool, int]:
+    """``(rows in worker processes, torch threads per row)`` of a run with ``workers`` jobs.
+
+    A row's numbers hold for its thread count only (part of its key): with several workers every row trains at
+    ``cores // workers`` threads, even one that ends up running alone in this process. Under DDP, or with callback
+    objects (which cannot cross into workers), rows run here at this process's count.
+    """
+    # torchrun / srun set these before Lightning initialises the process group.
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
+    distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
+    in_processes = workers > 1 and not distributed and not callbacks
+    return in_processes, max(1, available_cores() // workers) if in_processes else res.torch_threads()
 
 
 def default_output(suite: Suite, preset: Preset) -> Path:
@@ -476,13 +540,7 @@ def run_suite(
     budget = suite.budget_for(preset_obj)
     protocol = suite.protocol_for(preset_obj)
     workers = jobs if jobs is not None else preset_obj.jobs
-    # torchrun / srun set these before Lightning initialises the process group.
-    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1
-    distributed = launched or (torch.distributed.is_available() and torch.distributed.is_initialized())
-    in_processes = workers > 1 and not distributed and not callbacks
-    # A row's numbers hold for its thread count only (part of its key): with several workers every row trains at
-    # cores // workers threads, even one that ends up running alone in this process.
-    threads = max(1, available_cores() // workers) if in_processes else res.torch_threads()
+    in_processes, threads = run_threads(workers, bool(callbacks))
     planned = plan(suite, preset_obj, entries, seeds, out, threads=threads)
     # A `failed` row (an error that may not come back: a missing file, a killed worker) is retried; `diverged` and
     # `oom` rows are results of the entry under this budget and hardware, and stay.

@@ -1,5 +1,6 @@
 """The leaderboard runner end to end on the Shapes suite: the smoke preset, and a run killed and resumed."""
 
+import dataclasses
 import math
 import re
 import shutil
@@ -263,3 +264,61 @@ def test_last_ckpt_of_a_row_is_its_final_state(tmp_path, monkeypatch):
     assert row["steps"] == last["global_step"] == final["global_step"] == 3
     assert last["state_dict"].keys() == final["state_dict"].keys()
     assert all(torch.equal(last["state_dict"][k], v) for k, v in final["state_dict"].items())
+
+
+ABLATIONS = ROOT / "leaderboards" / "shapes-ablations"
+
+
+def test_a_cell_that_differs_only_at_sampling_has_its_own_row_key_but_the_same_training_key():
+    from benchmark.leaderboard.suite import load_suite
+
+    suite = load_suite(ABLATIONS)
+    preset = suite.preset("smoke")
+    budget, protocol = suite.budget_for(preset), suite.protocol_for(preset)
+    keys = {
+        e.name: runner.entry_keys(e, 0, budget, protocol, 1, preset)
+        for e in suite.entries(["scheduled", "control_cfg_on", "control_cfg_off"])
+    }
+    assert keys["scheduled"][1] == keys["control_cfg_on"][1]  # guidance only: one trained model
+    assert keys["scheduled"][0] != keys["control_cfg_on"][0]  # two rows
+    assert keys["control_cfg_off"][1] != keys["scheduled"][1]  # control dropout 0 trains another model
+    # A preset that evaluates during training logs guided numbers in the training's folder: no sharing then.
+    curves = dataclasses.replace(preset, eval_every=1)
+    with_curves = {e.name: runner.entry_keys(e, 0, budget, protocol, 1, curves)[1] for e in suite.entries(
+        ["scheduled", "control_cfg_on"])}  # fmt: skip
+    assert with_curves["scheduled"] != with_curves["control_cfg_on"]
+
+
+@pytest.mark.slow
+def test_a_cell_that_differs_only_at_sampling_reuses_the_trained_model(tmp_path, monkeypatch):
+    guidance = []
+
+    def fake_evaluate(module, protocol, datamodule, device):
+        guidance.append(module.guidance.control_scale)
+        return {"fd_shapes": 1.0}
+
+    monkeypatch.setattr(runner, "evaluate_module", fake_evaluate)
+    kwargs = {"preset": "smoke", "output": tmp_path, "progress": False, "render": False, "jobs": 1}
+    first, second = run_suite(ABLATIONS, entries=["scheduled", "control_cfg_on"], **kwargs)
+    assert (first["entry"], second["entry"]) == ("scheduled", "control_cfg_on")
+    assert first["status"] == second["status"] == "ok" and guidance == [1.0, 2.0]
+    assert first["training_key"] == second["training_key"] and first["key"] != second["key"]
+    assert second["trained_by"] == "scheduled" and "trained_by" not in first
+    assert [p.parent.parent.name for p in tmp_path.glob("*/seed0-*/train.json")] == ["scheduled"]
+    assert not (tmp_path / "control_cfg_on").exists()
+    (run_dir,) = (tmp_path / "scheduled").iterdir()
+    assert len(list((run_dir / "lightning_logs").iterdir())) == 1  # trained once
+    assert second["steps"] == first["steps"] > 0
+
+
+def test_a_worker_whose_model_another_worker_trains_waits_for_it():
+    from types import SimpleNamespace
+
+    from benchmark.leaderboard.parallel import _may_start
+
+    def job(name, train_key):
+        return SimpleNamespace(entry=SimpleNamespace(name=name), train_key=train_key)
+
+    running = [SimpleNamespace(job=job("scheduled", "k1"))]
+    assert not _may_start(job("control_cfg_on", "k1"), running, set())
+    assert _may_start(job("additive", "k2"), running, set())

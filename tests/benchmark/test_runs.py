@@ -149,5 +149,5 @@ def test_a_checkpoint_folder_in_a_config_is_refused_in_one_line(tmp_path, monkey
 
 def test_a_leaderboard_row_folder_is_placed_here():
     run = row_dir(Path("out"), "dit", 3, "0123456789abcdef")
-    assert run == Path("out/dit/seed3-01234567")
+    assert run == Path("out/dit/seed3-0123456789ab")
     assert row_checkpoint_dir(run) == run / "checkpoints"
