@@ -1,7 +1,8 @@
 """Render a suite's ``results.jsonl`` into its README (tables, plot, grids) and ``results.csv``, with no training.
 
 The layout is the written contract of ``leaderboards/README.md``: a main table in the spirit of Table 1 of the
-conditioning-mechanisms paper (one line per entry, mean ± spread over seeds, ties where the spreads overlap), a
+conditioning-mechanisms paper (one line per entry, mean with a 95 % interval, ranks from Holm-corrected pairwise tests:
+`benchmark.evaluation.stats`), a
 "compute to reach target" table when the suite defines a target, the metric against training compute, one sample
 grid per entry, literature rows with their citations, and every failed, stale or missing row stated as such.
 """
