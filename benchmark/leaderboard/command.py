@@ -109,6 +109,13 @@ def main(argv: list[str]) -> None:
         failed = [r for r in rows if r.get("status") == "failed"]
         if failed:
             print(f"{len(failed)} entries failed: {', '.join(r['entry'] for r in failed)}", file=sys.stderr)
+        from benchmark.leaderboard.runner import results_dir_for
+
+        out = results_dir_for(suite, suite.preset(args.preset), Path(args.output) if args.output else None)
+        if out.resolve() != suite.root.resolve() and int(os.environ.get("RANK", "0")) == 0:
+            from benchmark.compare_tables import print_beside_committed  # a run of its own: show it beside the suite's
+
+            print_beside_committed(suite.root, out, suite.metric)
     elif args.action == "render":
         from benchmark.leaderboard.render import render_suite
 
