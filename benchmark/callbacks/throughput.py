@@ -14,12 +14,19 @@ Logged metrics (units in the names), averaged over the steps since the last log 
 - ``perf/peak_memory_gib``: peak allocated accelerator memory (CUDA), or the process's peak resident memory on CPU.
 - ``perf/sampling_images_per_s``: images per second under an evaluation protocol, measured at the end of training
   (and every ``sampling_every_n_steps``) when a protocol is given.
+
+Whether the machine was free while a throughput was measured (`MachineLoad` for training steps, `LoadWindow` for any
+block): the 1-minute load average at the end and the process's CPU time over wall time. A figure is flagged
+(`throughput_flag`) when the load exceeded the cores, or, on the CPU, when CPU/wall fell below 0.9 × the torch
+threads (the process did not get the cores it asked for). Leaderboard rows record both and the flag; a table never
+shows a flagged figure where an unflagged one of the same row exists.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import resource
 import sys
 import time
@@ -29,7 +36,15 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-__all__ = ["GPU_PEAK_TFLOPS", "Throughput", "cpu_peak_tflops", "device_peak_tflops"]
+__all__ = [
+    "GPU_PEAK_TFLOPS",
+    "LoadWindow",
+    "MachineLoad",
+    "Throughput",
+    "cpu_peak_tflops",
+    "device_peak_tflops",
+    "throughput_flag",
+]
 
 log = logging.getLogger(__name__)
 
@@ -240,3 +255,91 @@ def _batch_size(batch: Any) -> int:
     if isinstance(batch, list | tuple) and batch and hasattr(batch[0], "shape"):
         return int(batch[0].shape[0])
     raise ValueError("Throughput: cannot tell the batch size of this batch")
+
+
+# ------------------------------------------------------------------------------------------------ machine load
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _load1() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except OSError:  # not available on this platform
+        return None
+
+
+def throughput_flag(
+    load1: float | None, cores: int, cpu_per_wall: float | None, threads: int, on_cpu: bool = True
+) -> str | None:
+    """Why a throughput measured with this machine load is not an idle machine's figure (None: it is).
+
+    Args:
+        load1: 1-minute load average at the end of the measurement.
+        cores: Cores this process may run on.
+        cpu_per_wall: The process's CPU time over wall time during the measurement.
+        threads: torch threads it ran with.
+        on_cpu: Whether the work ran on the CPU (on a GPU, CPU/wall says nothing about contention).
+    """
+    reasons = []
+    if load1 is not None and load1 > cores:
+        reasons.append(f"load {load1:.2f} > {cores} cores")
+    if on_cpu and cpu_per_wall is not None and cpu_per_wall < 0.9 * threads:
+        reasons.append(f"CPU/wall {cpu_per_wall:.2f} < 0.9 x {threads} threads")
+    return "; ".join(reasons) or None
+
+
+class LoadWindow:
+    """The machine's load over a block: ``with LoadWindow() as w: ...`` then ``w.summary(prefix, on_cpu)``."""
+
+    def __enter__(self) -> LoadWindow:
+        self._wall, self._cpu = time.perf_counter(), time.process_time()
+        self.seconds = self.cpu_seconds = 0.0
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self._wall
+        self.cpu_seconds = time.process_time() - self._cpu
+
+    def summary(self, prefix: str, on_cpu: bool = True) -> dict[str, Any]:
+        """``<prefix>_load1``, ``<prefix>_cpu_per_wall`` and ``<prefix>_throughput_flag``."""
+        return _load_summary(prefix, self.cpu_seconds, self.seconds, on_cpu)
+
+
+def _load_summary(prefix: str, cpu_seconds: float, seconds: float, on_cpu: bool) -> dict[str, Any]:
+    load1, threads, cores = _load1(), torch.get_num_threads(), _cores()
+    ratio = cpu_seconds / seconds if seconds > 0 else None
+    return {
+        f"{prefix}_load1": load1,
+        f"{prefix}_cpu_per_wall": ratio,
+        f"{prefix}_throughput_flag": throughput_flag(load1, cores, ratio, threads, on_cpu),
+    }
+
+
+class MachineLoad(pl.Callback):
+    """The machine's load while training steps ran: CPU time over wall time of the steps after ``warmup_steps``
+    (from batch start to batch end: forward, backward, optimizer, not data loading or checkpoint writing) and the
+    1-minute load average when training ends (`summary`)."""
+
+    def __init__(self, warmup_steps: int = 2) -> None:
+        self.warmup_steps = warmup_steps
+        self.seconds = self.cpu_seconds = 0.0
+        self._start: tuple[float, float] | None = None
+        self._on_cpu = True
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._on_cpu = pl_module.device.type == "cpu"
+        self._first_step = trainer.global_step
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, *args) -> None:
+        self._start = (time.perf_counter(), time.process_time())
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self._start is None or trainer.global_step - self._first_step <= self.warmup_steps:
+            return
+        self.seconds += time.perf_counter() - self._start[0]
+        self.cpu_seconds += time.process_time() - self._start[1]
+
+    def summary(self, prefix: str = "train") -> dict[str, Any]:
+        """``<prefix>_load1``, ``<prefix>_cpu_per_wall`` (None before any step after warm-up) and the flag."""
+        return _load_summary(prefix, self.cpu_seconds, self.seconds, self._on_cpu)

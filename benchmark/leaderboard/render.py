@@ -44,17 +44,26 @@ CSV_COLUMNS = (
     "clip_score",
     "control_disentanglement",
     "train_images_per_s",
+    "train_load1",
+    "train_cpu_per_wall",
+    "train_throughput_flag",
     "sampling_images_per_s",
+    "sampling_load1",
+    "sampling_cpu_per_wall",
+    "sampling_throughput_flag",
     "peak_memory_gb",
     "peak_memory_kind",
     "train_seconds",
     "eval_seconds",
     "wall_seconds",
     "hardware",
+    "threads",
     "precision",
     "commit",
+    "code_diff",
     "code",
     "key",
+    "training_key",
     "error",
 )
 _LITERATURE_COLUMNS = (
@@ -315,6 +324,20 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return sum(values) / len(values) if values else None
 
 
+_LOADED = "†"
+
+
+def _throughput(rows: list[dict[str, Any]], key: str) -> str:
+    """Mean throughput of an entry's rows from a free machine; rows measured under load (flagged by the runner) count
+    only when no other exists, and are then marked."""
+    flag = f"{res.THROUGHPUTS[key]}_throughput_flag"
+    free = [r for r in rows if not r.get(flag)]
+    value = _mean(free, key)
+    if value is not None or _mean(rows, key) is None:
+        return fmt_num(value)
+    return f"{fmt_num(_mean(rows, key))} {_LOADED}"
+
+
 def _same(rows: list[dict[str, Any]], key: str) -> str:
     values = sorted({str(r.get(key)) for r in rows if r.get(key) is not None})
     return ", ".join(values)
@@ -426,8 +449,8 @@ def readme_lines(
                 fmt_interval(columns["class_accuracy"][name], scale=100),
                 fmt_interval(columns["clip_score"][name]),
                 fmt_interval(columns["control_disentanglement"][name]),
-                fmt_num(_mean(g, "train_images_per_s")),
-                fmt_num(_mean(g, "sampling_images_per_s")),
+                _throughput(g, "train_images_per_s"),
+                _throughput(g, "sampling_images_per_s"),
                 fmt_num(_mean(g, "peak_memory_gb")) + (" (RSS)" if mem_kind == "rss" else ""),
                 ",".join(str(r["seed"]) for r in sorted(g, key=lambda r: r["seed"])),
                 _same(g, "hardware"),
@@ -447,6 +470,9 @@ def readme_lines(
     lines += ["## Results", ""]
     lines += md_table(header, table) if table else ["No entries yet."]
     lines += [""]
+    if any(_LOADED in cell for row in table for cell in row):
+        lines += [f"{_LOADED} measured on a loaded machine (1-minute load above the cores, or CPU time below 0.9 x the "
+                  "torch threads): no figure of this entry from a free machine exists.", ""]  # fmt: skip
     if groups:
         from benchmark.evaluation.stats import METHOD
 

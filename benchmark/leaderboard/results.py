@@ -289,7 +289,8 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """Add one row; an older row of the same (entry, seed, key) is replaced so a redo never duplicates.
+    """Add one row; an older row of the same (entry, seed, key) is replaced so a redo never duplicates, keeping its
+    throughput when the new one's was measured on a loaded machine and its own was not (`keep_unflagged_throughput`).
 
     Rows trained in parallel processes (``leaderboard run --jobs``) append to the same file: an exclusive lock on
     ``results.jsonl.lock`` makes each read-modify-write whole."""
@@ -299,11 +300,32 @@ def append_row(path: str | Path, row: dict[str, Any]) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             same = (row.get("entry"), row.get("seed"), row["key"])
-            rows = [r for r in read_rows(path) if (r.get("entry"), r.get("seed"), r.get("key")) != same]
+            rows, replaced = [], []
+            for r in read_rows(path):
+                (replaced if (r.get("entry"), r.get("seed"), r.get("key")) == same else rows).append(r)
+            for old in replaced:
+                row = keep_unflagged_throughput(row, old)
             rows.append(row)
             write_rows(path, rows)
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+# Throughput figures, the prefix of their load fields (`benchmark.callbacks.throughput`) and their flag.
+THROUGHPUTS = {"train_images_per_s": "train", "sampling_images_per_s": "sampling"}
+
+
+def keep_unflagged_throughput(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """``new``, except that a throughput measured on a loaded machine (flagged) never replaces one of the same row
+    (same key) that was not: the older figure and its load fields are kept, and ``<figure>_from`` names its row."""
+    new = dict(new)
+    for figure, prefix in THROUGHPUTS.items():
+        flag = f"{prefix}_throughput_flag"
+        if new.get(flag) and old.get(figure) is not None and not old.get(flag) and old.get("status") == "ok":
+            for field in (figure, f"{prefix}_load1", f"{prefix}_cpu_per_wall", flag):
+                new[field] = old.get(field)
+            new[f"{figure}_from"] = old.get(f"{figure}_from") or old.get("created")
+    return new
 
 
 def _json_default(obj: Any) -> Any:

@@ -34,6 +34,7 @@ from lightning.pytorch import Callback
 
 from benchmark import runs
 from benchmark.callbacks.budget import ComputeBudget
+from benchmark.callbacks.throughput import LoadWindow, MachineLoad
 from benchmark.leaderboard import results as res
 from benchmark.leaderboard.parallel import available_cores
 from benchmark.leaderboard.suite import Budget, Entry, Preset, Suite, load_suite
@@ -358,6 +359,8 @@ def run_job(
         budget_cb = ComputeBudget(train_flops=budget.train_flops, images=budget.images, seconds=budget.seconds)
         # First, so that a checkpoint written at a step already holds that step's images in the budget's counters.
         trainer.callbacks.insert(0, budget_cb)
+        load_cb = MachineLoad(warmup_steps=budget_cb.warmup_steps)  # was the machine free while it was measured?
+        trainer.callbacks.append(load_cb)
         trainer.callbacks.extend(callbacks or [])
         protocol = make_protocol(protocol_fields)
         if protocol is not None and preset.eval_every > 0:
@@ -394,6 +397,7 @@ def run_job(
             global_batch = datamodule.batch_size * trainer.accumulate_grad_batches * trainer.world_size
             train = {
                 **budget_cb.summary(),
+                **load_cb.summary("train"),
                 "steps": trainer.global_step,
                 "global_batch": global_batch,
                 "resumed_from_step": resumed_from,
@@ -413,8 +417,10 @@ def run_job(
         row["eval_sampler"] = eval_sampler_name(module, protocol)
         row.update(environment(trainer.world_size, trainer.precision, job.code_files))
         eval_started = time.perf_counter()
-        metrics = evaluate_module(module, protocol, datamodule, device)
+        with LoadWindow() as eval_load:
+            metrics = evaluate_module(module, protocol, datamodule, device)
         row["eval_seconds"] = time.perf_counter() - eval_started
+        row.update(eval_load.summary("sampling", on_cpu=device.type == "cpu"))
         row["metrics"] = metrics
         row.update(metric_columns(metrics, suite.metric))
         row["curve"] = read_curve(run_dir, suite.metric, flops_per_step)
