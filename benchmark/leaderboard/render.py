@@ -223,7 +223,7 @@ def describe_entries(suite: Suite, names: list[str]) -> dict[str, dict[str, Any]
     out = {}
     for entry in suite.entries([n for n in names if n in suite.entry_names]):
         try:
-            out[entry.name] = describe(["--config", str(entry.path)])
+            out[entry.name] = describe(entry.config_args())
         except (Exception, SystemExit):  # noqa: BLE001 - a row for the entry is still shown, with blank sizes
             out[entry.name] = {}
     return out

@@ -471,7 +471,7 @@ def plan(
         for seed in seeds or preset.seeds:
             fingerprint = entry_fingerprint(entry, seed)
             key, train_key = _keys(fingerprint, seed, budget, protocol, threads, preset)
-            files = [*res.row_code_files(fingerprint), entry.path]
+            files = [*res.row_code_files(fingerprint), *entry.paths]
             run_dir = runs.row_dir(output, entry.name, seed, train_key)
             job = Job(entry, seed, key, run_dir, threads=threads, train_key=train_key, code_files=files)
             jobs.append(job)
@@ -744,7 +744,7 @@ def eval_checkpoint(
         config["model"].setdefault("init_args", {})["init_from"] = str(ckpt_path)
     fingerprint = res.entry_fingerprint(parse_entry(config))
     key = res.row_key({**fingerprint, "weights": _file_hash(ckpt_path)}, 0, None, protocol_fields, source=source)
-    code_files = [*res.row_code_files(fingerprint), entry.path]
+    code_files = [*res.row_code_files(fingerprint), *entry.paths]
     res.check_clean_for(results_dir, code_files)
     started = time.perf_counter()
     row: dict[str, Any] = {

@@ -5,7 +5,10 @@
     name: shapes
     title: one line shown as the README heading
     description: a paragraph for the README
-    entries: [dit, dit_ddpm]        # entry YAMLs to run, in order; default: every *.yaml but suite/protocol files
+    entries:                        # entries to run, in order; default: every *.yaml but suite/protocol files and
+      - dit                         #   shared parts (names starting with "_"); a name means <name>.yaml
+      - name: dit_mydata            # or several config files, applied in order as stacked `--config` are (paths
+        configs: [dit.yaml, _mydata.yaml]   # relative to the suite folder): a shared part set once for many entries
     budget:                         # per entry; the first limit reached stops training
       train_flops: 2.5e12           # forward + backward FLOPs of the backbone, all images together
       images: null                  # alternative: images seen
@@ -20,8 +23,11 @@
     reference_step: {gmacs: 118.6, batch: 256, name: DiT-XL/2}  # states the budget in steps of a known model
     literature: [{entry: DiT-XL/2, fid_guided: 2.27, citation: ...}, ...]
 
-An entry is any ``ldmbench fit`` config (``model``/``data``/``trainer``); the runner replaces its logger, callbacks
-and step limit with the suite's and leaves the recipe alone.
+An entry is any ``ldmbench fit`` config (``model``/``data``/``trainer``), or a stack of them (`merge_configs`: later
+files override earlier ones key by key, lists are replaced, and a node whose ``class_path`` changes is replaced whole,
+as jsonargparse does with stacked ``--config`` files). A YAML whose name starts with ``_`` is a shared part that
+entries stack (e.g. ``_mydata.yaml`` setting the data root of every entry once), never an entry of its own. The runner
+replaces an entry's logger, callbacks and step limit with the suite's and leaves the recipe alone.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import yaml
 
 SUITE_FILE = "suite.yaml"
 _NOT_ENTRIES = {"suite.yaml", "protocol.yaml"}
+SHARED_PREFIX = "_"  # a YAML named _<name>.yaml is a shared part that entries stack, never an entry itself
 
 
 @dataclass(frozen=True)
@@ -92,11 +99,22 @@ class Preset:
 
 @dataclass
 class Entry:
-    """One entry of a suite: its name (the YAML's stem), path and parsed ``fit`` config."""
+    """One entry of a suite: its name, its config file(s) and their merged ``fit`` config.
+
+    ``path`` is the entry's own (last) file; ``paths`` every file of its stack, in the order they apply.
+    """
 
     name: str
     path: Path
     config: dict[str, Any]
+    paths: list[Path] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.paths = self.paths or [self.path]
+
+    def config_args(self) -> list[str]:
+        """The entry's files as ``ldmbench`` arguments: ``--config A --config B``."""
+        return [arg for path in self.paths for arg in ("--config", str(path))]
 
     @property
     def model_class(self) -> str:
@@ -123,6 +141,7 @@ class Suite:
     literature: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     raw: dict[str, Any] = field(default_factory=dict)
+    entry_files: dict[str, list[Path]] = field(default_factory=dict)  # entries stacked from several files
 
     # ------------------------------------------------------------------------------------------- entries
     def entries(self, names: list[str] | None = None) -> list[Entry]:
@@ -135,9 +154,9 @@ class Suite:
             available = [n for n in available if n in names]
         out = []
         for name in available:
-            path = self.root / f"{name}.yaml"
-            with open(path) as f:
-                out.append(Entry(name=name, path=path, config=yaml.safe_load(f) or {}))
+            paths = self.entry_files.get(name) or [self.root / f"{name}.yaml"]
+            config = merge_configs([_read_yaml(path) for path in paths])
+            out.append(Entry(name=name, path=paths[-1], config=config, paths=paths))
         return out
 
     def preset(self, name: str | None = None) -> Preset:
@@ -168,16 +187,62 @@ def reference_step_flops(gmacs: float, batch: int) -> float:
     return 3 * gmacs * 1e9 * 2 * batch
 
 
-def _entry_names(root: Path, raw: dict[str, Any]) -> list[str]:
+def _read_yaml(path: Path) -> dict[str, Any]:
+    with open(path) as f:
+        return yaml.safe_load(f) or {}
+
+
+def merge_configs(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Configs applied in order, as stacked ``--config`` files are: a later value replaces an earlier one, mappings
+    merge key by key, lists are replaced whole, and a mapping whose ``class_path`` changes replaces the earlier one
+    whole (its ``init_args`` belong to the other class)."""
+    merged: dict[str, Any] = {}
+    for config in configs:
+        merged = _merge(merged, config)
+    return merged
+
+
+def _merge(base: Any, override: Any) -> Any:
+    if not (isinstance(base, dict) and isinstance(override, dict)):
+        return copy.deepcopy(override)
+    if "class_path" in override and base.get("class_path") not in (None, override["class_path"]):
+        return copy.deepcopy(override)
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if key in out else copy.deepcopy(value)
+    return out
+
+
+def _is_entry_file(path: Path) -> bool:
+    return path.name not in _NOT_ENTRIES and not path.name.startswith(SHARED_PREFIX)
+
+
+def _entries(root: Path, raw: dict[str, Any]) -> tuple[list[str], dict[str, list[Path]]]:
+    """The entry names in order, and the files of the entries stacked from several."""
     listed = raw.get("entries")
-    if listed:
-        missing = [n for n in listed if not (root / f"{n}.yaml").is_file()]
-        if missing:
-            # Listed but not written yet (e.g. an entry another change adds): skip it rather than fail the suite.
-            listed = [n for n in listed if n not in missing]
-        extra = sorted(p.stem for p in root.glob("*.yaml") if p.name not in _NOT_ENTRIES and p.stem not in listed)
-        return list(listed) + extra
-    return sorted(p.stem for p in root.glob("*.yaml") if p.name not in _NOT_ENTRIES)
+    if not listed:
+        return sorted(p.stem for p in root.glob("*.yaml") if _is_entry_file(p)), {}
+    names, stacks = [], {}
+    for item in listed:
+        if isinstance(item, dict):
+            unknown = set(item) - {"name", "configs"}
+            if unknown or not item.get("name") or not item.get("configs"):
+                raise ValueError(f"suite entry {item!r}: give name and configs (a list of YAML files), nothing else")
+            configs = [item["configs"]] if isinstance(item["configs"], str) else item["configs"]
+            paths = [root / str(c) for c in configs]
+            missing = [str(p) for p in paths if not p.is_file()]
+            if missing:
+                raise ValueError(f"suite entry {item['name']!r}: config files {missing} do not exist")
+            names.append(str(item["name"]))
+            stacks[str(item["name"])] = paths
+        elif (root / f"{item}.yaml").is_file():
+            names.append(str(item))
+        # else: listed but not written yet (e.g. an entry another change adds): skipped rather than failing the suite
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"suite entries {duplicates} are listed twice")
+    extra = sorted(p.stem for p in root.glob("*.yaml") if _is_entry_file(p) and p.stem not in names)
+    return names + extra, stacks
 
 
 def _preset(name: str, raw: dict[str, Any]) -> Preset:
@@ -243,6 +308,7 @@ def load_suite(path: str | Path) -> Suite:
     if isinstance(protocol, str):  # a path relative to the suite folder
         with open(root / protocol) as f:
             protocol = yaml.safe_load(f) or {}
+    entry_names, entry_files = _entries(root, raw)
     target = raw.get("target")
     if target is not None and not {"metric", "value"} <= set(target):
         raise ValueError("target needs 'metric' and 'value'")
@@ -251,7 +317,7 @@ def load_suite(path: str | Path) -> Suite:
         name=str(raw.get("name", root.name)),
         title=str(raw.get("title", raw.get("name", root.name))),
         description=str(raw.get("description", "")).strip(),
-        entry_names=_entry_names(root, raw),
+        entry_names=entry_names,
         budget=budget,
         presets=presets,
         default_preset=default_preset,
@@ -263,4 +329,5 @@ def load_suite(path: str | Path) -> Suite:
         literature=list(raw.get("literature") or []),
         notes=list(raw.get("notes") or []),
         raw=raw,
+        entry_files=entry_files,
     )
