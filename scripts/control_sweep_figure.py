@@ -5,7 +5,7 @@
         --entry scheduled=leaderboards/shapes-ablations/scheduled.yaml:runs/.../scheduled/last.ckpt
 
 Each entry gets one row per class in ``--classes``; the columns are the reference control (whole canvas, no flip),
-flip, and centred crops of 0.9 and 0.8 of the side, all from the same starting noise. Under the image the script
+flip, and centred crops of 0.75 and 0.625 of the side, all from the same starting noise. Under the image the script
 prints each entry's control-disentanglement figures (`benchmark.evaluation.disentanglement`) under the Shapes
 protocol, as JSON.
 """
@@ -55,7 +55,7 @@ def main() -> None:
         config, ckpt = rest.rsplit(":", 1)
         module = load(config, ckpt)
         n = len(classes)
-        sweeps = sweep_controls(n, module.resolution, crop_scales=(1.0, 0.9, 0.8), size_scales=())
+        sweeps = sweep_controls(n, module.resolution, crop_scales=(1.0, 0.75, 0.625), size_scales=())
         controls = sweeps["reference"] + sweeps["flip"] + sweeps["crop"]
         generator = torch.Generator().manual_seed(args.seed)
         noise = torch.randn(1, *module.latent_shape, generator=generator).expand(n, -1, -1, -1).contiguous()
@@ -68,7 +68,7 @@ def main() -> None:
             report[name] = control_disentanglement(module, protocol, ShapesCLIP.load())
     grid = make_grid(torch.cat(rows), nrow=len(columns), padding=2, normalize=True, value_range=(-1, 1))
     save_image(grid, args.out)
-    print(json.dumps({"columns": ["reference", "flip", "crop 0.9", "crop 0.8"], "metrics": report}, indent=1))
+    print(json.dumps({"columns": ["reference", "flip", "crop 0.75", "crop 0.625"], "metrics": report}, indent=1))
 
 
 if __name__ == "__main__":

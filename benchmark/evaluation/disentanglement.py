@@ -20,8 +20,8 @@ sweeps one control field at a time over its range and measures, on the Shapes im
     to the full image (`zoom_centre`), than to the reference itself. Like the flip test this reads pixels against
     the model's own reference, so it holds on any background (a lit, graded one included) and an ignored control
     scores 0. (`foreground_extent`, the object's bounding box, is kept for the figures.)
-  * original size changes no geometry in Shapes (the whole canvas is resized to the output), so it only enters
-    semantic kept.
+  * original size changes no geometry in Shapes (the whole canvas is resized to the output; a small original is
+    only softer), so it only enters semantic kept.
 
 Keys (all in [0, 1]; higher is better):
 
@@ -64,10 +64,12 @@ __all__ = [
     "zoom_centre",
 ]
 
-CROP_SCALES: tuple[float, ...] = (1.0, 0.9, 0.8)
-"""Side of the centred crop as a fraction of the canvas (the Shapes training crops keep >= 80 % of the area)."""
-SIZE_SCALES: tuple[float, ...] = (1.0, 1.5, 2.0)
-"""Original canvas side as a multiple of the resolution (Shapes canvases range over 1x to 2x)."""
+CROP_SCALES: tuple[float, ...] = (1.0, 0.75, 0.625)
+"""Side of the centred crop as a fraction of the canvas: whole pixels at 32 and 64 px (24, 20 / 48, 40), inside what
+Shapes training produces (crop areas 0.25-1 of the canvas, the object's bbox at least 60 % visible)."""
+SIZE_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25)
+"""Original canvas side as a multiple of the resolution: Shapes originals range over 0.25x to 1x (8-32 px at 32 px);
+1.0 is the reference view (largest original, uncropped)."""
 DEFAULT_SAMPLES = 20
 
 
