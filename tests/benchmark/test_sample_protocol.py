@@ -58,7 +58,7 @@ def test_sample_command_with_a_protocol_writes_the_evaluated_images(tmp_path, ca
         ["sample", "--config", config, f"--ckpt_path={ckpt}", "--classes=4", "--n=2", "--protocol", str(protocol_file)]
         + ["--output", str(out)]
     )
-    assert "protocol shapes-v1" in capsys.readouterr().out
+    assert f"protocol {protocol.name} ({protocol.id()})" in capsys.readouterr().out
 
     evaluated = generate(module, protocol, protocol.guidance_scale)
     for index in (4, 14):
