@@ -222,3 +222,22 @@ def test_declared_num_classes_needs_no_disk_and_is_checked(tmp_path):
         Image.new("RGB", (40, 30), (200, 10, 10)).save(root / "train" / cls / "x.png")
     with pytest.raises(ValueError, match="num_classes=3"):
         ImageFolderDataModule(root, num_classes=3).setup()
+
+
+def test_a_large_folders_scan_is_stored_and_read_back_until_a_file_changes(tmp_path, monkeypatch):
+    import data.folder_scan as folder_scan
+
+    _own_folder(tmp_path / "data")
+    listing = folder_scan.list_class_folders(tmp_path / "data" / "train")
+    first = folder_scan.scan_images(listing, cache_root=tmp_path / "cache", store_from=1)
+    assert len(list((tmp_path / "cache" / "folder-scans").glob("*.json"))) == 1
+
+    def no_reads(path):
+        raise AssertionError(f"read {path} again")
+
+    monkeypatch.setattr(folder_scan, "_header", no_reads)
+    again = folder_scan.scan_images(listing, cache_root=tmp_path / "cache", store_from=1)
+    assert (again.counts, again.sizes, again.unreadable) == (first.counts, first.sizes, first.unreadable)
+    _write(tmp_path / "data" / "train" / "a" / "0.png", 9, 9, seed=1)  # same path, new content: scanned again
+    with pytest.raises(AssertionError, match="read"):
+        folder_scan.scan_images(listing, cache_root=tmp_path / "cache", store_from=1)
