@@ -244,6 +244,11 @@ class Shapes(Dataset):
             "control": make_control((scene.canvas, scene.canvas), crop, flip),
         }
 
+    def describe(self, index: int) -> dict:
+        """Caption, class label and flip of item ``index`` without drawing it (the same draws as `sample`)."""
+        scene, crop, flip = self._layout(index)
+        return {"caption": self._caption(scene, crop, flip), "label": scene.kind, "flip": float(flip)}
+
     def visible_fraction(self, index: int, grid: int = 256) -> float:
         """Fraction of item ``index``'s shape AREA (not bbox) inside its crop, from a ``grid``-px mask of the canvas.
 

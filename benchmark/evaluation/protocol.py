@@ -228,17 +228,7 @@ class EvalProtocol:
 
 def shapes_val_descriptions(n: int, resolution: int = 32) -> list[dict[str, Any]]:
     """Caption, class and flip of Shapes val items ``0..n-1``, without drawing them (the scene is enough)."""
-    import numpy as np
-
-    from data.shapes import _SPLITS, Shapes
+    from data.shapes import Shapes
 
     shapes = Shapes("val", resolution=resolution, length=max(n, 1))
-    out = []
-    for i in range(n):
-        # The same draws, in the same order, as `Shapes.sample` (scene, crop, flip), minus the rendering.
-        rng = np.random.default_rng([shapes.seed, _SPLITS["val"], i])
-        scene = shapes._scene(i, rng)
-        crop = shapes._crop(scene, rng)
-        flip = bool(rng.random() < 0.5)
-        out.append({"caption": shapes._caption(scene, crop, flip), "label": scene.kind, "flip": float(flip)})
-    return out
+    return [shapes.describe(i) for i in range(n)]  # the same draws as `Shapes.sample`, minus the rendering

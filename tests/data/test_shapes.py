@@ -322,3 +322,10 @@ def test_lightning_resume_continues_data_stream(tmp_path, num_workers):
     tail = _fit(tmp_path / "b", max_steps=12, ckpt_path=tmp_path / "b" / "last.ckpt", num_workers=num_workers)
     assert len(uninterrupted) == 12
     assert head + tail == uninterrupted
+
+
+def test_describe_matches_the_rendered_item(shapes):
+    for i in range(30):
+        item, text = shapes[i], shapes.describe(i)
+        assert text["caption"] == item["caption"] and text["label"] == item["class_label"].item()
+        assert text["flip"] == item["control"]["flip"].item()
