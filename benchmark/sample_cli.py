@@ -88,7 +88,7 @@ def sample(args: list[str]) -> Path:
     parser.add_argument("--n", type=int, default=8, help="images per class (default 8)")
     parser.add_argument("--output", default=None, help="output folder (default: beside the checkpoint's run)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of the starting noise (default 0; not with --protocol)"
+        "--seed", type=int, default=0, help="noise seed (default 0); --protocol seeds each image by its index"
     )
     parser.add_argument("--raw", action="store_true", help="sample with the raw weights instead of the EMA")
     parser.add_argument(
