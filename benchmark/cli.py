@@ -198,8 +198,8 @@ class LDMBenchCLI(LightningCLI):
             if found is None:
                 rank_zero_info(f"ldmbench: no checkpoint of {entry} under {root}; starting a new run")
             else:
-                verb = "resuming" if subcommand == "fit" else f"{subcommand} of"
-                rank_zero_info(f"ldmbench: {verb} {entry} from {found}")
+                what = "resuming" if subcommand == "fit" else f"{subcommand}: the newest checkpoint of"
+                rank_zero_info(f"ldmbench: {what} {entry}, {found}")
             config.ckpt_path = ckpt = None if found is None else str(found)
         if ckpt:
             checkpoint_step(ckpt)
