@@ -58,7 +58,10 @@ def parser() -> argparse.ArgumentParser:
     render.add_argument("--results", help="folder holding results.jsonl (default: the suite folder)")
     render.add_argument("--no-check", action="store_true", help="do not recompute keys to mark stale rows")
     render.add_argument(
-        "--describe", action="store_true", help="fill params / GMACs of entries not run yet from their configs"
+        "--describe",
+        action="store_true",
+        help="fill params / GMACs of entries without a current row from their configs (builds each model on the meta "
+        "device: slow at paper scale); kept in sizes.json, which later renders read while configs and code match",
     )
 
     ev = sub.add_parser("eval", help="add a row for an existing checkpoint or official weight file")

@@ -10,13 +10,16 @@ grid per entry, literature rows with their citations, and every failed, stale or
 from __future__ import annotations
 
 import csv
+import json
 import math
+import tempfile
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 from benchmark.leaderboard import results as res
 from benchmark.leaderboard.suite import Suite, load_suite
+from data.sources import source_hash
 
 README = "README.md"
 CSV_COLUMNS = (
@@ -216,16 +219,46 @@ def current_keys(suite: Suite, rows: list[dict[str, Any]]) -> set[str]:
     return keys
 
 
-def describe_entries(suite: Suite, names: list[str]) -> dict[str, dict[str, Any]]:
-    """Params and GMACs of entries with no row yet, from the config alone (meta device; no weights, no data)."""
+SIZES = "sizes.json"  # `describe_entries`' numbers, kept so that a plain render shows them without rebuilding models
+_SIZE_FIELDS = ("params", "gmacs_per_forward", "objective", "sampler")
+
+
+def describe_entries(
+    suite: Suite, names: list[str], cache: Path | None = None, refresh: bool = True
+) -> dict[str, dict[str, Any]]:
+    """Params, GMACs and recipe of entries with no current row, from the config alone (meta device; no weights, no
+    data).
+
+    Args:
+        suite: The suite.
+        names: Entries to describe.
+        cache: A ``sizes.json`` holding earlier answers, each under a hash of the entry's config and code; a current
+            one is used as is, an outdated one never (the entry's sizes are then blank until ``--describe``). Written
+            back when ``refresh`` described anything.
+        refresh: Describe the entries the cache has no current answer for (slow for paper-scale models: the models
+            are built on the meta device); False answers from the cache alone.
+    """
     from benchmark.cli import describe
 
-    out = {}
+    cached = json.loads(cache.read_text()) if cache is not None and cache.is_file() else {}
+    out, changed = {}, False
     for entry in suite.entries([n for n in names if n in suite.entry_names]):
+        # The config and the code that builds its classes (module-level imports: what describe runs).
+        modules = sorted({c.rpartition(".")[0] for c in res._class_paths(entry.config)})
+        ident = res.stable_hash({"config": entry.config, "code": source_hash(modules)})
+        if cached.get(entry.name, {}).get("ident") == ident:
+            out[entry.name] = {k: v for k, v in cached[entry.name].items() if k != "ident"}
+            continue
+        if not refresh:
+            continue
         try:
-            out[entry.name] = describe(entry.config_args())
+            info = describe(entry.config_args())
         except (Exception, SystemExit):  # noqa: BLE001 - a row for the entry is still shown, with blank sizes
-            out[entry.name] = {}
+            info = {}
+        out[entry.name] = {k: info[k] for k in _SIZE_FIELDS if k in info}
+        cached[entry.name], changed = {"ident": ident, **out[entry.name]}, True
+    if cache is not None and changed:
+        cache.write_text(json.dumps(cached, indent=1, sort_keys=True) + "\n")
     return out
 
 
@@ -236,6 +269,7 @@ def render_suite(
     results_dir: str | Path | None = None,
     check_keys: bool = True,
     describe: bool = False,
+    write: bool = True,
 ) -> str:
     """Write ``README.md``, ``results.csv`` and the plot of a suite from its ``results.jsonl``; return the README.
 
@@ -243,21 +277,31 @@ def render_suite(
         suite_path: The suite folder.
         results_dir: Folder holding ``results.jsonl`` (and receiving the outputs); default the suite folder.
         check_keys: Recompute every trained row's key with this checkout and mark rows that differ as stale.
-        describe: Fill params / GMACs of entries not run yet from their configs.
+        describe: Fill params / GMACs of entries without a current row from their configs, and keep the answers in
+            ``sizes.json`` (`describe_entries`); without it, the answers ``sizes.json`` holds for the current configs
+            are shown.
+        write: Write the files; False only returns the README that would be written (nothing is changed).
     """
     suite = load_suite(suite_path)
     out_dir = Path(results_dir) if results_dir is not None else suite.root
     rows = res.read_rows(out_dir / "results.jsonl")
     keys = current_keys(suite, rows) if check_keys else None
     shown = res.latest_rows(rows, keys)
-    write_csv(out_dir / "results.csv", shown)
-    plot = plot_curves(suite, shown, out_dir / "plots" / f"{suite.metric}_vs_compute.png")
-    missing = [n for n in suite.entry_names if not any(r["entry"] == n for r in shown)]
-    described = describe_entries(suite, missing) if describe and missing else {}
+    plot_path = out_dir / "plots" / f"{suite.metric}_vs_compute.png"
+    if write:
+        write_csv(out_dir / "results.csv", shown)
+        plot = plot_curves(suite, shown, plot_path)
+    else:
+        with tempfile.TemporaryDirectory() as tmp:
+            plot = plot_path if plot_curves(suite, shown, Path(tmp) / plot_path.name) is not None else None
+    current = {r["entry"] for r in shown if not r.get("stale") and r.get("status") == "ok"}
+    missing = [n for n in suite.entry_names if n not in current]
+    described = describe_entries(suite, missing, out_dir / SIZES, refresh=describe and write) if missing else {}
     presets = [r.get("preset") for r in shown if r.get("preset") in suite.presets]
     preset = max(set(presets), key=presets.count) if presets else suite.default_preset
     text = "\n".join(readme_lines(suite, shown, out_dir, plot, described, preset)) + "\n"
-    (out_dir / README).write_text(text)
+    if write:
+        (out_dir / README).write_text(text)
     return text
 
 

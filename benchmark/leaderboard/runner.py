@@ -84,11 +84,21 @@ def parse_entry(config: dict[str, Any]) -> dict[str, Any]:
     return yaml.safe_load(cli.parser.dump(cli.config, skip_check=True))
 
 
+_FINGERPRINTS: dict[str, dict[str, Any]] = {}
+
+
 def entry_fingerprint(entry: Entry, seed: int) -> dict[str, Any]:
-    """The parts of the entry's resolved config at ``seed`` that decide its numbers (`results.entry_fingerprint`)."""
-    config = copy.deepcopy(entry.config)
-    config["seed_everything"] = seed
-    return res.entry_fingerprint(parse_entry(config))
+    """The parts of the entry's resolved config at ``seed`` that decide its numbers (`results.entry_fingerprint`).
+
+    Parsed once per config and process (parsing builds a whole command-line parser, and rendering a suite keys every
+    (entry, seed, preset) of its rows); the fingerprint holds no seed (the key has it apart), so seeds share it.
+    """
+    ident = res.stable_hash(entry.config)
+    if ident not in _FINGERPRINTS:
+        config = copy.deepcopy(entry.config)
+        config["seed_everything"] = seed
+        _FINGERPRINTS[ident] = res.entry_fingerprint(parse_entry(config))
+    return copy.deepcopy(_FINGERPRINTS[ident])
 
 
 def in_training_evaluation(preset: Preset | None, protocol: dict[str, Any]) -> dict[str, Any] | None:
