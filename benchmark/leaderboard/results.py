@@ -42,7 +42,12 @@ _NOT_CODE = {
     "benchmark/leaderboard/command.py",
     "benchmark/leaderboard/parallel.py",
     "benchmark/leaderboard/results.py",
-    "benchmark/perf.py",
+    "benchmark/perf/__init__.py",
+    "benchmark/perf/__main__.py",
+    "benchmark/perf/command.py",
+    "benchmark/perf/impls.py",
+    "benchmark/perf/profile.py",
+    "benchmark/perf/timing.py",
     "benchmark/perf_profile.py",
     "data/sources.py",
 }

@@ -1,7 +1,7 @@
 """Where the end-to-end training step of a suite entry goes, against the bare backbone step (`ldmbench perf`'s
 companion): a short ``fit`` with Lightning's ``SimpleProfiler`` plus interleaved timings of the step's layers.
 
-    python -c "from benchmark.perf_profile import profile_entry, render_profile as r; \\
+    python -c "from benchmark.perf.profile import profile_entry, render_profile as r; \\
                print(r(profile_entry('leaderboards/shapes/dit.yaml'), 'leaderboards/shapes/dit.yaml'))"
 
 Run it with ``torch.set_num_threads(1)`` and ``LDMBENCH_CACHE`` pointing at a built latent cache to profile the

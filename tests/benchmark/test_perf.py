@@ -65,11 +65,12 @@ def test_ratio_quartiles_pair_the_rounds():
 
 def test_missing_model_is_reported_as_skipped(monkeypatch):
     import benchmark.perf as perf
+    import benchmark.perf.command as perf_command  # where `measure` looks `build_impls` up
 
     def missing(*args, **kwargs):
         raise ImportError("No module named 'baselines.not_merged_yet'")
 
-    monkeypatch.setattr(perf, "build_impls", missing)
+    monkeypatch.setattr(perf_command, "build_impls", missing)
     rows = perf.measure(["dit"], size="tiny", batch=2, repeats=1, precisions=["fp32"])
     assert rows[0]["impl"] == "skipped" and "not available" in rows[0]["note"]
 
@@ -218,11 +219,12 @@ def test_every_size_names_a_configuration_of_every_model():
 
 def test_missing_diffusers_names_the_install(monkeypatch):
     import benchmark.perf as perf
+    import benchmark.perf.command as perf_command
 
     def no_diffusers(*args, **kwargs):
         raise ImportError("No module named 'diffusers'", name="diffusers")
 
-    monkeypatch.setattr(perf, "build_impls", no_diffusers)
+    monkeypatch.setattr(perf_command, "build_impls", no_diffusers)
     rows = perf.measure(["pixart"], size="tiny", batch=2, repeats=1, precisions=["fp32"])
     assert rows[0]["impl"] == "skipped" and "pip install diffusers" in rows[0]["note"]
 
@@ -269,3 +271,24 @@ def test_an_unknown_model_is_a_usage_error_naming_the_valid_ones(capsys):
     with pytest.raises(SystemExit) as info:
         perf_main(["--models", "dit,foo"])
     assert info.value.code == 2 and "unknown model(s) foo; valid: dit, mdt" in capsys.readouterr().err
+
+
+def test_old_import_paths_of_the_measuring_tools_keep_working():
+    """perf was one module and its profile a sibling; both moved into the `benchmark.perf` package."""
+    import benchmark.perf as perf
+    import benchmark.perf_profile as old_profile
+    from benchmark.perf import command, impls, profile, timing
+
+    assert perf.measure is command.measure and perf.build_impls is impls.build_impls and perf.Trainer is timing.Trainer
+    assert old_profile.profile_entry is profile.profile_entry and old_profile.render_profile is profile.render_profile
+    for name in perf.__all__:
+        assert getattr(perf, name) is not None
+
+
+def test_no_measuring_tool_is_in_a_row_key():
+    """perf measures speed and trains nothing a row reports: editing it must not make committed rows stale."""
+    from benchmark.leaderboard import results as res
+
+    every_code_file = {p.relative_to(res.REPO_ROOT).as_posix() for p in res._code_files(None)}
+    assert "benchmark/module.py" in every_code_file
+    assert not [f for f in every_code_file if f.startswith(("benchmark/perf/", "benchmark/perf_profile"))]
