@@ -129,10 +129,15 @@ def generated_pool(module, protocol: EvalProtocol, seed: int, n: int, clip, cach
     from benchmark.evaluation.generate import generate
 
     steps = protocol.flow_steps, protocol.ddpm_steps
-    path = cache / f"{ckpt_id}-s{seed}-n{n}-steps{steps[0]}_{steps[1]}-g{protocol.guidance_scale:g}.npz"
-    if path.exists():
-        with np.load(path) as f:
-            return dict(f)
+    stem = f"{ckpt_id}-s{seed}-n*-steps{steps[0]}_{steps[1]}-g{protocol.guidance_scale:g}.npz"
+    path = cache / stem.replace("*", str(n))
+    for found in sorted(cache.glob(stem)):  # sample i does not depend on the count: a larger pool's first n
+        with np.load(found) as f:
+            pool = dict(f)
+        full = len(pool["labels"])
+        if full >= n:
+            pool = {k: (v * n / full if k == "seconds" else v[:n]) for k, v in pool.items()}
+            return pool
     start = time.perf_counter()
     gen = generate(module, protocol.replace(seed=seed, num_samples=n), protocol.guidance_scale)
     seconds = time.perf_counter() - start
@@ -192,8 +197,18 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--reps", type=int, default=200, help="bootstrap resamples")
     parser.add_argument("--fewer-steps", type=int, default=10)
     parser.add_argument("--cache", default="runs/measure-evaluation")
-    parser.add_argument("--output", default=None)
+    parser.add_argument("--output", default=None, help="JSON of every figure")
+    parser.add_argument("--doc", default=None, help="rewrite the tables between the 'measured' markers of this page")
+    parser.add_argument("--block", default="main", help="which marked block of --doc this run rewrites")
+    parser.add_argument("--render", default=None, help="measure nothing: write this earlier --output JSON into --doc")
     args = parser.parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        text = markdown(result)
+        if args.doc:
+            write_doc(Path(args.doc), text, args.block)
+        print(text)
+        return result
     args.sizes = [int(s) for s in args.sizes.split(",")]
     torch.manual_seed(0)
     from benchmark.evaluation.evaluate import reference_stats, shapes_reference_dataset
@@ -248,7 +263,103 @@ def main(argv: list[str] | None = None) -> dict:
         Path(args.output).parent.mkdir(parents=True, exist_ok=True)
         Path(args.output).write_text(json.dumps(result, indent=1) + "\n")
         print(f"written to {args.output}")
+    text = markdown(result)
+    print(text)
+    if args.doc:
+        write_doc(Path(args.doc), text, args.block)
     return result
+
+
+def write_doc(path: Path, text: str, block: str = "main") -> None:
+    """Replace the block between the markers named ``block`` of ``path`` (append it when the page has none)."""
+    BEGIN = f"<!-- measured:{block} begin (scripts/measure_evaluation.py --doc --block {block}) -->"
+    END = f"<!-- measured:{block} end -->"
+    page = path.read_text() if path.exists() else ""
+    block = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in page and END in page:
+        page = page[: page.index(BEGIN)] + block + page[page.index(END) + len(END) :]
+    else:
+        page = page.rstrip() + "\n\n" + block + "\n"
+    path.write_text(page)
+    print(f"tables written into {path}")
+
+
+def _cell(s: dict, key: str, scale: float = 1.0) -> str:
+    v = s.get(key)
+    if v is None:
+        return ""
+    sd = v["sd"] * scale
+    return f"{v['mean'] * scale:.3g} (SD {sd:.2g})" if np.isfinite(sd) else f"{v['mean'] * scale:.3g}"
+
+
+def markdown(result: dict) -> str:
+    """The tables of docs/evaluation.md from one run's figures."""
+    keys = ["fd_shapes", "fd_shapes_inf", "kd_shapes", "class_accuracy"]
+    heads = ["n", "sets", "fd_shapes", "FD∞", "KD (unbiased MMD²)", "class acc. (%)"]
+    lines = [
+        f"Measured {result['date']} at commit {result['commit']} on {result['cpu']} ({result['threads']} thread(s)):",
+        "",
+        f"    {result['command']}",
+        "",
+        f"**Real Shapes val images** against the protocol's reference ({result['reference_images']} train images): "
+        "the bias floor (mean) and the spread over disjoint sets (SD).",
+        "",
+        "| " + " | ".join(heads) + " |",
+        "|" + "---|" * len(heads),
+    ]
+    for n, s in result["real"].items():
+        if n == "val_images":
+            continue
+        sets = s["fd_shapes"]["sets"]
+        lines.append(
+            f"| {n} | {sets} | " + " | ".join(_cell(s, k, 100 if k == "class_accuracy" else 1) for k in keys) + " |"
+        )
+    for ck in result["checkpoints"]:
+        lines += [
+            "",
+            f"**Checkpoint `{ck['checkpoint']}`** (sha256 {ck['sha256']}), guided, one evaluation seed per set "
+            f"({ck['guided_images_per_s']:.0f} guided images/s): mean and evaluation-seed SD; bootstrap SD (RMS over "
+            "the seeds) and how often value ± 1.96 bootstrap SD covers the mean of the seeds.",
+            "",
+            "| n | seeds | fd_shapes | bootstrap SD | coverage | FD∞ | KD | class acc. (%) | bootstrap SD | coverage |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for n, s in ck.items():
+            if not n.isdigit():
+                continue
+            fd, acc = s["fd_shapes"], s["class_accuracy"]
+            lines.append(
+                f"| {n} | {fd['sets']} | {_cell(s, 'fd_shapes')} | {fd['bootstrap_sd']:.2g} | {fd['coverage']:.0%} | "
+                f"{_cell(s, 'fd_shapes_inf')} | {_cell(s, 'kd_shapes')} | {_cell(s, 'class_accuracy', 100)} | "
+                f"{acc['bootstrap_sd'] * 100:.2g} | {acc['coverage']:.0%} |"
+            )
+        if "steps" in ck:
+            st = ck["steps"]
+            lines += [
+                "",
+                f"Steps: seed 0, n = {st['n']}: {st['fewer']} steps give fd_shapes "
+                f"{st['fewer_values']['fd_shapes']:.3g}"
+                f" and class accuracy {100 * st['fewer_values']['class_accuracy']:.1f} %, against "
+                f"{st['protocol_values']['fd_shapes']:.3g} and {100 * st['protocol_values']['class_accuracy']:.1f} % "
+                f"at {st['protocol']} steps ({st['fewer_images_per_s']:.0f} guided images/s at {st['fewer']} steps).",
+            ]
+    if result.get("pairing"):
+        lines += [
+            "",
+            "**Pairing** (the two checkpoints on the same noise and labels, per evaluation seed): SD of the difference "
+            "against the SD it would have if the two evaluations were independent.",
+            "",
+            "| n | metric | mean difference | SD of difference | unpaired SD | correlation |",
+            "|---|---|---|---|---|---|",
+        ]
+        for n, pair in result["pairing"].items():
+            for k, v in pair.items():
+                scale = 100 if k == "class_accuracy" else 1
+                lines.append(
+                    f"| {n} | {k} | {v['mean_difference'] * scale:.3g} | {v['sd_of_difference'] * scale:.2g} | "
+                    f"{v['unpaired_sd'] * scale:.2g} | {v['correlation']:.2f} |"
+                )
+    return "\n".join(lines)
 
 
 def _git_head() -> str:

