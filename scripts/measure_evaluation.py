@@ -61,7 +61,9 @@ def measure(pool: dict[str, np.ndarray], metrics: dict[str, M.FeatureMetric]) ->
             metric.update(torch.from_numpy(pool["class"]), torch.from_numpy(pool["labels"]))
         else:
             metric.update(torch.from_numpy(pool["pool"]), torch.from_numpy(pool["labels"]))
+        metric.replicates = {}
         out.update(metric.compute())
+        out.update({f"{k}_boot": v for k, v in metric.replicates.items()})  # kept in memory for the pairing check
     return out
 
 
@@ -250,7 +252,15 @@ def main(argv: list[str] | None = None) -> dict:
             for k in ("fd_shapes", "class_accuracy"):
                 a = np.array([r[k] for r in per_ckpt[0][n]])
                 b = np.array([r[k] for r in per_ckpt[1][n]])
+                # The paired bootstrap of one evaluation (what the leaderboard uses): replicate r of both
+                # checkpoints resamples the same samples; RMS over the seeds of the SD of replicate differences.
+                paired_boot = [
+                    float(np.std(ra[f"{k}_boot"] - rb[f"{k}_boot"], ddof=1))
+                    for ra, rb in zip(per_ckpt[0][n], per_ckpt[1][n], strict=True)
+                    if f"{k}_boot" in ra and f"{k}_boot" in rb
+                ]
                 pair[k] = {
+                    "paired_bootstrap_sd": float(np.sqrt(np.mean(np.square(paired_boot)))) if paired_boot else None,
                     "sd_of_difference": float((a - b).std(ddof=1)),
                     "unpaired_sd": float(np.hypot(a.std(ddof=1), b.std(ddof=1))),
                     "correlation": float(np.corrcoef(a, b)[0, 1]),
@@ -347,17 +357,21 @@ def markdown(result: dict) -> str:
         lines += [
             "",
             "**Pairing** (the two checkpoints on the same noise and labels, per evaluation seed): SD of the difference "
-            "against the SD it would have if the two evaluations were independent.",
+            "over the seeds, the paired bootstrap's estimate of it from one evaluation (RMS over the seeds), and "
+            "the SD "
+            "the difference would have if the two evaluations were independent.",
             "",
-            "| n | metric | mean difference | SD of difference | unpaired SD | correlation |",
-            "|---|---|---|---|---|---|",
+            "| n | metric | mean difference | SD of difference | paired bootstrap SD | unpaired SD | correlation |",
+            "|---|---|---|---|---|---|---|",
         ]
         for n, pair in result["pairing"].items():
             for k, v in pair.items():
                 scale = 100 if k == "class_accuracy" else 1
+                boot = v.get("paired_bootstrap_sd")
+                boot_text = "" if boot is None else f"{boot * scale:.2g}"
                 lines.append(
                     f"| {n} | {k} | {v['mean_difference'] * scale:.3g} | {v['sd_of_difference'] * scale:.2g} | "
-                    f"{v['unpaired_sd'] * scale:.2g} | {v['correlation']:.2f} |"
+                    f"{boot_text} | {v['unpaired_sd'] * scale:.2g} | {v['correlation']:.2f} |"
                 )
     return "\n".join(lines)
 

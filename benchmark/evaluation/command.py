@@ -63,7 +63,11 @@ def load_weights(module: torch.nn.Module, ckpt_path: str) -> int | None:
 
 def print_table(metrics: dict[str, Any]) -> None:
     """A two-column table of the scalar metrics (rich if installed, plain text otherwise)."""
-    rows = [(k, f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in metrics.items() if k != "protocol"]
+    rows = [
+        (k, f"{v:.4g}" if isinstance(v, float) else str(v))
+        for k, v in metrics.items()
+        if k != "protocol" and not k.endswith("_boot")  # bootstrap replicates: in the JSON, not the table
+    ]
     try:
         from rich.console import Console
         from rich.table import Table

@@ -106,9 +106,10 @@ def evaluate(
 
 
 def _suffixed(name: str, suffix: str) -> str:
-    """``fd_shapes`` -> ``fd_shapes_noguidance``; its SD ``fd_shapes_sd`` -> ``fd_shapes_noguidance_sd``."""
-    if suffix and name.endswith("_sd"):
-        return f"{name[:-3]}{suffix}_sd"
+    """``fd_shapes`` -> ``fd_shapes_noguidance``; its SD ``fd_shapes_sd`` -> ``fd_shapes_noguidance_sd`` (and _boot)."""
+    for tail in ("_sd", "_boot"):
+        if suffix and name.endswith(tail):
+            return f"{name[: -len(tail)]}{suffix}{tail}"
     return f"{name}{suffix}"
 
 

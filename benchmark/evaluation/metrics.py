@@ -94,6 +94,7 @@ class FeatureMetric(Metric):
         self.stratify = self.stratify_default if stratify is None else stratify
         self.add_state("features", default=[], dist_reduce_fx="cat")
         self.add_state("labels", default=[], dist_reduce_fx="cat")
+        self.replicates: dict[str, np.ndarray] = {}
 
     def update(self, features: Tensor, labels: Tensor | None = None) -> None:
         """Add per-sample rows: ``features`` (N, ...) and optional ``labels`` (N, ...)."""
@@ -125,7 +126,11 @@ class FeatureMetric(Metric):
                 return [got[k] for k in keys]
 
             reps = bootstrap(statistic, feats, labels, strata=strata, reps=self.bootstrap_reps, seed=self.seed)
+            reps = reps.reshape(len(reps), -1)
             out.update({f"{k}_sd": float(sd) for k, sd in zip(keys, np.std(reps, axis=0, ddof=1), strict=True)})
+            # The replicates themselves: with the same seed, count and labels, replicate r of two entries resamples
+            # the same sample indices, i.e. the same noise and labels, so their differences form a paired bootstrap.
+            self.replicates = {k: reps[:, i] for i, k in enumerate(keys)}
         return out
 
     def gathered(self) -> tuple[np.ndarray, np.ndarray | None]:
@@ -183,16 +188,22 @@ class FrechetDistance(FeatureMetric):
         return float(diff @ diff + (centred * centred).sum() + self._ref_trace - 2 * trace_cross)
 
 
-def measure_all(updates: list[tuple[FeatureMetric, Any, Any]]) -> dict[str, float]:
+def measure_all(updates: list[tuple[FeatureMetric, Any, Any]], replicates: bool = True) -> dict[str, Any]:
     """Update every metric with its ``(features, labels)``, then compute them all, in the same order on every rank.
 
-    Keys whose value is NaN (e.g. flip obeyed when no sample shows a flip) are left out.
+    Keys whose value is NaN (e.g. flip obeyed when no sample shows a flip) are left out. With ``replicates``, each
+    key also gets ``<key>_boot``: its bootstrap replicates (a list; what the leaderboard pairs across entries).
     """
     for metric, features, labels in updates:
         metric.update(features, labels)
-    out: dict[str, float] = {}
+    out: dict[str, Any] = {}
     for metric, _, _ in updates:
-        out.update({k: v for k, v in metric.compute().items() if np.isfinite(v)})
+        values = {k: v for k, v in metric.compute().items() if np.isfinite(v)}
+        out.update(values)
+        if replicates:
+            for k, reps in metric.replicates.items():
+                if k in values and np.isfinite(reps).all():
+                    out[f"{k}_boot"] = [float(f"{x:.6g}") for x in reps]
     return out
 
 

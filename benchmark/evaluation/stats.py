@@ -8,19 +8,23 @@ a Fréchet distance is shifted: a resampled set holds duplicates, which bias FD 
 
 **A row's interval** (`combine`): the mean over its training seeds, with the standard error
 
-    SE² = (mean eval-noise variance of its seeds + training-seed variance) / number of seeds
+    SE² = (evaluation variance of the mean over seeds) + (training-seed variance) / number of seeds
 
-where the training-seed variance is pooled over every multi-seed entry of the table (sample variance across seeds
-minus the eval-noise part, floored at 0): two seeds alone say little about a variance, a pooled estimate with more
-degrees of freedom says more, and a one-seed row gets the same training-seed term.
+Every seed of an entry is evaluated on the same noise and labels (one protocol seed), so the evaluation errors of
+its seeds are correlated: their mean's evaluation variance comes from the bootstrap replicates averaged over seeds
+(replicate r of every row resamples the same sample indices), or is the one-seed variance when no replicates were
+recorded. The training-seed variance is pooled over every multi-seed entry of the table (sample variance across
+seeds minus what evaluation noise alone would give, floored at 0): two seeds alone say little about a variance, a
+pooled estimate with more degrees of freedom says more, and a one-seed row gets the same training-seed term.
 
 **Ranks** (`pairwise_ranks`): every pair of entries with at least two seeds is compared with a two-sided z-test on
-the difference of their means (SE² of the difference = SE²_a + SE²_b; this treats the evaluation noise of two
-entries as independent, which over-states it when the protocol pairs noise and labels across entries, so the test
-is conservative), the p-values are Holm-corrected over all pairs, and an entry's rank is 1 + the number of entries
-that are significantly better than it. So two clearly separated entries get different ranks, overlapping ones share
-one (``=k``), and a chain a ≈ b ≈ c with a clearly better than c does not merge: c ranks below a. One-seed rows are
-shown unranked: their training-seed variance is not measured.
+the difference of their means. The protocol pairs noise and labels across entries, and so do the bootstrap
+replicates: where both rows recorded them, the evaluation part of the difference's variance is the variance of the
+replicate differences (a paired bootstrap; measured to be 0.5-0.65 of the unpaired SD on Shapes); otherwise the two
+evaluation variances add (conservative). The p-values are Holm-corrected over all pairs, and an entry's rank is 1 +
+the number of entries that are significantly better than it. So two clearly separated entries get different ranks,
+overlapping ones share one (``=k``), and a chain a ≈ b ≈ c with a clearly better than c does not merge: c ranks
+below a. One-seed rows are shown unranked: their training-seed variance is not measured.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ __all__ = [
     "RowStat",
     "bootstrap",
     "combine",
+    "difference_se",
     "holm",
     "pairwise_ranks",
     "pooled_seed_variance",
@@ -47,9 +52,10 @@ __all__ = [
 METHOD = (
     "Intervals are 95 % confidence intervals of the mean over training seeds: evaluation noise (a bootstrap over the "
     "samples, {reps} resamples) plus the training-seed variance pooled over the multi-seed entries. Ranks: two-sided "
-    "z-tests on every pair of entries, Holm-corrected at α = 0.05; an entry's rank is 1 + the number of entries "
-    "significantly better than it (`=k`: not significantly different from another entry of rank k). One-seed rows "
-    "are unranked (`-`). See docs/evaluation.md."
+    "z-tests on every pair of entries, paired through the bootstrap replicates where both rows recorded them (every "
+    "entry is sampled on the same noise and labels), Holm-corrected at α = 0.05; an entry's rank is 1 + the number "
+    "of entries significantly better than it (`=k`: not significantly different from another entry of rank k). "
+    "One-seed rows are unranked (`-`). See docs/evaluation.md."
 )
 
 
@@ -114,11 +120,13 @@ def bootstrap(
 
 @dataclass(frozen=True)
 class RowStat:
-    """One entry's per-seed values of a metric and their evaluation-noise SDs (None where not recorded)."""
+    """One entry's per-seed values of a metric, their evaluation-noise SDs and bootstrap replicates (None where not
+    recorded)."""
 
     name: str
     values: Sequence[float]
     eval_sds: Sequence[float | None]
+    boots: Sequence[Sequence[float] | None] | None = None
 
     @property
     def n(self) -> int:
@@ -129,29 +137,67 @@ class RowStat:
         return float(np.mean(self.values))
 
     def eval_var(self) -> float:
+        """Mean evaluation-noise variance of one seed's value."""
         sds = [s for s in self.eval_sds if s is not None and math.isfinite(s)]
         return float(np.mean(np.square(sds))) if sds else 0.0
 
+    def mean_boot(self) -> np.ndarray | None:
+        """Replicates of the mean over seeds (replicate r of every seed resamples the same sample indices), or None."""
+        if not self.boots or any(b is None for b in self.boots):
+            return None
+        lengths = {len(b) for b in self.boots}  # type: ignore[arg-type]
+        if len(lengths) != 1 or lengths == {0}:
+            return None
+        return np.mean(np.asarray(self.boots, dtype=np.float64), axis=0)
+
+    def eval_var_of_mean(self) -> float:
+        """Evaluation variance of the mean over seeds. Every seed is evaluated on the same noise and labels (one
+        protocol seed), so their evaluation errors are correlated: from the replicates when recorded, else the
+        one-seed variance (the fully correlated bound)."""
+        boot = self.mean_boot()
+        if boot is not None and len(boot) > 1:
+            return float(np.var(boot, ddof=1))
+        return self.eval_var()
+
 
 def pooled_seed_variance(rows: Sequence[RowStat]) -> float | None:
-    """Training-seed variance pooled over the entries with >= 2 seeds (eval-noise part removed, floored at 0).
+    """Training-seed variance pooled over the entries with >= 2 seeds, floored at 0.
 
+    The seeds of an entry are evaluated on the same noise and labels, so the part of the evaluation noise that does
+    not cancel between them is what the replicates say (var of a seed's replicate minus another's); without
+    replicates none is subtracted (the sample variance is used whole: the larger, cautious estimate).
     Returns None when no entry has two seeds.
     """
     num = den = 0.0
     for row in rows:
         if row.n >= 2:
             sample_var = float(np.var(row.values, ddof=1))
-            num += (row.n - 1) * max(sample_var - row.eval_var(), 0.0)
+            noise = 0.0
+            if row.mean_boot() is not None:
+                # The sample variance across seeds that evaluation noise alone would give: per replicate, the spread
+                # of the seeds' perturbations (replicate minus the seed's mean replicate), averaged over replicates.
+                boots = np.asarray(row.boots, dtype=np.float64)
+                noise = float(np.mean(np.var(boots - boots.mean(1, keepdims=True), axis=0, ddof=1)))
+            num += (row.n - 1) * max(sample_var - noise, 0.0)
             den += row.n - 1
     return num / den if den else None
 
 
 def combine(row: RowStat, seed_var: float | None, level: float = 0.95) -> tuple[float, float, float]:
     """``(mean, SE, half-width)`` of a row: eval noise and training-seed variance over its seeds (module doc)."""
-    var = row.eval_var() + (seed_var or 0.0)
-    se = math.sqrt(var / row.n) if row.n else float("nan")
+    if not row.n:
+        return float("nan"), float("nan"), float("nan")
+    se = math.sqrt(row.eval_var_of_mean() + (seed_var or 0.0) / row.n)
     return row.mean, se, z_of(level) * se
+
+
+def difference_se(a: RowStat, b: RowStat, seed_var: float | None) -> tuple[float, bool]:
+    """SE of ``mean(a) - mean(b)`` and whether it is paired (both rows recorded replicates of the same length)."""
+    seed_part = (seed_var or 0.0) * (1 / a.n + 1 / b.n)
+    ba, bb = a.mean_boot(), b.mean_boot()
+    if ba is not None and bb is not None and len(ba) == len(bb) and len(ba) > 1:
+        return math.sqrt(float(np.var(ba - bb, ddof=1)) + seed_part), True
+    return math.sqrt(a.eval_var_of_mean() + b.eval_var_of_mean() + seed_part), False
 
 
 def holm(pvalues: Sequence[float]) -> list[float]:
@@ -183,13 +229,11 @@ def pairwise_ranks(
     """
     seed_var = pooled_seed_variance(rows)
     ranked = [r for r in rows if r.n >= min_seeds]
-    stats = {r.name: combine(r, seed_var) for r in ranked}
     pairs, pvalues = [], []
     for i, a in enumerate(ranked):
         for b in ranked[i + 1 :]:
-            (ma, sa, _), (mb, sb, _) = stats[a.name], stats[b.name]
-            se = math.hypot(sa, sb)
-            diff = ma - mb
+            se, _ = difference_se(a, b, seed_var)
+            diff = a.mean - b.mean
             p = 0.0 if se == 0 and diff != 0 else (1.0 if se == 0 else _two_sided_p(diff / se))
             pairs.append((a.name, b.name, diff))
             pvalues.append(p)

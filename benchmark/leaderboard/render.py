@@ -164,11 +164,12 @@ def interval_stats(groups: dict[str, list[dict[str, Any]]], key: str) -> dict[st
 def _row_stat(name: str, g: list[dict[str, Any]], key: str) -> Any:
     from benchmark.evaluation.stats import RowStat
 
-    pairs = [(r.get(key), r.get(f"{key}_sd")) for r in g]
-    pairs = [(v, sd) for v, sd in pairs if v is not None and math.isfinite(v)]
-    if not pairs:
+    kept = [r for r in g if r.get(key) is not None and math.isfinite(r[key])]
+    if not kept:
         return None
-    return RowStat(name, [v for v, _ in pairs], [sd for _, sd in pairs])
+    # Bootstrap replicates (when the rows recorded them) pair entries evaluated on the same noise and labels.
+    boots = [r.get(f"{key}_boot") for r in kept]
+    return RowStat(name, [r[key] for r in kept], [r.get(f"{key}_sd") for r in kept], boots)
 
 
 def fmt_interval(stat: tuple[float, float, int] | None, scale: float = 1.0, digits: int = 3) -> str:

@@ -303,7 +303,7 @@ def metric_columns(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
                 return metrics[name]
         return None
 
-    return {
+    columns = {
         "metric": pick(metric),
         "metric_noguidance": pick(f"{metric}_noguidance"),
         "class_accuracy": pick("class_accuracy"),
@@ -316,6 +316,10 @@ def metric_columns(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
     sources = {"metric": metric, "metric_noguidance": f"{metric}_noguidance"}
     for column in list(columns)[:6]:
         columns[f"{column}_sd"] = pick(f"{sources.get(column, column)}_sd")
+    # Its bootstrap replicates for the ranked columns: replicate r of every entry resamples the same samples (same
+    # noise and labels), so render pairs entries with them.
+    for column in ("metric", "class_accuracy"):
+        columns[f"{column}_boot"] = pick(f"{sources.get(column, column)}_boot")
     return columns
 
 

@@ -3,7 +3,15 @@
 import numpy as np
 import pytest
 
-from benchmark.evaluation.stats import RowStat, bootstrap, combine, holm, pairwise_ranks, pooled_seed_variance
+from benchmark.evaluation.stats import (
+    RowStat,
+    bootstrap,
+    combine,
+    difference_se,
+    holm,
+    pairwise_ranks,
+    pooled_seed_variance,
+)
 
 
 def row(name, values, sd=0.1):
@@ -26,7 +34,7 @@ def test_overlapping_entries_tie():
 
 def test_a_non_transitive_chain_does_not_merge():
     # a ~ b and b ~ c, but a is clearly better than c: c ranks below a (rank_with_ties chained all three to "=1").
-    rows = [row("a", [10.0, 10.0], 0.3), row("b", [10.4, 10.4], 0.3), row("c", [10.8, 10.8], 0.3)]
+    rows = [row("a", [10.0, 10.0], 0.3), row("b", [10.6, 10.6], 0.3), row("c", [11.2, 11.2], 0.3)]
     ranks = pairwise_ranks(rows)
     assert ranks["a"] == "=1" and ranks["b"] == "=1" and ranks["c"] == "2"
 
@@ -45,10 +53,26 @@ def test_the_interval_combines_evaluation_noise_and_training_seeds():
     seed_var = pooled_seed_variance(rows)
     assert seed_var == pytest.approx(2.0, rel=1e-3)
     _, se, _ = combine(rows[0], seed_var)
-    assert se == pytest.approx(np.sqrt((2.0 + 0.01**2) / 2), rel=1e-3)
-    # Identical seeds: only the evaluation noise is left.
+    assert se == pytest.approx(np.sqrt(0.01**2 + 2.0 / 2), rel=1e-3)
+    # Identical seeds: only the evaluation noise is left, and without replicates it does not shrink with seeds
+    # (every seed is evaluated on the same noise, so their evaluation errors may be fully correlated).
     quiet = [row("a", [10.0, 10.0], sd=0.5)]
-    assert pooled_seed_variance(quiet) == 0.0 and combine(quiet[0], 0.0)[1] == pytest.approx(0.5 / np.sqrt(2))
+    assert pooled_seed_variance(quiet) == 0.0 and combine(quiet[0], 0.0)[1] == pytest.approx(0.5)
+
+
+def test_replicates_pair_entries_evaluated_on_the_same_noise():
+    """Two entries whose bootstrap replicates move together (same resampled samples): the paired SE of their
+    difference is far below the unpaired one, so a difference the unpaired test cannot resolve is resolved."""
+    rng = np.random.default_rng(0)
+    shared = rng.normal(0, 1.0, 200)  # what the resampled noise does to both entries
+    a = RowStat("a", [10.0, 10.0], [1.0, 1.0], [10 + shared, 10 + shared])
+    b = RowStat("b", [11.0, 11.0], [1.0, 1.0], [11 + shared + rng.normal(0, 0.1, 200)] * 2)
+    se, paired = difference_se(a, b, 0.0)
+    assert paired and se < 0.2
+    unpaired_a, unpaired_b = RowStat("a", [10.0, 10.0], [1.0, 1.0]), RowStat("b", [11.0, 11.0], [1.0, 1.0])
+    assert difference_se(unpaired_a, unpaired_b, 0.0) == (pytest.approx(np.sqrt(2.0)), False)
+    assert pairwise_ranks([a, b]) == {"a": "1", "b": "2"}
+    assert pairwise_ranks([unpaired_a, unpaired_b]) == {"a": "=1", "b": "=1"}
 
 
 def test_holm_adjusts_step_down_and_stays_monotone():
