@@ -602,6 +602,10 @@ def resolve_train_cache(datamodule: Any, dataset: Any, option: str | None, flip_
         log.warning("latent_cache=%r ignored: no model with an autoencoder is attached", option)
         return None
     key = cache_key(dataset, autoencoder)
+    if trainer.world_size > 1:
+        # Every rank uses rank 0's key: a source file saved between the ranks' starts would otherwise give them two
+        # keys, two folders, and a rank waiting at the barrier below that another rank skips.
+        key = trainer.strategy.broadcast(key, src=0)
     directory = default_cache_dir(key) if str(option).lower() == "auto" else Path(option)
     manifest = read_manifest(directory)
     if manifest is not None:
