@@ -203,7 +203,7 @@ def measure_all(updates: list[tuple[FeatureMetric, Any, Any]], replicates: bool 
         if replicates:
             for k, reps in metric.replicates.items():
                 if k in values and np.isfinite(reps).all():
-                    out[f"{k}_boot"] = [float(f"{x:.6g}") for x in reps]
+                    out[f"{k}_boot"] = [float(f"{x:.5g}") for x in reps]  # 5 digits: rows stay small
     return out
 
 

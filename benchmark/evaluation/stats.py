@@ -54,7 +54,8 @@ METHOD = (
     "samples, {reps} resamples) plus the training-seed variance pooled over the multi-seed entries. Ranks: two-sided "
     "z-tests on every pair of entries, paired through the bootstrap replicates where both rows recorded them (every "
     "entry is sampled on the same noise and labels), Holm-corrected at α = 0.05; an entry's rank is 1 + the number "
-    "of entries significantly better than it (`=k`: not significantly different from another entry of rank k). "
+    "of entries significantly better than it (`=k`: not significantly different from another entry of rank k); a "
+    "paired difference can be significant while the two intervals overlap. "
     "One-seed rows are unranked (`-`). See docs/evaluation.md."
 )
 
