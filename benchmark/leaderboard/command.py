@@ -52,6 +52,12 @@ def parser() -> argparse.ArgumentParser:
         "(default: the preset's jobs; ignored under torchrun/srun)",
     )
     run.add_argument("--no-render", action="store_true", help="append rows only; render later with `render`")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="resolve the suite, preset and entries and print the plan (each row's key, folder, and whether it is "
+        "current or would run); trains and writes nothing",
+    )
 
     render = sub.add_parser("render", help="regenerate README.md, results.csv and plots from results.jsonl")
     render.add_argument("suite")
@@ -96,6 +102,9 @@ def main(argv: list[str]) -> None:
             seeds = [int(s) for s in _list(args.seeds) or []] or None
         except ValueError:
             cli.error(f"--seeds takes comma-separated integers, e.g. 0,1; got {args.seeds!r}")
+        if args.dry_run:
+            _print_plan(suite, args, seeds)
+            return
         if args.retrain:
             _discard_runs(cli, suite, args, seeds)
         rows = run_suite(
@@ -147,3 +156,28 @@ def _discard_runs(
         for run_dir in sorted(output.glob(f"*/{job.run_dir.name}")):
             shutil.rmtree(run_dir)
             print(f"retrain: deleted {run_dir}")
+
+
+def _print_plan(suite: Suite, args: argparse.Namespace, seeds: list[int] | None) -> None:
+    """``--dry-run``: the rows ``run`` would plan with these arguments, and which of them it would train."""
+    from benchmark.leaderboard import results as res
+    from benchmark.leaderboard.runner import default_output, plan, results_dir_for, run_threads
+
+    preset = suite.preset(args.preset)
+    output = Path(args.output) if args.output else None
+    in_processes, threads = run_threads(args.jobs if args.jobs is not None else preset.jobs)
+    results = results_dir_for(suite, preset, output) / "results.jsonl"
+    done = {
+        (r.get("entry"), r.get("seed"), r.get("key")) for r in res.read_rows(results) if r.get("status") != "failed"
+    }
+    jobs = plan(suite, preset, _list(args.entries), seeds, output or default_output(suite, preset), threads=threads)
+    budget = {k: v for k, v in suite.budget_for(preset).as_dict().items() if v is not None}
+    at_once = f"{args.jobs or preset.jobs} rows at once" if in_processes else "one row at a time"
+    print(f"leaderboard {suite.name} · preset {preset.name} · budget {budget} · {at_once}, {threads} torch thread(s)")
+    print(f"results: {results}")
+    todo = 0
+    for job in jobs:
+        runs = args.force or args.retrain or (job.entry.name, job.seed, job.key) not in done
+        todo += runs
+        print(f"  {job.entry.name} seed {job.seed}: {'to run' if runs else 'current'} · key {job.key} · {job.run_dir}")
+    print(f"{len(jobs)} rows planned, {len(jobs) - todo} current, {todo} to run; nothing trained (--dry-run)")
