@@ -43,7 +43,11 @@ def default_protocol(datamodule: Any) -> EvalProtocol:
         return EvalProtocol.from_yaml(SHAPES_PROTOCOL)
     if isinstance(datamodule, ImageFolderDataModule) and not isinstance(datamodule, ImageNetDataModule):
         return EvalProtocol(
-            name="data-classifier", feature_extractor="data-classifier", reference="data:train", num_samples=1000
+            name="data-classifier",
+            feature_extractor="data-classifier",
+            reference="data:train",
+            num_samples=1000,
+            precision_recall=True,
         )
     return EvalProtocol(name="fid", feature_extractor="inception-v3-compat", reference="data:val")
 
