@@ -189,3 +189,27 @@ def test_an_image_folder_gets_the_data_classifier_protocol(folder_data):
     from benchmark.evaluation.command import default_protocol
 
     assert default_protocol(folder_data).feature_extractor == "data-classifier"
+
+
+def test_evaluate_on_an_image_folder_uses_the_data_classifier(tiny_vae, folder_data):
+    from baselines.dit import DiTModule
+    from benchmark.evaluation.command import default_protocol
+    from benchmark.objectives import RectifiedFlow
+    from benchmark.samplers import EulerSampler
+    from data.autoencoder import Autoencoder
+
+    torch.manual_seed(0)
+    module = DiTModule(
+        size="DiT-tiny/2",
+        num_classes=2,
+        resolution=16,
+        autoencoder=Autoencoder(tiny_vae),
+        objective=RectifiedFlow(),
+        sampler=EulerSampler(steps=1),
+    )
+    protocol = default_protocol(folder_data).replace(
+        num_samples=8, batch_size=8, flow_steps=1, bootstrap_reps=2, reference_samples=48, no_guidance=False
+    )
+    metrics = evaluate(module, protocol, folder_data, progress=False)
+    assert {"fd_data", "class_accuracy", "precision", "recall", "evaluator_val_accuracy"} <= set(metrics)
+    assert metrics["evaluator_val_accuracy"] >= 0.9 and "fd_data_sd" in metrics
