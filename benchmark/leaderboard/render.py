@@ -303,6 +303,9 @@ def render_suite(
     text = "\n".join(readme_lines(suite, shown, out_dir, plot, described, preset)) + "\n"
     if write:
         (out_dir / README).write_text(text)
+        from benchmark.leaderboard.front_page import update_front_page  # the README's copy of a committed table
+
+        update_front_page(out_dir, text)
     return text
 
 
