@@ -21,7 +21,7 @@ import ast
 import hashlib
 import importlib.util
 from collections.abc import Iterable
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,9 +81,18 @@ def import_closure(roots: Iterable[str], deep: bool = True) -> set[str]:
         if deep:
             parts = module.split(".")
             todo += [".".join(parts[:i]) for i in range(1, len(parts))]  # parent packages' __init__
-        tree = ast.parse(module_file(module).read_text())
-        todo += [m for m in (project_module(n) for n in _imported_names(tree, deep)) if m]
+        path = module_file(module)
+        stat = path.stat()
+        todo += _project_imports(path, stat.st_mtime_ns, stat.st_size, deep)
     return seen
+
+
+@lru_cache(maxsize=4096)
+def _project_imports(path: Path, mtime_ns: int, size: int, deep: bool) -> list[str]:
+    """The project modules one file imports; kept per (file, modification time, size), since every row key and
+    every cache key walks the same closure again (parsing it was most of `leaderboard run --dry-run`'s time)."""
+    tree = ast.parse(path.read_text())
+    return [m for m in (project_module(n) for n in _imported_names(tree, deep)) if m]
 
 
 def _outside_file(module: str) -> Path | None:
