@@ -13,7 +13,8 @@ re-run after a metric change only recomputes the numbers):
   accuracy.
 - **Checkpoints**: ``--seeds`` evaluation seeds of ``--n`` guided samples each (the protocol's sampler, steps, scale
   and labels); the set of ``n' < n`` samples of a seed is its first ``n'`` samples (sample ``i`` does not depend on
-  the count), so one pool gives the evaluation-seed SD at every size.
+  the count), so one pool gives the evaluation-seed SD at every size. Pools are cached under ``--cache`` per
+  checkpoint, Shapes CLIP weights, seed, count and steps.
 - **Coverage**: at each size, how often the 95 % interval of one evaluation (value ± 1.96 bootstrap SD) covers the
   mean over the seeds.
 - **Pairing** (two checkpoints): SD over seeds of the difference between the two, against the unpaired SD.
@@ -131,7 +132,9 @@ def generated_pool(module, protocol: EvalProtocol, seed: int, n: int, clip, cach
     from benchmark.evaluation.generate import generate
 
     steps = protocol.flow_steps, protocol.ddpm_steps
-    stem = f"{ckpt_id}-s{seed}-n*-steps{steps[0]}_{steps[1]}-g{protocol.guidance_scale:g}.npz"
+    # The pool holds the CLIP's outputs, not images: its key names the CLIP weights too (a retrained CLIP re-samples).
+    clip_id = clip.spec()["weights_sha256"][:12]
+    stem = f"{ckpt_id}-clip{clip_id}-s{seed}-n*-steps{steps[0]}_{steps[1]}-g{protocol.guidance_scale:g}.npz"
     path = cache / stem.replace("*", str(n))
     for found in sorted(cache.glob(stem)):  # sample i does not depend on the count: a larger pool's first n
         with np.load(found) as f:
