@@ -17,6 +17,7 @@ import contextlib
 import io
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
@@ -205,7 +206,16 @@ def _parse_perf(argv: list[str], tmp_path: Path) -> None:
 def test_every_documented_command_parses(page, command, tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)  # paths in the docs are relative to the repository root
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    parse_command(_argv(page, command, tmp_path), tmp_path)
+    monkeypatch.setattr(sys, "path", list(sys.path))  # the CLI puts config folders on it
+    saved = _saved_files(page.read_text().splitlines()).values()
+    modules = [Path(name).stem for name, _ in saved if name.endswith(".py")]
+    for name in modules:  # a page's own module (mymodel.py) is imported from this test's folder, and not kept
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    try:
+        parse_command(_argv(page, command, tmp_path), tmp_path)
+    finally:
+        for name in modules:
+            sys.modules.pop(name, None)
 
 
 def test_the_command_check_finds_commands_and_fails_a_wrong_one(tmp_path, monkeypatch):
