@@ -13,8 +13,8 @@ re-run after a metric change only recomputes the numbers):
   accuracy.
 - **Checkpoints**: ``--seeds`` evaluation seeds of ``--n`` guided samples each (the protocol's sampler, steps, scale
   and labels); the set of ``n' < n`` samples of a seed is its first ``n'`` samples (sample ``i`` does not depend on
-  the count), so one pool gives the evaluation-seed SD at every size. Pools are cached under ``--cache`` per
-  checkpoint, Shapes CLIP weights, seed, count and steps.
+  the count), so one pool gives the evaluation-seed SD at every size. The generated images are cached under
+  ``--cache`` per checkpoint, seed, count and steps: a retrained CLIP or a changed metric re-measures without sampling.
 - **Coverage**: at each size, how often the 95 % interval of one evaluation (value ± 1.96 bootstrap SD) covers the
   mean over the seeds.
 - **Pairing** (two checkpoints): SD over seeds of the difference between the two, against the unpaired SD.
@@ -129,30 +129,38 @@ def load_entry(config: str, ckpt: str):
 
 
 def generated_pool(module, protocol: EvalProtocol, seed: int, n: int, clip, cache: Path, ckpt_id: str) -> dict:
+    """CLIP outputs of the first ``n`` samples of evaluation seed ``seed``; the images are cached (uint8), so a
+    retrained CLIP or a new metric re-measures without sampling again."""
     from benchmark.evaluation.generate import generate
 
     steps = protocol.flow_steps, protocol.ddpm_steps
-    # The pool holds the CLIP's outputs, not images: its key names the CLIP weights too (a retrained CLIP re-samples).
-    clip_id = clip.spec()["weights_sha256"][:12]
-    stem = f"{ckpt_id}-clip{clip_id}-s{seed}-n*-steps{steps[0]}_{steps[1]}-g{protocol.guidance_scale:g}.npz"
-    path = cache / stem.replace("*", str(n))
+    stem = f"img-{ckpt_id}-s{seed}-n*-steps{steps[0]}_{steps[1]}-g{protocol.guidance_scale:g}.npz"
+    pool = None
     for found in sorted(cache.glob(stem)):  # sample i does not depend on the count: a larger pool's first n
         with np.load(found) as f:
-            pool = dict(f)
-        full = len(pool["labels"])
+            stored = dict(f)
+        full = len(stored["labels"])
         if full >= n:
-            pool = {k: (v * n / full if k == "seconds" else v[:n]) for k, v in pool.items()}
-            return pool
-    start = time.perf_counter()
-    gen = generate(module, protocol.replace(seed=seed, num_samples=n), protocol.guidance_scale)
-    seconds = time.perf_counter() - start
-    pool = clip_outputs(clip, gen.images)
-    pool["labels"] = gen.labels.numpy()
-    pool["seconds"] = np.array(seconds)
-    cache.mkdir(parents=True, exist_ok=True)
-    np.savez(path, **pool)
-    print(f"  seed {seed}: {n} samples in {seconds:.1f} s", flush=True)
-    return pool
+            pool = {
+                "images": stored["images"][:n],
+                "labels": stored["labels"][:n],
+                "seconds": stored["seconds"] * n / full,
+            }
+            break
+    if pool is None:
+        start = time.perf_counter()
+        gen = generate(module, protocol.replace(seed=seed, num_samples=n), protocol.guidance_scale)
+        pool = {
+            "images": gen.images.numpy(),
+            "labels": gen.labels.numpy(),
+            "seconds": np.array(time.perf_counter() - start),
+        }
+        cache.mkdir(parents=True, exist_ok=True)
+        np.savez(cache / stem.replace("*", str(n)), **pool)
+        print(f"  seed {seed}: {n} samples in {float(pool['seconds']):.1f} s", flush=True)
+    out = clip_outputs(clip, torch.from_numpy(pool["images"]))
+    out.update(labels=pool["labels"], seconds=pool["seconds"])
+    return out
 
 
 def checkpoint_part(args, ckpt: str, clip, ref_stats, ref_feats, protocol: EvalProtocol) -> tuple[dict, dict]:
