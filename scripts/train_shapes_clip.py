@@ -11,9 +11,10 @@ The tokenizer is a CLIP byte-pair tokenizer whose merges are learned from the Sh
 ``tokenizers``' BPE trainer, so every caption word is one token; unseen words fall back to single characters. It
 loads with ``CLIPTokenizer`` and ``CLIPTokenizerFast``.
 
-The vision tower is trained at 32 pixels (patch 4, 8x8 patches). The images come from a pool rendered once at 64
-pixels whose 2x2 area averages are the 32-pixel inputs; the evaluator reads 64-pixel images the same way, and the
-script states the accuracies at both sizes. ``--every-64 K`` additionally trains every K-th step on the 64-pixel
+The vision tower is trained at 32 pixels (patch 4, 8x8 patches). The images come from a pool rendered once, at 32
+pixels (``--every-64 0``) or at 64 pixels whose 2x2 area averages are the 32-pixel inputs; the evaluator reads
+64-pixel images the same way, and states the accuracies at both sizes. Since Shapes renders originals at their own
+pixel size, a 64-px render averaged to 32 is sharper than a 32-px render: the 32-px pool matches the 32-px suites. ``--every-64 K`` additionally trains every K-th step on the 64-pixel
 images with interpolated position embeddings (off by default: four times the cost per step on a shared CPU).
 Rendering fresh images every step would cost more than the training, so the pool is reused.
 
@@ -74,6 +75,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("data/weights/shapes-clip"), help="output folder")
     p.add_argument("--init", type=Path, default=None, help="continue from the weights in this folder (same sizes)")
+    p.add_argument(
+        "--pool-resolution", type=int, default=None, help="render the pool at 32 or 64 px (default: 64 with --every-64)"
+    )
     p.add_argument("--evaluate-only", action="store_true", help="only measure the accuracies of the model in --out")
     return p.parse_args(argv)
 
@@ -87,9 +91,9 @@ def caption_attributes(caption: str) -> tuple[int, int, int, int]:
     return SIZE_WORDS.index(words[1]), colours.index(words[2]), colours.index(words[-2]), direction
 
 
-def render(split: str, n: int, seed: int) -> dict[str, Tensor | list[str]]:
-    """``n`` Shapes items at 64 px: uint8 images, captions and attribute labels."""
-    return render_at(split, n, seed, 64)
+def render(split: str, n: int, seed: int, resolution: int = 64) -> dict[str, Tensor | list[str]]:
+    """``n`` Shapes items at ``resolution`` (64 or 32) px: uint8 images, captions and attribute labels."""
+    return render_at(split, n, seed, resolution)
 
 
 def render_at(split: str, n: int, seed: int, resolution: int) -> dict[str, Tensor | list[str]]:
@@ -117,9 +121,13 @@ def render_at(split: str, n: int, seed: int, resolution: int) -> dict[str, Tenso
 
 
 def to_input(images: Tensor, size: int) -> Tensor:
-    """uint8 64-px images to float [-1, 1] at ``size`` (32: 2x2 area average, as Shapes renders)."""
+    """uint8 images to float [-1, 1] at ``size`` (a 64-px pool is area-averaged to 32; a 32-px pool is used as is).
+
+    Shapes renders its originals at their own pixel size (8-32 px at 32 px, 16-64 at 64), so a 64-px render
+    area-averaged to 32 is sharper than the 32-px render of the same item: train at 32 on a 32-px pool.
+    """
     x = images.float() / 127.5 - 1
-    return F.avg_pool2d(x, 64 // size) if size != 64 else x
+    return F.avg_pool2d(x, x.shape[-1] // size) if x.shape[-1] != size else x
 
 
 # ---------------------------------------------------------------------------------------------- tokenizer
@@ -280,8 +288,11 @@ def main(argv: list[str] | None = None) -> None:
             (args.out / name).write_text((args.init / name).read_text())
     else:
         tokenizer = build_tokenizer(args.out)
-    train = render("train", args.train_size, args.seed)
-    val = render("val", args.val_size, args.seed)
+    pool = args.pool_resolution or (64 if args.every_64 else 32)
+    if pool not in (32, 64) or (args.every_64 and pool != 64):
+        raise SystemExit(f"--pool-resolution must be 32 or 64, and 64 with --every-64 (got {pool})")
+    train = render("train", args.train_size, args.seed, pool)
+    val = render("val", args.val_size, args.seed, pool)
     print(f"rendered {args.train_size} + {args.val_size} images in {time.time() - start:.0f} s", flush=True)
     train_ids = tokenizer(train["captions"], padding=True, return_tensors="pt")["input_ids"]
 
@@ -333,7 +344,8 @@ def main(argv: list[str] | None = None) -> None:
     train_seconds = time.time() - train_start
 
     model.eval()
-    results = {f"val_{size}px": accuracies(model, heads, val, size, tokenizer, args.every_64 > 0) for size in (32, 64)}
+    sizes = (32, 64) if pool == 64 else (32,)  # a 32-px pool has no 64-px view (the evaluator's figures have both)
+    results = {f"val_{size}px": accuracies(model, heads, val, size, tokenizer, args.every_64 > 0) for size in sizes}
     results["train_seconds"] = round(train_seconds, 1)
     results["total_seconds"] = round(time.time() - start, 1)
     results["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}

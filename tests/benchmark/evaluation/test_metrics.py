@@ -185,7 +185,9 @@ class TestPrecisionRecall(MetricControls):
 def test_recall_of_a_collapsed_set_is_low(control_data):
     real = control_data.out["real"]["pool"]
     metric = M.PrecisionRecall(real[N:], bootstrap_reps=0)
-    metric.update(real[:1].repeat(N, 1))  # one real image, N times: precise, no diversity
+    # One real image, N times: precise, no diversity. Item 1, not 0: val item 0 is a 9-px original upsampled 4x, an
+    # outlier no real image's k-NN ball covers (58 of the first 64 val items alone are precise; issue 24's Shapes).
+    metric.update(real[1:2].repeat(N, 1))
     out = metric.compute()
     assert out["precision"] == 1.0 and out["recall"] <= 0.1
     metric = M.PrecisionRecall(real[N:], bootstrap_reps=0)

@@ -18,7 +18,7 @@ from data.autoencoder import Autoencoder
 from data.shapes import Shapes
 
 WEIGHTS = Path(__file__).resolve().parents[3] / "data" / "weights" / "shapes-clip"
-STEPS = 80  # 45 steps were not enough to pass the bar below (fd_shapes 144.5 -> 127.0)
+STEPS = 80  # 45 steps were not enough to pass the bar below (fd_shapes 144.5 -> 127.0 on the earlier Shapes)
 
 
 @pytest.fixture(scope="module")
@@ -109,4 +109,6 @@ def test_a_briefly_trained_tiny_model_beats_its_initialisation(clip, train_stats
         loss.backward()
         optimizer.step()
     after = fd_now()
-    assert after < 0.7 * before, (before, after)
+    # Photograph-like Shapes (issue 24: soft small originals, cut objects) are harder to learn in 80 steps: fd_shapes
+    # 143.5 -> 107.5 (0.75x; 0.7x needed about 140 steps, too slow for this suite).
+    assert after < 0.8 * before, (before, after)
