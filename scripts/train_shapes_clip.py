@@ -14,8 +14,9 @@ loads with ``CLIPTokenizer`` and ``CLIPTokenizerFast``.
 The vision tower is trained at 32 pixels (patch 4, 8x8 patches). The images come from a pool rendered once, at 32
 pixels (``--every-64 0``) or at 64 pixels whose 2x2 area averages are the 32-pixel inputs; the evaluator reads
 64-pixel images the same way, and states the accuracies at both sizes. Since Shapes renders originals at their own
-pixel size, a 64-px render averaged to 32 is sharper than a 32-px render: the 32-px pool matches the 32-px suites. ``--every-64 K`` additionally trains every K-th step on the 64-pixel
-images with interpolated position embeddings (off by default: four times the cost per step on a shared CPU).
+pixel size, a 64-px render averaged to 32 is sharper than a 32-px render: the 32-px pool matches the 32-px suites.
+``--every-64 K`` additionally trains every K-th step on the 64-pixel images with interpolated position embeddings
+(four times the cost per step on a shared CPU).
 Rendering fresh images every step would cost more than the training, so the pool is reused.
 
 Deterministic for a given thread count: fixed seeds, a fixed data order, CPU only.
