@@ -54,12 +54,9 @@ class StandIn:
 @pytest.mark.parametrize("obeys", [True, False])
 def test_an_exact_stand_in_scores_high_and_one_ignoring_the_controls_scores_zero(obeys):
     protocol = EvalProtocol(num_samples=20, bootstrap_reps=20)
-    # Crops of 0.9 and 0.8 of the side: the shipped Shapes CLIP, trained before Shapes crops reached 0.5 of the side,
-    # read the kind of a centred object enlarged 1.6 times (the default sweep's 0.625) differently in 28 % of the
-    # samples, which this test is not about (it checks the sweep's logic, not the judge's range).
-    metrics = control_disentanglement(
-        StandIn(obeys), protocol, ShapesCLIP.load(), num_samples=20, crop_scales=(1.0, 0.9, 0.8)
-    )
+    # The default sweep (crops to 0.625 of the side). The Shapes CLIP trained before Shapes crops reached half the
+    # side read 28 % of these enlarged objects as another kind (0.94 here); the retrained one reads them all.
+    metrics = control_disentanglement(StandIn(obeys), protocol, ShapesCLIP.load(), num_samples=20)
     if obeys:
         assert metrics["disentanglement_flip_obeyed"] == 1.0
         assert metrics["control_disentanglement"] >= 0.95, metrics
