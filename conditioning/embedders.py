@@ -223,9 +223,9 @@ class ControlEmbedder(nn.Module):
     the normalised ranges (about 2 units) sit where every feature changes smoothly with the value: at init a linear
     probe recovers each Shapes control from the embedding with R² > 0.999, and flip carries a third of the feature
     variance (1 % with raw pixels). Scaling by 30 or more makes the top frequencies wrap and the probe drops below
-    0.95 on crop offsets (measured on 900 Shapes controls). ``normalise=False`` is SDXL's raw-pixel embedding. The K blocks are concatenated in the order of ``names``. Where ``cond.control_null`` is True
-    the embedding is replaced by a learned ``null`` vector (zero at init, so a dropped control contributes nothing
-    at first).
+    0.95 on crop offsets (measured on 900 Shapes controls). ``normalise=False`` is SDXL's raw-pixel embedding. The
+    K blocks are concatenated in the order of ``names``. Where ``cond.control_null`` is True the embedding is
+    replaced by a learned ``null`` vector (zero at init, so a dropped control contributes nothing at first).
     """
 
     def __init__(
