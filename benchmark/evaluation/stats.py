@@ -20,7 +20,7 @@ pooled estimate with more degrees of freedom says more, and a one-seed row gets 
 **Ranks** (`pairwise_ranks`): every pair of entries with at least two seeds is compared with a two-sided z-test on
 the difference of their means. The protocol pairs noise and labels across entries, and so do the bootstrap
 replicates: where both rows recorded them, the evaluation part of the difference's variance is the variance of the
-replicate differences (a paired bootstrap; measured to be 0.5-0.65 of the unpaired SD on Shapes); otherwise the two
+replicate differences (a paired bootstrap; measured at 0.5-0.85 of the unpaired SD on Shapes); otherwise the two
 evaluation variances add (conservative). The p-values are Holm-corrected over all pairs, and an entry's rank is 1 +
 the number of entries that are significantly better than it. So two clearly separated entries get different ranks,
 overlapping ones share one (``=k``), and a chain a ≈ b ≈ c with a clearly better than c does not merge: c ranks
