@@ -195,6 +195,10 @@ class DiffusionModule(pl.LightningModule):
         return self.autoencoder.latent_shape(self.resolution)
 
     def configure_model(self) -> None:
+        if self._device_mesh is not None:  # a ModelParallelStrategy (e.g. benchmark.sharding.FSDPStrategy)
+            from benchmark.sharding import shard_module
+
+            shard_module(self, self.trainer.strategy)
         if self.compile and self._train_forward is self.backbone:
             self.__dict__["_train_forward"] = torch.compile(self.backbone)
 

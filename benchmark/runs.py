@@ -88,6 +88,8 @@ def read_checkpoint(path: str | os.PathLike, allow: Iterable[type] = (), mmap: b
 
 def checkpoint_step(path: str | os.PathLike) -> int | None:
     """The ``global_step`` stored in a Lightning checkpoint (None if it has none); raises `CheckpointError`."""
+    if (Path(path) / "meta.pt").is_file():  # a sharded (FSDP) checkpoint folder: its non-tensor state
+        path = Path(path) / "meta.pt"
     state = read_checkpoint(path, mmap=True)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} is not a valid checkpoint: it holds a {type(state).__name__}, not a dict")

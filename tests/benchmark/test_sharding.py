@@ -1,0 +1,140 @@
+"""FSDP (`benchmark.sharding`): 2 gloo CPU processes train as 1 process does; a sharded checkpoint resumes exactly."""
+
+import json
+import os
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import AutoencoderKL
+from torch import nn
+
+from benchmark.runs import checkpoint_step
+from benchmark.sharding import shard_units
+
+WORKER = Path(__file__).with_name("fsdp_worker.py")
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def vae(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae")
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    ).save_pretrained(path)
+    return str(path)
+
+
+def _worker(out: Path, vae: str, steps: int, precision: str = "fp32", checkpointing: bool = False, ckpt: str = ""):
+    out.mkdir(parents=True, exist_ok=True)
+    args = [str(out), vae, "2", str(steps), precision, "1" if checkpointing else "0", *([ckpt] if ckpt else [])]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(WORKER), *args], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((out / f"losses_rank{r}.json").read_text()) for r in range(2)]
+    return torch.load(out / "final.pt"), [sum(pair) / 2 for pair in zip(*ranks)]
+
+
+def _one_process(vae: str, steps: int):
+    """The same training in this process, unsharded: step k's gradient is the mean of the two ranks' losses, each on
+    its rank's items (Lightning gives a training loader a shuffled DistributedSampler seeded by the global seed) and
+    with its rank's step seed."""
+    sys.path.insert(0, str(WORKER.parent))
+    import fsdp_worker
+
+    module = fsdp_worker.build(vae)
+    data = fsdp_worker.items(module.latent_shape)
+    module.on_fit_start()  # the seed base: 7 after seed_everything(7), as on every rank of the worker
+    optimizer = module.configure_optimizers()
+    samplers = [
+        torch.utils.data.DistributedSampler(data, 2, rank, shuffle=True, seed=fsdp_worker.SEED) for rank in (0, 1)
+    ]
+    per_epoch = len(samplers[0]) // fsdp_worker.BATCH
+    losses = []
+    for step in range(steps):
+        per_rank = []
+        for rank in range(2):
+            samplers[rank].set_epoch(step // per_epoch)
+            start = (step % per_epoch) * fsdp_worker.BATCH
+            batch = torch.utils.data.default_collate(
+                [data[i] for i in list(samplers[rank])[start : start + fsdp_worker.BATCH]]
+            )
+            module._trainer = types.SimpleNamespace(global_step=step, global_rank=rank)
+            seed = module.step_seed(0)
+            module._trainer = None
+            with module.seeded(seed):
+                per_rank.append(module.training_loss(batch)["loss"])
+        loss = sum(per_rank) / 2
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        module.ema.update(module.backbone)
+        losses.append(float(loss))
+    return {"backbone": module.backbone.state_dict(), "ema": module.ema.shadow.state_dict()}, losses
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
+
+
+def test_shard_units_are_the_outermost_module_lists_children_or_the_hook():
+    class Level(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.res = nn.ModuleList([nn.Linear(2, 2), nn.Linear(2, 2)])  # inside a unit: not a unit of its own
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Linear(2, 2)
+            self.down = nn.ModuleList([Level(), Level()])
+            self.blocks = nn.ModuleList([nn.Linear(2, 2)])
+
+    assert [name for name, _ in shard_units(Net())] == ["down.0", "down.1", "blocks.0"]
+    hooked = Net()
+    hooked.shard_units = lambda: ["stem", hooked.blocks[0]]
+    assert [name for name, _ in shard_units(hooked)] == ["stem", "blocks.0"]
+
+
+@pytest.mark.slow
+def test_two_fsdp_processes_train_as_one_process_and_a_sharded_checkpoint_resumes(vae, tmp_path):
+    """fp32, activation checkpointing on: loss and gathered weights (backbone and EMA) equal one unsharded process
+    to float tolerance after 4 steps (2 epochs); the run resumed from its sharded step-2 checkpoint (the end of the
+    first epoch, since a plain DataLoader does not resume mid-epoch) ends with the same weights."""
+    state, losses = _worker(tmp_path / "a", vae, 4, checkpointing=True)
+    assert sorted(p.name for p in (tmp_path / "a/ckpts/step=2.ckpt").iterdir()) == [
+        ".metadata",
+        "__0_0.distcp",
+        "__1_0.distcp",
+        "meta.pt",
+    ]
+    assert checkpoint_step(tmp_path / "a/ckpts/step=2.ckpt") == 2  # what `ldmbench fit --ckpt_path` reads first
+    reference, reference_losses = _one_process(vae, 4)
+    assert losses == pytest.approx(reference_losses, rel=1e-5, abs=1e-6)
+    assert _max_difference(state["backbone"], reference["backbone"]) < 1e-5
+    assert _max_difference(state["ema"], reference["ema"]) < 1e-5
+    assert _max_difference(state["backbone"], state["ema"]) > 1e-4  # the EMA is not the weights themselves
+
+    resumed, resumed_losses = _worker(tmp_path / "b", vae, 4, ckpt=str(tmp_path / "a/ckpts/step=2.ckpt"))
+    assert resumed_losses == pytest.approx(losses[2:], rel=1e-6)
+    assert _max_difference(resumed["backbone"], state["backbone"]) == 0.0
+    assert _max_difference(resumed["ema"], state["ema"]) == 0.0
+
+
+@pytest.mark.slow
+def test_bf16_fsdp_stays_near_fp32_and_keeps_fp32_master_weights(vae, tmp_path):
+    state, losses = _worker(tmp_path / "bf16", vae, 4, precision="bf16")
+    reference, reference_losses = _one_process(vae, 4)
+    assert state["dtypes"] == ["torch.float32"]
+    assert losses == pytest.approx(reference_losses, rel=5e-2)
+    assert _max_difference(state["backbone"], reference["backbone"]) < 5e-3
