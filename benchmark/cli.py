@@ -43,6 +43,7 @@ import baselines.dit  # noqa: E402, F401  (imported so that short names like `--
 import data.imagefolder  # noqa: E402, F401
 import data.shapes  # noqa: E402, F401
 from benchmark.callbacks import ImageWriter  # noqa: E402
+from benchmark.checkpoint_io import with_atomic_io  # noqa: E402
 from benchmark.module import DiffusionModule  # noqa: E402
 from benchmark.runs import (  # noqa: E402
     DEFAULT_ROOT,
@@ -270,6 +271,7 @@ class LDMBenchCLI(LightningCLI):
             callbacks = [*callbacks, SummaryWithoutFlops()]
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
             callbacks = [*callbacks, ImageWriter()]  # predict writes PNGs and samples.npz unless told otherwise
+        config["plugins"] = with_atomic_io(config.get("plugins"))  # a kill or full disk never damages last.ckpt
         return super()._instantiate_trainer(config, callbacks)
 
 

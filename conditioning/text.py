@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -177,6 +178,7 @@ class TextEncoder(nn.Module):
         tokenizer, model = self._load()
         if next(model.parameters()).device != device:
             model.to(device)
+        self._count_truncated(tokenizer, captions)
         batch = tokenizer(
             list(captions),
             padding="max_length",
@@ -199,6 +201,23 @@ class TextEncoder(nn.Module):
                 pooled = None
             tokens = out.hidden_states[-2] if penultimate else out.last_hidden_state
         return tokens, mask.bool(), pooled
+
+    truncated: int = 0
+    """Captions encoded so far that were longer than ``max_length`` tokens and lost their end (warned once)."""
+
+    def _count_truncated(self, tokenizer: Any, captions: list[str]) -> None:
+        # One token past max_length tells a caption that was cut from one that fits exactly.
+        ids = tokenizer(list(captions), truncation=True, max_length=self.max_length + 1)["input_ids"]
+        cut = sum(len(i) > self.max_length for i in ids)
+        if cut:
+            if not self.truncated:
+                warnings.warn(
+                    f"captions longer than max_length={self.max_length} tokens are truncated to it (the first: "
+                    f"{next(c for c, i in zip(captions, ids) if len(i) > self.max_length)[:80]!r}...); "
+                    f"{type(self).__name__}.truncated counts them",
+                    stacklevel=3,
+                )
+            self.truncated += cut
 
     # ------------------------------------------------------------------ lazy loading
 

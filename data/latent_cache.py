@@ -417,6 +417,31 @@ def _safetensors_layout(path: Path) -> tuple[int, dict[str, Any]]:
 
 
 _NUMPY_DTYPES = {"F32": np.float32, "I64": np.int64, "F16": np.float16}
+VERIFY_HASH_BELOW = 2**31  # bytes: a smaller shard is hashed when first opened (a larger one costs a full read)
+
+
+def _checked_layout(path: Path, shard: Mapping[str, Any], directory: Path) -> tuple[int, dict[str, Any]]:
+    """A shard's safetensors layout, refusing a shard that is missing, truncated or altered, by name."""
+    why = None
+    try:
+        offset, header = _safetensors_layout(path)
+        end = max((info["data_offsets"][1] for n, info in header.items() if n != "__metadata__"), default=0)
+        size = path.stat().st_size
+        if size != offset + end:
+            why = f"{size} bytes where its header describes {offset + end}"
+        elif size < VERIFY_HASH_BELOW and "sha256" in shard and _sha256_file(path) != shard["sha256"]:
+            why = "its sha256 differs from the manifest's"
+    except (OSError, ValueError, KeyError, struct.error) as error:
+        why = f"unreadable ({type(error).__name__}: {error})"
+    if why is not None:
+        raise CacheCorruptError(
+            f"latent cache shard {path} is corrupt: {why}; delete {directory} and rerun to rebuild the cache"
+        )
+    return offset, header
+
+
+class CacheCorruptError(ValueError):
+    """A latent-cache shard is missing, truncated or altered since it was written."""
 
 
 class LatentCacheDataset(Dataset):
@@ -476,7 +501,7 @@ class LatentCacheDataset(Dataset):
             arrays, captions = [], []
             for shard in self.manifest["shards"]:
                 path = self.directory / shard["file"]
-                offset, header = _safetensors_layout(path)
+                offset, header = _checked_layout(path, shard, self.directory)
                 meta = header.pop("__metadata__", {})
                 arrays.append(
                     {

@@ -59,9 +59,15 @@ def load_weights(module: torch.nn.Module, ckpt_path: str) -> int | None:
     except Exception:  # noqa: BLE001  (older checkpoints may hold pickled objects in their hyper-parameters)
         log.warning("%s does not load with weights_only=True; loading it fully (trust only your own files)", ckpt_path)
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    from benchmark.runs import CheckpointError  # the CLI reports it in one line
+
     missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
     if unexpected or [k for k in missing if not k.startswith(("autoencoder.", "text_encoder."))]:
-        raise RuntimeError(f"{ckpt_path} does not fit this config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        trained = str((ckpt.get("hyper_parameters") or {}).get("_class_path", "?")).rsplit(".", 1)[-1]
+        raise CheckpointError(
+            f"{ckpt_path} does not fit this config: it holds a {trained}, the config builds a "
+            f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})"
+        )
     return ckpt.get("global_step")
 
 
