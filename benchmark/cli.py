@@ -31,6 +31,7 @@ from typing import Any
 os.environ.setdefault("JSONARGPARSE_DEPRECATION_WARNINGS", "off")
 
 import torch  # noqa: E402
+import yaml  # noqa: E402
 from jsonargparse import Namespace, lazy_instance  # noqa: E402
 from lightning.pytorch import LightningDataModule  # noqa: E402
 from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary  # noqa: E402
@@ -187,6 +188,10 @@ class LDMBenchCLI(LightningCLI):
         check_accelerator(config)
         self.place_run(config)
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: ArgsType) -> None:
+        check_class_paths(args)  # before jsonargparse, whose refusal is a usage dump with the reason inside it
+        super().parse_arguments(parser, args)
+
     def _parse_ckpt_path(self) -> None:
         # Lightning reads the checkpoint's hyper-parameters here, before anything else: resolve `last` to the entry's
         # newest checkpoint first, and refuse a file that is not a checkpoint by name (never via torch's advice).
@@ -315,6 +320,40 @@ def _data_class(config: Any) -> type | None:
         return getattr(importlib.import_module(module), name) if module else None
     except (ImportError, AttributeError):
         return None  # jsonargparse has already named a class that does not import
+
+
+def _given_configs(args: ArgsType) -> list[tuple[str, Any]]:
+    """``(where, config)`` for a config given as a dict and for each ``--config`` file of an argument list."""
+    if isinstance(args, dict):
+        return [("", args)] + [(k, v) for k, v in args.items() if isinstance(v, dict)]
+    argv, found = list(args or sys.argv[1:]), []
+    for i, arg in enumerate(argv):
+        path = arg.split("=", 1)[1] if arg.startswith("--config=") else None
+        if arg in ("--config", "-c") and i + 1 < len(argv):
+            path = argv[i + 1]
+        if path and Path(path).is_file():
+            try:
+                found.append((path, yaml.safe_load(Path(path).read_text())))
+            except yaml.YAMLError:
+                pass  # the parser reports it
+    return found
+
+
+def check_class_paths(args: ArgsType) -> None:
+    """Refuse, in one line naming it, a ``model`` or ``data`` ``class_path`` that imports no class."""
+    for where, config in _given_configs(args):
+        for key in ("model", "data"):
+            class_path = _get(config, f"{key}.class_path") if isinstance(config, dict) else None
+            if not isinstance(class_path, str) or "." not in class_path:
+                continue
+            module, _, name = class_path.rpartition(".")
+            try:
+                getattr(importlib.import_module(module), name)
+            except (ImportError, AttributeError) as error:
+                raise ConfigError(
+                    f"{where + ': ' if where else ''}{key}.class_path {class_path} names no class that imports "
+                    f"({error})"
+                ) from None
 
 
 def check_data_root(config: Any) -> None:

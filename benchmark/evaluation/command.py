@@ -61,13 +61,14 @@ def load_weights(module: torch.nn.Module, ckpt_path: str) -> int | None:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
     from benchmark.runs import CheckpointError  # the CLI reports it in one line
 
-    missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    trained = str((ckpt.get("hyper_parameters") or {}).get("_class_path", "?")).rsplit(".", 1)[-1]
+    misfit = f"{ckpt_path} does not fit this config: it holds a {trained}, the config builds a {type(module).__name__}"
+    try:
+        missing, unexpected = module.load_state_dict(ckpt["state_dict"], strict=False)
+    except RuntimeError as error:  # same names, other shapes
+        raise CheckpointError(f"{misfit} ({str(error).splitlines()[1].strip()[:200]})") from None
     if unexpected or [k for k in missing if not k.startswith(("autoencoder.", "text_encoder."))]:
-        trained = str((ckpt.get("hyper_parameters") or {}).get("_class_path", "?")).rsplit(".", 1)[-1]
-        raise CheckpointError(
-            f"{ckpt_path} does not fit this config: it holds a {trained}, the config builds a "
-            f"{type(module).__name__} (missing {missing[:3]}, unexpected {unexpected[:3]})"
-        )
+        raise CheckpointError(f"{misfit} (missing {missing[:3]}, unexpected {unexpected[:3]})")
     return ckpt.get("global_step")
 
 
