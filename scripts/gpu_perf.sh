@@ -8,7 +8,8 @@
 #     bash scripts/gpu_perf.sh --wheels          # downloads them into .whl/ (git-ignored), ~10 MB
 # Then on the GPU machine, with the device tool:
 #     run(command="bash scripts/gpu_perf.sh", carry=[".whl"], timeout_s=590)
-# The tables land in $OUT (or ./gpu_perf when OUT is unset): xl_bf16.md, s_fp32_bf16.md, dit_xl_compile.md, log.txt.
+# The tables land in $OUT (or ./gpu_perf when OUT is unset): xl_bf16.md, s_fp32_bf16.md, dit_xl_compile.md,
+# fsdp_bf16.md, log.txt.
 #
 # Knobs (environment): DEVICE (cuda), SIZES ("XL S": the big and the shared size), MODELS (all six), THREADS,
 # COMPILE (1 on a GPU, 0 on a CPU, where inductor takes minutes per model), PERF_ARGS (appended to every
@@ -69,4 +70,8 @@ if [[ "$COMPILE" == 1 ]]; then
 else
     echo "torch.compile row skipped (COMPILE=0)" | tee -a "$OUT/log.txt"
 fi
+# 4. FSDP (benchmark/sharding.py) on one GPU: bf16 and activation checkpointing against the plain bf16-mixed step of
+#    a DDP rank, seconds per step and peak memory, DiT at the big size (scripts/fsdp_perf.py; not yet run on a GPU).
+python3 scripts/fsdp_perf.py --device "$DEVICE" --size "DiT-$big/2" --batch "${FSDP_BATCH:-32}" --steps 20 2>&1 \
+    | tee -a "$OUT/log.txt" | grep '^|' > "$OUT/fsdp_bf16.md"
 echo "done: $(ls "$OUT")" | tee -a "$OUT/log.txt"
