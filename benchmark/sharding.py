@@ -26,8 +26,10 @@ backbone's forward, where FSDP's gathering hooks would not run).
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -168,3 +170,30 @@ def shard_module(module: Any, strategy: Any) -> None:
     # The shadow's units are found the same way on an identical copy, so each shadow shard sits beside its parameter
     # shard and the EMA update needs no communication.
     list(_fully_shard(module.ema.shadow, mesh, MixedPrecisionPolicy(), reshard, False))
+
+
+def consolidate_checkpoint(folder: str | Path, output: str | Path | None = None) -> Path:
+    """Write a sharded checkpoint folder as one ordinary checkpoint file (weights and training state, no optimizer
+    state), which one process can evaluate (``ldmbench evaluate --ckpt_path``) or sample from.
+
+    ``python -m benchmark.sharding FOLDER [OUTPUT]``; OUTPUT defaults to ``FOLDER`` with ``.full.ckpt`` in place of
+    ``.ckpt``. (Lightning's ``consolidate_checkpoint`` reads the layout of its FSDP strategy, not this one's.)
+    """
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+
+    folder = Path(folder)
+    output = Path(output) if output else folder.with_name(folder.name.removesuffix(".ckpt") + ".full.ckpt")
+    with tempfile.TemporaryDirectory(dir=output.parent) as tmp:
+        dcp_to_torch_save(folder, Path(tmp) / "flat.pt")
+        flat = torch.load(Path(tmp) / "flat.pt", map_location="cpu", weights_only=True)
+    checkpoint = torch.load(folder / "meta.pt", map_location="cpu", weights_only=True)
+    checkpoint["state_dict"] = flat["state_dict"]
+    checkpoint["optimizer_states"] = []  # keyed by parameter name here, by index in a plain checkpoint: not carried
+    torch.save(checkpoint, output)
+    return output
+
+
+if __name__ == "__main__":
+    import sys
+
+    print(consolidate_checkpoint(*sys.argv[1:3]))

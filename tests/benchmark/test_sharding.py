@@ -13,7 +13,7 @@ from diffusers import AutoencoderKL
 from torch import nn
 
 from benchmark.runs import checkpoint_step
-from benchmark.sharding import shard_units
+from benchmark.sharding import consolidate_checkpoint, shard_units
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,6 +124,11 @@ def test_two_fsdp_processes_train_as_one_process_and_a_sharded_checkpoint_resume
     assert _max_difference(state["backbone"], reference["backbone"]) < 1e-5
     assert _max_difference(state["ema"], reference["ema"]) < 1e-5
     assert _max_difference(state["backbone"], state["ema"]) > 1e-4  # the EMA is not the weights themselves
+    full = torch.load(consolidate_checkpoint(tmp_path / "a/ckpts/step=4.ckpt"), weights_only=True)
+    assert full["global_step"] == 4
+    for prefix, part in (("backbone.", "backbone"), ("ema.shadow.", "ema")):
+        weights = {k.removeprefix(prefix): v for k, v in full["state_dict"].items() if k.startswith(prefix)}
+        assert _max_difference(weights, state[part]) == 0.0
 
     resumed, resumed_losses = _worker(tmp_path / "b", vae, 4, ckpt=str(tmp_path / "a/ckpts/step=2.ckpt"))
     assert resumed_losses == pytest.approx(losses[2:], rel=1e-6)
