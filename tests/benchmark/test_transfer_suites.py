@@ -72,7 +72,9 @@ def test_stages_are_unranked_and_off_the_target_plot(tmp_path):
     (root / "suite.yaml").write_text("name: toy\nentries: [pre, a]\nstages: [pre]\nbudget: {train_flops: 1.0e12}\n")
     for name in ("pre", "a"):
         (root / f"{name}.yaml").write_text("model: {class_path: baselines.dit.DiTModule}\n")
-    res.write_rows(root / "results.jsonl", [_row("pre", 1.0), _row("a", 5.0)])
+    # Two seeds of each, since a one-seed row is shown unranked.
+    rows = [_row("pre", 1.0), _row("a", 5.0), {**_row("pre", 1.1), "seed": 1}, {**_row("a", 5.2), "seed": 1}]
+    res.write_rows(root / "results.jsonl", rows)
     text = render_suite(root, check_keys=False)
     table = [line for line in text.splitlines() if line.startswith("| ")]
     assert any(line.startswith("| 1 | a |") for line in table)  # the stage's better metric does not outrank it
