@@ -143,3 +143,45 @@ def test_bf16_fsdp_stays_near_fp32_and_keeps_fp32_master_weights(vae, tmp_path):
     assert state["dtypes"] == ["torch.float32"]
     assert losses == pytest.approx(reference_losses, rel=5e-2)
     assert _max_difference(state["backbone"], reference["backbone"]) < 5e-3
+
+
+FSDP_YAML = """
+trainer:
+  strategy:
+    class_path: benchmark.sharding.FSDPStrategy
+    init_args: {mixed_precision: bf16, activation_checkpointing: true}
+  precision: 32-true
+  callbacks:
+    - class_path: lightning.pytorch.callbacks.ModelCheckpoint
+      init_args: {save_last: true, every_n_train_steps: 2, save_top_k: 0}
+    - class_path: benchmark.callbacks.SampleGrid
+      init_args: {every_n_steps: 2, num_classes: 2, samples_per_class: 1}
+"""
+
+
+@pytest.mark.slow
+def test_the_cli_trains_a_shapes_entry_under_fsdp_with_grids_and_resumes_from_the_sharded_last(tmp_path):
+    """`ldmbench fit` on 2 CPU processes with the docs' FSDP options: the sample grid (drawn from the sharded EMA by
+    every rank, written by rank 0) does not hang, and `--ckpt_path last` finds and resumes the sharded folder."""
+    (tmp_path / "fsdp.yaml").write_text(FSDP_YAML)
+    common = [
+        *("--config", str(ROOT / "leaderboards/shapes/dit.yaml"), "--config", "fsdp.yaml"),
+        *("--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.limit_val_batches=1"),
+        *("--data.init_args.batch_size=4", "--data.init_args.num_workers=0", "--trainer.enable_progress_bar=false"),
+        "--model.init_args.sampler.init_args.steps=2",
+    ]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    for extra in (["--trainer.max_steps=3"], ["--trainer.max_steps=5", "--ckpt_path=last"]):
+        done = subprocess.run(
+            [sys.executable, "-m", "benchmark.cli", "fit", *common, *extra],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
+    run = tmp_path / "runs/dit-DiTModule/version_0"
+    assert "resuming dit-DiTModule" in done.stderr
+    assert [p.name for p in sorted((run / "samples").iterdir())][-1] == "step_0000005.png"
+    assert checkpoint_step(run / "checkpoints/last.ckpt") == 4 and (run / "checkpoints/last.ckpt/meta.pt").is_file()
