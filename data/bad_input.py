@@ -205,3 +205,31 @@ class BadInputMonitor:
     def metrics(self) -> dict[str, float]:
         """``{"data/bad_inputs": n, "data/bad_fraction": f}`` for a logger."""
         return {"data/bad_inputs": float(self.counter.bad), "data/bad_fraction": self.counter.fraction}
+
+
+class MonitorsBadInputs:
+    """DataModule glue of the bad-input policy: counts a training batch's substituted items (from every loader
+    worker), stops above the limit, logs the counts, and keeps them in the DataModule's checkpointed state.
+
+    Mix it in before the DataModule base (``class MyData(MonitorsBadInputs, ResumableDataModule)``) and set
+    ``self.bad_inputs`` to a `BadInputMonitor` in ``__init__``.
+    """
+
+    bad_inputs: BadInputMonitor
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = self.trainer  # type: ignore[attr-defined]
+        if trainer is not None and trainer.training and isinstance(batch, dict):
+            if self.bad_inputs.update(batch) and trainer.logger is not None:
+                trainer.logger.log_metrics(self.bad_inputs.metrics(), step=trainer.global_step)
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        """The base DataModule's state (e.g. the stream position) and the bad-input counts."""
+        return {**super().state_dict(), "bad_inputs": self.bad_inputs.counter.state_dict()}  # type: ignore[misc]
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what `state_dict` saved."""
+        if "bad_inputs" in state:
+            self.bad_inputs.counter.load_state_dict(state["bad_inputs"])
+        super().load_state_dict({k: v for k, v in state.items() if k != "bad_inputs"})  # type: ignore[misc]

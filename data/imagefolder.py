@@ -20,14 +20,20 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from data.bad_input import BadInputCounter, BadInputError, BadInputMonitor, TooManyBadInputs, substitute_next
+from data.bad_input import (
+    BadInputCounter,
+    BadInputError,
+    BadInputMonitor,
+    MonitorsBadInputs,
+    TooManyBadInputs,
+    substitute_next,
+)
 from data.folder_scan import FolderError, FolderListing, list_class_folders, scan_images
 from data.sampling import ResumableDataModule
 from data.transforms import CONTROL_NAMES, CenterCropFlip
@@ -146,7 +152,7 @@ def _holdout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
     return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
 
 
-class ImageFolderDataModule(ResumableDataModule):
+class ImageFolderDataModule(MonitorsBadInputs, ResumableDataModule):
     """ImageNet-layout class folders with ADM centre crop, random flip and recorded control metadata.
 
     Captions are ``"a photo of <class folder name>"``. The training stream is resumable (see `data.sampling`). At
@@ -351,24 +357,6 @@ class ImageFolderDataModule(ResumableDataModule):
     def predict_dataloader(self) -> DataLoader:
         """Same as `val_dataloader`."""
         return self.val_dataloader()
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count the training batch's substituted items (from every worker), stop above the limit, log the counts."""
-        trainer = self.trainer
-        if trainer is not None and trainer.training and isinstance(batch, dict):
-            if self.bad_inputs.update(batch) and trainer.logger is not None:
-                trainer.logger.log_metrics(self.bad_inputs.metrics(), step=trainer.global_step)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """The stream position (see `data.sampling`) and the bad-input counts."""
-        return {**super().state_dict(), "bad_inputs": self.bad_inputs.counter.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the stream position and the bad-input counts."""
-        if "bad_inputs" in state:
-            self.bad_inputs.counter.load_state_dict(state["bad_inputs"])
-        super().load_state_dict({k: v for k, v in state.items() if k != "bad_inputs"})
 
 
 def _rank_zero() -> bool:

@@ -41,7 +41,7 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, get_worker_in
 from webdataset.shardlists import expand_urls
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
-from data.bad_input import BadInputCounter, BadInputError, BadInputMonitor, substitute_next
+from data.bad_input import BadInputCounter, BadInputError, BadInputMonitor, MonitorsBadInputs, substitute_next
 from data.crop_policy import CropPolicy
 from data.imagenet import eval_policy
 from data.sampling import ResumableDataModule
@@ -388,7 +388,7 @@ class _StreamLoader(DataLoader):
         return super().__iter__()
 
 
-class WebDatasetDataModule(ResumableDataModule):
+class WebDatasetDataModule(MonitorsBadInputs, ResumableDataModule):
     """Image-caption webdataset shards (CC12M) with node/worker splitting, crop policy, bad input and a held-out split.
 
     Args:
@@ -585,21 +585,3 @@ class WebDatasetDataModule(ResumableDataModule):
             raise ValueError("no held-out split: set data.init_args.val_shards")
         captions = self.val_set.captions()
         return captions if n is None else captions[:n]
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count the training batch's substituted samples (from every worker), stop above the limit, log the counts."""
-        trainer = self.trainer
-        if trainer is not None and trainer.training and isinstance(batch, dict):
-            if self.bad_inputs.update(batch) and trainer.logger is not None:
-                trainer.logger.log_metrics(self.bad_inputs.metrics(), step=trainer.global_step)
-        return batch
-
-    def state_dict(self) -> dict[str, Any]:
-        """Stream position (cached stream), the bad-input counts."""
-        return {**super().state_dict(), "bad_inputs": self.bad_inputs.counter.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what `state_dict` saved."""
-        if "bad_inputs" in state:
-            self.bad_inputs.counter.load_state_dict(state["bad_inputs"])
-        super().load_state_dict({k: v for k, v in state.items() if k != "bad_inputs"})
