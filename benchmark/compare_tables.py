@@ -15,6 +15,9 @@ from benchmark.leaderboard import results as res
 __all__ = ["beside_committed", "print_beside_committed"]
 
 
+STALE = " (stale)"
+
+
 def _number(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}g}" if isinstance(value, int | float) else "-"
 
@@ -34,6 +37,9 @@ def beside_committed(suite_root: str | Path, results_dir: str | Path, metric: st
         if row.get("source", "trained") != "trained":
             continue
         old = committed.get((row.get("entry"), row.get("seed")), {})
+        # A committed row under another key was made with other code, data, config or protocol: never read it as a
+        # current figure to compare with (STALE marks it).
+        mark = STALE if old and old.get("key") != row.get("key") else ""
         if row.get("status") != "ok":
             table.append([str(row.get("entry")), str(row.get("seed")), str(row.get("status")), "", "", "", "", ""])
             continue
@@ -42,11 +48,11 @@ def beside_committed(suite_root: str | Path, results_dir: str | Path, metric: st
                 str(row.get("entry")),
                 str(row.get("seed")),
                 _number(row.get("metric")),
-                _number(old.get("metric")),
+                _number(old.get("metric")) + mark,
                 _number(row.get("metric_noguidance")),
-                _number(old.get("metric_noguidance")),
+                _number(old.get("metric_noguidance")) + mark,
                 _number(row.get("train_images_per_s")),
-                _number(old.get("train_images_per_s")),
+                _number(old.get("train_images_per_s")) + mark,
             ]
         )
     return table
@@ -67,4 +73,6 @@ def print_beside_committed(suite_root: str | Path, results_dir: str | Path, metr
         table.add_column(name, justify="left" if name in ("entry", "seed") else "right")
     for row in rows[1:]:
         table.add_row(*row)
+    if any(cell.endswith(STALE) for row in rows[1:] for cell in row):
+        table.caption = "(stale): the committed row was made with other code, data, config or protocol; not comparable"
     Console().print(table)

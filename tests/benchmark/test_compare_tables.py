@@ -35,3 +35,13 @@ def test_new_rows_are_printed_beside_the_committed_row_of_the_same_entry_and_see
     assert table[3][:4] == ["new", "0", "30", "-"]  # an entry the committed table does not have
     print_beside_committed(tmp_path / "suite", tmp_path / "mine", "fd_shapes")
     assert "beside the committed one" in capsys.readouterr().out
+
+
+def test_a_committed_row_under_another_key_is_marked_stale_not_compared_as_current(tmp_path, capsys):
+    row = {"source": "trained", "status": "ok", "entry": "dit", "seed": 0, "metric_noguidance": 16.5}
+    _rows(tmp_path / "suite", [{**row, "key": "old", "metric": 17.6, "train_images_per_s": 269}])
+    _rows(tmp_path / "mine", [{**row, "key": "new", "metric": 18.0, "train_images_per_s": 454}])
+    table = beside_committed(tmp_path / "suite", tmp_path / "mine", "fd_shapes")
+    assert table[1] == ["dit", "0", "18", "17.6 (stale)", "16.5", "16.5 (stale)", "454", "269 (stale)"]
+    print_beside_committed(tmp_path / "suite", tmp_path / "mine", "fd_shapes")
+    assert "not comparable" in capsys.readouterr().out
