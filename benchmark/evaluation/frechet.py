@@ -156,23 +156,11 @@ def cached_stats(
     Returns:
         ``((mu, sigma), hit)``; ``hit`` is True when the statistics came from the cache.
     """
-    root = Path(root) if root is not None else cache_dir()
-    stem = root / stats_key(spec)
-    npz, sidecar = stem.with_suffix(".npz"), stem.with_suffix(".json")
-    if npz.exists() and sidecar.exists():
-        try:
-            stored = json.loads(sidecar.read_text())
-        except json.JSONDecodeError:
-            stored = None
-        if stored is not None and stored.get("spec") == json.loads(json.dumps(spec)):
-            return load_npz_stats(npz), True
-        log.info("reference statistics %s were made under another protocol; recomputing", npz)
+    stem, valid = _cache_entry(spec, root)
+    if valid is not None:
+        return load_npz_stats(valid), True
     mu, sigma = compute()
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = stem.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: ranks may compute the same statistics
-    np.savez(tmp, mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
-    os.replace(tmp, npz)  # atomic: a concurrent reader sees the old file or the new one, never half of one
-    sidecar.write_text(json.dumps({"spec": spec, "dim": int(np.asarray(mu).shape[0])}, indent=2, sort_keys=True))
+    _store(stem, spec, int(np.asarray(mu).shape[0]), mu=np.asarray(mu, np.float64), sigma=np.asarray(sigma, np.float64))
     return (np.asarray(mu, np.float64), np.asarray(sigma, np.float64)), False
 
 
@@ -183,8 +171,19 @@ def cached_features(
 
     Cached like `cached_stats`: ``<key>.npz`` (``features``) with a JSON sidecar that must match ``spec`` exactly.
     """
-    root = Path(root) if root is not None else cache_dir()
-    stem = root / stats_key(spec)
+    stem, valid = _cache_entry(spec, root)
+    if valid is not None:
+        with np.load(valid) as data:
+            if "features" in data:
+                return data["features"].astype(np.float64), True
+    features = np.asarray(compute(), np.float64)
+    _store(stem, spec, int(features.shape[1]), features=features)
+    return features, False
+
+
+def _cache_entry(spec: dict[str, Any], root: str | os.PathLike | None) -> tuple[Path, Path | None]:
+    """The cache stem of ``spec`` and its ``.npz`` when a JSON sidecar says it was made for exactly this spec."""
+    stem = (Path(root) if root is not None else cache_dir()) / stats_key(spec)
     npz, sidecar = stem.with_suffix(".npz"), stem.with_suffix(".json")
     if npz.exists() and sidecar.exists():
         try:
@@ -192,13 +191,15 @@ def cached_features(
         except json.JSONDecodeError:
             stored = None
         if stored is not None and stored.get("spec") == json.loads(json.dumps(spec)):
-            with np.load(npz) as data:
-                if "features" in data:
-                    return data["features"].astype(np.float64), True
-    features = np.asarray(compute(), np.float64)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = stem.with_suffix(f".{os.getpid()}.tmp.npz")
-    np.savez(tmp, features=features)
-    os.replace(tmp, npz)
-    sidecar.write_text(json.dumps({"spec": spec, "dim": int(features.shape[1])}, indent=2, sort_keys=True))
-    return features, False
+            return stem, npz
+        log.info("reference statistics %s were made under another protocol; recomputing", npz)
+    return stem, None
+
+
+def _store(stem: Path, spec: dict[str, Any], dim: int, **arrays: np.ndarray) -> None:
+    """Write ``<stem>.npz`` atomically, then its sidecar."""
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    tmp = stem.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: ranks may compute the same statistics
+    np.savez(tmp, **arrays)
+    os.replace(tmp, stem.with_suffix(".npz"))  # atomic: a concurrent reader sees the old file or the new one
+    stem.with_suffix(".json").write_text(json.dumps({"spec": spec, "dim": dim}, indent=2, sort_keys=True))
