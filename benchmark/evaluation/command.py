@@ -52,14 +52,25 @@ def default_protocol(datamodule: Any) -> EvalProtocol:
     return EvalProtocol(name="fid", feature_extractor="inception-v3-compat", reference="data:val")
 
 
+def newest_checkpoint_of(config: Any) -> str:
+    """``--ckpt_path last``: the newest checkpoint of the config's run folder, as ``fit --ckpt_path last`` resumes."""
+    from benchmark.cli import _root_and_entry
+    from benchmark.runs import CheckpointError, newest_checkpoint
+
+    root, entry = _root_and_entry(config)
+    found = newest_checkpoint(root, entry)
+    if found is None:
+        raise CheckpointError(f"--ckpt_path last: no checkpoint of {entry} under {root}")
+    log.warning("evaluating the newest checkpoint of %s: %s", entry, found)
+    return str(found)
+
+
 def load_weights(module: torch.nn.Module, ckpt_path: str) -> int | None:
     """Load a Lightning checkpoint's ``state_dict`` (backbone and EMA) into ``module``; returns its global step."""
-    try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception:  # noqa: BLE001  (older checkpoints may hold pickled objects in their hyper-parameters)
-        log.warning("%s does not load with weights_only=True; loading it fully (trust only your own files)", ckpt_path)
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=False)
-    from benchmark.runs import CheckpointError  # the CLI reports it in one line
+    from benchmark.runs import CheckpointError, read_checkpoint  # the CLI reports CheckpointError in one line
+
+    # Tensors and plain data only (never the file's pickled code): an error that names the file otherwise.
+    ckpt = read_checkpoint(ckpt_path)
 
     trained = str((ckpt.get("hyper_parameters") or {}).get("_class_path", "?")).rsplit(".", 1)[-1]
     misfit = f"{ckpt_path} does not fit this config: it holds a {trained}, the config builds a {type(module).__name__}"
@@ -110,6 +121,8 @@ def evaluate_command(argv: list[str]) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
         cli = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=rest, run=False)
     module, datamodule = cli.model, cli.datamodule
+    if ours.ckpt_path == "last":
+        ours.ckpt_path = newest_checkpoint_of(cli.config)
     if ours.ckpt_path:
         load_weights(module, ours.ckpt_path)
     else:

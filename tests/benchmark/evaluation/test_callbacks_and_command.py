@@ -83,3 +83,25 @@ def test_evaluate_command_on_a_checkpoint(tmp_path):
     assert written["fd_shapes"] > 0 and 0 <= written["class_accuracy"] <= 1
     assert "fd_shapes_noguidance" in written and written["commit"]
     assert list((tmp_path / "stats").glob("*.npz"))  # the reference statistics were cached where asked
+
+
+def test_evaluate_ckpt_path_last_is_the_newest_checkpoint_of_the_run_and_loads_weights_only(tmp_path):
+    import pytest as _pytest
+    import torch as _torch
+
+    from benchmark.evaluation.command import load_weights, newest_checkpoint_of
+    from benchmark.runs import CheckpointError
+
+    config = {"trainer": {"default_root_dir": str(tmp_path)}, "config": ["dit.yaml"], "model": {"class_path": "a.M"}}
+    with _pytest.raises(CheckpointError, match="no checkpoint of dit-M"):
+        newest_checkpoint_of(config)
+    folder = tmp_path / "dit-M" / "version_0" / "checkpoints"
+    folder.mkdir(parents=True)
+    _torch.save({"state_dict": {}, "global_step": 3}, folder / "last.ckpt")
+    assert newest_checkpoint_of(config) == str(folder / "last.ckpt")
+    # A checkpoint holding a pickled object is refused by name, never loaded with weights_only=False.
+    import argparse
+
+    _torch.save({"state_dict": {}, "hyper_parameters": argparse.Namespace(x=1)}, folder / "bad.ckpt")
+    with _pytest.raises(CheckpointError, match="bad.ckpt"):
+        load_weights(_torch.nn.Linear(1, 1), str(folder / "bad.ckpt"))
