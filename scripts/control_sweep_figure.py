@@ -27,7 +27,9 @@ def load(config: str, ckpt: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         module = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=["--config", config], run=False).model
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    from benchmark.runs import read_checkpoint
+
+    state = read_checkpoint(ckpt)["state_dict"]  # tensors and plain data only
     module.load_state_dict(state, strict=False)
     return module.eval()
 
