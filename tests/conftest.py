@@ -38,3 +38,21 @@ def _restore_torch_state():
     torch.manual_seed(0)
     yield
     torch.set_default_dtype(dtype)
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tmp_path_factory):
+    """A tiny random diffusers AutoencoderKL saved to a folder (f=8, 4 latent channels): offline stand-in for a VAE."""
+    from diffusers import AutoencoderKL
+
+    path = tmp_path_factory.mktemp("vae")
+    AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3,
+        block_out_channels=(8, 16, 16),
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=4,
+        sample_size=32,
+    ).save_pretrained(path)
+    return str(path)

@@ -4,7 +4,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
 
 from baselines.dit import DiTModule
 from benchmark.guidance import ClassifierFreeGuidance
@@ -16,21 +15,6 @@ from data.shapes import Shapes
 
 # The tests call training_step outside a Trainer on purpose; Lightning warns that self.log has nowhere to go.
 pytestmark = pytest.mark.filterwarnings("ignore:.*self.trainer. reference is not registered")
-
-
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    ).save_pretrained(path)
-    return str(path)
 
 
 def _module(vae, **kwargs):

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from diffusers import AutoencoderKL
 from torch import nn
 
 from benchmark.runs import checkpoint_step
@@ -17,21 +16,6 @@ from benchmark.sharding import consolidate_checkpoint, shard_units
 
 WORKER = Path(__file__).with_name("fsdp_worker.py")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def vae(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    ).save_pretrained(path)
-    return str(path)
 
 
 def _worker(out: Path, vae: str, steps: int, precision: str = "fp32", checkpointing: bool = False, ckpt: str = ""):
@@ -107,11 +91,11 @@ def test_shard_units_are_the_outermost_module_lists_children_or_the_hook():
 
 
 @pytest.mark.slow
-def test_two_fsdp_processes_train_as_one_process_and_a_sharded_checkpoint_resumes(vae, tmp_path):
+def test_two_fsdp_processes_train_as_one_process_and_a_sharded_checkpoint_resumes(tiny_vae, tmp_path):
     """fp32, activation checkpointing on: loss and gathered weights (backbone and EMA) equal one unsharded process
     to float tolerance after 4 steps (2 epochs); the run resumed from its sharded step-2 checkpoint (the end of the
     first epoch, since a plain DataLoader does not resume mid-epoch) ends with the same weights."""
-    state, losses = _worker(tmp_path / "a", vae, 4, checkpointing=True)
+    state, losses = _worker(tmp_path / "a", tiny_vae, 4, checkpointing=True)
     assert sorted(p.name for p in (tmp_path / "a/ckpts/step=2.ckpt").iterdir()) == [
         ".metadata",
         "__0_0.distcp",
@@ -119,7 +103,7 @@ def test_two_fsdp_processes_train_as_one_process_and_a_sharded_checkpoint_resume
         "meta.pt",
     ]
     assert checkpoint_step(tmp_path / "a/ckpts/step=2.ckpt") == 2  # what `ldmbench fit --ckpt_path` reads first
-    reference, reference_losses = _one_process(vae, 4)
+    reference, reference_losses = _one_process(tiny_vae, 4)
     assert losses == pytest.approx(reference_losses, rel=1e-5, abs=1e-6)
     assert _max_difference(state["backbone"], reference["backbone"]) < 1e-5
     assert _max_difference(state["ema"], reference["ema"]) < 1e-5
@@ -130,16 +114,16 @@ def test_two_fsdp_processes_train_as_one_process_and_a_sharded_checkpoint_resume
         weights = {k.removeprefix(prefix): v for k, v in full["state_dict"].items() if k.startswith(prefix)}
         assert _max_difference(weights, state[part]) == 0.0
 
-    resumed, resumed_losses = _worker(tmp_path / "b", vae, 4, ckpt=str(tmp_path / "a/ckpts/step=2.ckpt"))
+    resumed, resumed_losses = _worker(tmp_path / "b", tiny_vae, 4, ckpt=str(tmp_path / "a/ckpts/step=2.ckpt"))
     assert resumed_losses == pytest.approx(losses[2:], rel=1e-6)
     assert _max_difference(resumed["backbone"], state["backbone"]) == 0.0
     assert _max_difference(resumed["ema"], state["ema"]) == 0.0
 
 
 @pytest.mark.slow
-def test_bf16_fsdp_stays_near_fp32_and_keeps_fp32_master_weights(vae, tmp_path):
-    state, losses = _worker(tmp_path / "bf16", vae, 4, precision="bf16")
-    reference, reference_losses = _one_process(vae, 4)
+def test_bf16_fsdp_stays_near_fp32_and_keeps_fp32_master_weights(tiny_vae, tmp_path):
+    state, losses = _worker(tmp_path / "bf16", tiny_vae, 4, precision="bf16")
+    reference, reference_losses = _one_process(tiny_vae, 4)
     assert state["dtypes"] == ["torch.float32"]
     assert losses == pytest.approx(reference_losses, rel=5e-2)
     assert _max_difference(state["backbone"], reference["backbone"]) < 5e-3

@@ -4,7 +4,6 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers import AutoencoderKL
 
 from baselines.dit import DiT, DiTModule
 from baselines.layers import get_2d_sincos_pos_embed
@@ -226,21 +225,6 @@ def test_an_official_dit_file_loads_into_another_resolution(tmp_path):
 
 
 # ------------------------------------------------------------------------------- the callback, fit and resume
-@pytest.fixture(scope="module")
-def tiny_vae(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    ).save_pretrained(path)
-    return str(path)
-
-
 class _Snapshot(pl.Callback):
     """The backbone and EMA weights when training starts (after any InitFrom or checkpoint restore)."""
 

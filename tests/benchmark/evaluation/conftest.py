@@ -1,27 +1,11 @@
 """Shared fixtures: a tiny DiT on a tiny random VAE (fast), and the reference-statistics cache in a tmp folder."""
 
 import pytest
-from diffusers import AutoencoderKL
 
 from baselines.dit import DiTModule
 from benchmark.objectives import DDPM, RectifiedFlow
 from benchmark.samplers import DDPMSampler, EulerSampler
 from data.autoencoder import Autoencoder
-
-
-@pytest.fixture(scope="session")
-def tiny_vae(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vae")
-    AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 3,
-        up_block_types=("UpDecoderBlock2D",) * 3,
-        block_out_channels=(8, 16, 16),
-        layers_per_block=1,
-        latent_channels=4,
-        norm_num_groups=4,
-        sample_size=32,
-    ).save_pretrained(path)
-    return str(path)
 
 
 def tiny_dit(vae: str, **kwargs) -> DiTModule:
