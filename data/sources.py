@@ -3,7 +3,8 @@
 A cached artefact (encoded latents, reference statistics) or a result row is valid only for the code that made it.
 `source_hash` hashes the files of the named modules and of the project modules they import, so a change to, e.g.,
 the Shapes renderer gives its latent cache and its reference statistics new keys. Modules outside the project's
-packages (a user's own dataset beside its config) count by their own file.
+packages count by their own file when they are a user's (a dataset beside its config); an installed library's
+files never count (their bytes are not the same from one install of a version to the next).
 
 Two ways to follow imports:
 
@@ -95,13 +96,30 @@ def _project_imports(path: Path, mtime_ns: int, size: int, deep: bool) -> list[s
     return [m for m in (project_module(n) for n in _imported_names(tree, deep)) if m]
 
 
+@cache
+def _library_dirs() -> tuple[Path, ...]:
+    """Where installed libraries and the standard library live."""
+    import site
+    import sysconfig
+
+    dirs = {sysconfig.get_paths()[k] for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    dirs |= set(site.getsitepackages()) | {site.getusersitepackages()}
+    return tuple(Path(d).resolve() for d in dirs if d)
+
+
 def _outside_file(module: str) -> Path | None:
+    """The file of a user's module outside the project's packages; None for an installed library's (its code is
+    that of its version, which caches record apart, and its bytes differ between builds and installs of one
+    version: a CUDA and a CPU wheel of torch, say) and for modules without a ``.py`` file."""
     try:
         spec = importlib.util.find_spec(module)
     except (ImportError, ValueError):
         return None
     origin = getattr(spec, "origin", None)
-    return Path(origin) if origin and origin.endswith(".py") else None
+    if not origin or not origin.endswith(".py"):
+        return None
+    path = Path(origin).resolve()
+    return None if any(path.is_relative_to(d) for d in _library_dirs()) else path
 
 
 def source_files(modules: Iterable[str], deep: bool = False) -> list[Path]:
