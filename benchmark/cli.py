@@ -510,4 +510,8 @@ def main(args: ArgsType = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module's `main`, not this `__main__` copy: the modules it calls raise
+    # `benchmark.cli.ConfigError`, which is another class than `__main__.ConfigError` and would escape the handler.
+    from benchmark.cli import main as _main
+
+    _main()

@@ -50,6 +50,10 @@ class CheckpointError(ValueError):
     """A file given as a checkpoint cannot be read as one."""
 
 
+class MissingCheckpointError(CheckpointError, FileNotFoundError):
+    """A checkpoint path that names no file (a FileNotFoundError too, for callers that look for one)."""
+
+
 def read_checkpoint(path: str | os.PathLike, allow: Iterable[type] = (), mmap: bool = False) -> Any:
     """``torch.load`` a checkpoint safely (tensors and plain data only), with an error that names the file.
 
@@ -59,14 +63,14 @@ def read_checkpoint(path: str | os.PathLike, allow: Iterable[type] = (), mmap: b
         mmap: Map the file instead of reading it (cheap for large checkpoints when only a few entries are needed).
 
     Raises:
-        FileNotFoundError: The file does not exist.
+        MissingCheckpointError: The file does not exist (a ``FileNotFoundError``).
         CheckpointError: The file is not a checkpoint this project can read (corrupt, truncated, another format, or
             holding Python objects other than tensors and plain data, which are never loaded since loading them can
             run code).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
+        raise MissingCheckpointError(f"checkpoint {path} does not exist")
     try:
         with torch.serialization.safe_globals(list(allow)):
             try:
