@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import logging
 import time
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -24,6 +22,7 @@ from benchmark.evaluation.frechet import (
 from benchmark.evaluation.generate import GeneratedSet, generate, to_uint8
 from benchmark.evaluation.metrics import MetricUnavailable
 from benchmark.evaluation.protocol import EvalProtocol
+from benchmark.evaluation.provenance import file_sha256
 from data.sources import PACKAGES, diff_hash, git_commit
 
 if TYPE_CHECKING:
@@ -315,15 +314,6 @@ def fd(features: Tensor, reference: tuple[np.ndarray, np.ndarray]) -> float:
 
 
 # ------------------------------------------------------------------------------------------------ provenance
-def file_sha256(path: str | Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def provenance(module: Any, ckpt_path: str | None) -> dict[str, Any]:
     """``checkpoint_step``, ``checkpoint_sha256`` (when a checkpoint is given), ``commit`` (`data.sources.git_commit`)
     and ``code_diff``, a hash of how the project's packages differ from it (None when they do not)."""

@@ -221,7 +221,7 @@ def _load(pretrained: str, device: str) -> ShapesCLIP:
 
 @lru_cache(maxsize=8)
 def _weights_hash(folder: str) -> str:
-    from benchmark.evaluation.evaluate import file_sha256
+    from benchmark.evaluation.provenance import file_sha256
 
     files = sorted(Path(folder).glob("*.safetensors"))
     return "-".join(file_sha256(f)[:16] for f in files)
