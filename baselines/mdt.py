@@ -42,7 +42,8 @@ Differences from the reference:
 - The reference's ε-MSE carries a Min-SNR-5 weight ``min(SNR, 5) / SNR`` (its ``gaussian_diffusion.py``); here it is
   the objective's option ``DDPM(min_snr_gamma=5)``, this entry's default (the weight belongs to the objective, not
   the model, so any DDPM entry can use it).
-- Adan when the ``adan`` package (sail-sg/Adan) is installed, else AdamW at the same lr and weight decay (warned).
+- Adan from ``pytorch-optimizer`` (or sail-sg's ``adan`` package); AdamW at the same lr and weight decay (warned)
+  when neither is installed.
 - Attention is ``scaled_dot_product_attention`` with the relative bias as an additive float mask (the reference's
   math); a masked pass gathers the bias through the kept tokens' relative indices. ``relative_position_index`` is
   a non-persistent buffer, which the importer checks and drops; the other state-dict names are the reference's
@@ -401,24 +402,30 @@ def mdt_size(name: str) -> dict[str, int]:
 
 
 def mdt_optimizer(params: Iterable, lr: float = 3e-4, weight_decay: float = 0.0) -> torch.optim.Optimizer:
-    """The MDTv2 optimizer: Adan (sail-sg/Adan) at lr 3e-4, no weight decay, gradient norm clipped to 1 inside it.
+    """The MDTv2 optimizer: Adan at lr 3e-4, no weight decay, gradient norm clipped to 1 inside it.
 
-    Without the ``adan`` package (``pip install git+https://github.com/sail-sg/Adan.git``) it warns and returns
-    AdamW at the same lr and weight decay; the trainer's ``gradient_clip_val: 1.0`` then keeps Adan's clipping.
+    Adan comes from ``pytorch-optimizer`` (a dependency: ``pytorch_optimizer.Adan``, whose default betas
+    (0.98, 0.92, 0.99) and eps 1e-8 are sail-sg/Adan's, the reference's), else from sail-sg's ``adan`` package; with
+    neither it warns and returns AdamW at the same lr and weight decay, and the trainer's ``gradient_clip_val: 1.0``
+    then keeps Adan's clipping.
 
     Args:
         params: the parameters to optimise.
         lr: learning rate (3e-4 for XL in the reference; its ``run.sh`` uses 5e-4 for S).
-        weight_decay: decoupled weight decay (0 in the reference).
+        weight_decay: weight decay (0 in the reference, so where it is applied does not matter).
     """
     try:
-        from adan import Adan
+        from pytorch_optimizer import Adan
     except ImportError:
-        warnings.warn(
-            "the adan package (sail-sg/Adan) is not installed: MDTv2 trains with AdamW instead of Adan",
-            stacklevel=2,
-        )
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+        try:
+            from adan import Adan
+        except ImportError:
+            warnings.warn(
+                "neither pytorch-optimizer nor sail-sg's adan package is installed: MDTv2 trains with AdamW instead "
+                "of Adan (pip install pytorch-optimizer)",
+                stacklevel=2,
+            )
+            return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     return Adan(params, lr=lr, weight_decay=weight_decay, max_grad_norm=1.0)
 
 

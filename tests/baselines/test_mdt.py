@@ -448,9 +448,18 @@ def test_every_parameter_of_the_module_gets_a_gradient():
 
 def test_optimizer_falls_back_to_adamw_without_adan(monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "adan", None)  # makes `from adan import Adan` fail
+    monkeypatch.setitem(__import__("sys").modules, "pytorch_optimizer", None)  # and pytorch-optimizer's
     with pytest.warns(UserWarning, match="AdamW"):
         opt = mdt_optimizer([torch.nn.Parameter(torch.zeros(2))])
     assert isinstance(opt, torch.optim.AdamW) and opt.defaults["lr"] == 3e-4 and opt.defaults["weight_decay"] == 0
+
+
+def test_optimizer_is_pytorch_optimizers_adan_with_the_reference_settings():
+    from pytorch_optimizer import Adan
+
+    opt = mdt_optimizer([torch.nn.Parameter(torch.zeros(2))])
+    assert isinstance(opt, Adan) and opt.defaults["lr"] == 3e-4 and opt.defaults["weight_decay"] == 0
+    assert opt.defaults["max_grad_norm"] == 1.0 and tuple(opt.defaults["betas"]) == (0.98, 0.92, 0.99)
 
 
 def test_module_loads_an_official_checkpoint(tmp_path):
