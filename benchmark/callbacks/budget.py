@@ -119,8 +119,16 @@ class ComputeBudget(pl.Callback):
         seconds, images = self.train_seconds - self._rate_start[0], self.images_seen - self._rate_start[1]
         return images / seconds if seconds > 0 and images > 0 else None
 
-    def planned_steps(self, global_batch: int) -> int | None:
-        """Optimizer steps the FLOPs / images budget allows at a fixed global batch (None: only a time limit)."""
+    def planned_steps(self, global_batch: int, pl_module: pl.LightningModule | None = None) -> int | None:
+        """Optimizer steps the FLOPs / images budget allows at a fixed global batch (None: only a time limit).
+
+        Args:
+            global_batch: Images per optimizer step, all ranks together.
+            pl_module: Measures ``flops_per_image`` from it first if unknown, as ``on_fit_start`` would (a latent
+                cache asks before the fit starts how far the run will read).
+        """
+        if self.flops_per_image is None and pl_module is not None:
+            self.flops_per_image = train_flops_per_image(pl_module)
         limits = []
         if self.train_flops is not None:
             limits.append(self.train_flops / (self.flops_per_image * global_batch))
