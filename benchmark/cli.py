@@ -211,6 +211,15 @@ class LDMBenchCLI(LightningCLI):
             checkpoint_step(ckpt)
         super()._parse_ckpt_path()
 
+    def _weights_only_by_default(self) -> None:
+        # Our checkpoints hold tensors and plain data only; loading them weights-only refuses pickled code and keeps
+        # torch's "weights_only was not set" warning out of every resumed run. `--weights_only false` still wins.
+        kwargs = self.config_init[self.subcommand]
+        if kwargs.get("ckpt_path") and kwargs.get("weights_only") is None:
+            kwargs["weights_only"] = True
+
+    before_fit = before_validate = before_test = before_predict = _weights_only_by_default
+
     def place_run(self, config: Any) -> None:
         """Decide where this run writes (a new version, the resumed run, or under the evaluated run)."""
         try:
