@@ -285,7 +285,7 @@ def render_suite(
     """
     suite = load_suite(suite_path)
     out_dir = Path(results_dir) if results_dir is not None else suite.root
-    rows = res.read_rows(out_dir / "results.jsonl")
+    rows = res.read_results(out_dir)
     keys = current_keys(suite, rows) if check_keys else None
     shown = res.latest_rows(rows, keys)
     plot_path = out_dir / "plots" / f"{suite.metric}_vs_compute.png"

@@ -1,4 +1,4 @@
-"""Result rows: their key, the environment they record, and the ``results.jsonl`` file they live in.
+"""Result rows: their key, the environment they record, and the files they live in (one per row, `write_row`).
 
 A row is keyed by a hash of everything that decides its numbers: the resolved entry config (model, data, the
 trainer settings that change training), the seed, the budget, the evaluation protocol, the code, the versions of
@@ -17,7 +17,6 @@ redone by the next run.
 from __future__ import annotations
 
 import copy
-import fcntl
 import hashlib
 import json
 import os
@@ -294,26 +293,98 @@ def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
-    """Add one row; an older row of the same (entry, seed, key) is replaced so a redo never duplicates, keeping its
-    throughput when the new one's was measured on a loaded machine and its own was not (`keep_unflagged_throughput`).
+    """Add one row to a single ``results.jsonl`` (the layout before row files; one writer at a time): an older row of
+    the same (entry, seed, key) is replaced, keeping its throughput when the new one's was measured on a loaded
+    machine and its own was not (`keep_unflagged_throughput`). The runner writes row files instead (`write_row`)."""
+    path = Path(path)
+    same = (row.get("entry"), row.get("seed"), row["key"])
+    rows, replaced = [], []
+    for r in read_rows(path):
+        (replaced if (r.get("entry"), r.get("seed"), r.get("key")) == same else rows).append(r)
+    for old in replaced:
+        row = keep_unflagged_throughput(row, old)
+    write_rows(path, [*rows, row])
 
-    Rows trained in parallel processes (``leaderboard run --jobs``) append to the same file: an exclusive lock on
-    ``results.jsonl.lock`` makes each read-modify-write whole."""
+
+# ----------------------------------------------------------------------------------------------- row files
+ROWS = "rows"  # a results folder's row files: one JSON file per row, named by the row (`row_path`)
+LEGACY = "results.jsonl"  # the one file rows were appended to before; still read (`read_results`)
+
+
+def row_stem(entry: str, seed: Any, key: str) -> str:
+    """The name (without suffix) of a row's file: its entry, seed and key, so that one row has one file."""
+    return f"{entry}-s{seed}-{key}"
+
+
+def row_path(results_dir: str | Path, row: dict[str, Any]) -> Path:
+    """``<results_dir>/rows/<entry>-s<seed>-<key>.json``."""
+    return Path(results_dir) / ROWS / f"{row_stem(row['entry'], row.get('seed'), row['key'])}.json"
+
+
+def write_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
+    """Write one row to its own file, atomically (a temporary file in the same folder, then ``os.replace``).
+
+    No lock: every row has its own file, so rows finished at once by several processes (or cluster jobs) never meet,
+    and two writers of the same row (two launchers, a resubmitted job) leave one file. A row that replaces an earlier
+    file of the same key keeps that file's throughput where its own was measured on a loaded machine
+    (`keep_unflagged_throughput`).
+    """
+    path = row_path(results_dir, row)
+    old = _read_json(path)
+    if old is not None:
+        row = keep_unflagged_throughput(row, old)
+    write_text_atomic(path, json.dumps(row, default=_json_default, indent=1) + "\n")
+    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and one ``os.replace``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".lock"), "a+") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            same = (row.get("entry"), row.get("seed"), row["key"])
-            rows, replaced = [], []
-            for r in read_rows(path):
-                (replaced if (r.get("entry"), r.get("seed"), r.get("key")) == same else rows).append(r)
-            for old in replaced:
-                row = keep_unflagged_throughput(row, old)
-            rows.append(row)
-            write_rows(path, rows)
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _file_order(path: Path, row: dict[str, Any]) -> tuple[Any, ...]:
+    # Rows migrated from a results.jsonl first, in its order (`legacy_line`: where their (entry, seed) first appeared
+    # there, which is the order render lists them in); then the others as they were made.
+    if isinstance(row.get("legacy_line"), int):
+        return (0, row["legacy_line"], "", "")
+    return (1, 0, str(row.get("created", "")), path.name)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_results(results_dir: str | Path) -> list[dict[str, Any]]:
+    """Every row of a results folder, oldest first: its row files merged with a ``results.jsonl`` of the older layout.
+
+    One row per (entry, seed, key): a row file replaces a ``results.jsonl`` line of the same row. Row files are ordered
+    by the time their rows were made (``created``), then by name, so the newest row of an (entry, seed) comes last, as
+    it did in the appended file; rows migrated from such a file keep its order (``legacy_line``).
+    """
+    results_dir = Path(results_dir)
+    files = [(path, _read_json(path)) for path in (results_dir / ROWS).glob("*.json")]
+    rows = sorted(((p, r) for p, r in files if r is not None), key=lambda pr: _file_order(*pr))
+    merged: dict[tuple[Any, Any, Any], dict[str, Any]] = {}
+    for row in [*read_rows(results_dir / LEGACY), *(r for _, r in rows)]:
+        ident = (row.get("entry"), row.get("seed"), row.get("key"))
+        merged.pop(ident, None)  # the newer one, at the newer place
+        merged[ident] = row
+    return list(merged.values())
 
 
 # Throughput figures, the prefix of their load fields (`benchmark.callbacks.throughput`) and their flag.

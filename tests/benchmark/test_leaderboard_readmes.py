@@ -20,9 +20,9 @@ def test_a_committed_readme_is_what_render_writes(root):
     assert (root / README).read_text() == text, f"re-render: ldmbench leaderboard render {rel} [--describe]"
 
 
-@pytest.mark.parametrize("root", [p for p in SUITES if (p / "results.jsonl").is_file()], ids=lambda p: p.name)
+@pytest.mark.parametrize("root", [p for p in SUITES if (p / res.ROWS).is_dir()], ids=lambda p: p.name)
 def test_every_row_whose_key_is_not_current_is_shown_stale(root):
-    rows = res.read_rows(root / "results.jsonl")
+    rows = res.read_results(root)
     keys = current_keys(load_suite(root), rows)
     trained = [r for r in rows if r.get("source", "trained") == "trained"]
     current = {(r["entry"], r.get("seed")) for r in trained if r.get("key") in keys}
