@@ -33,18 +33,7 @@ from benchmark.samplers import EulerSampler, Sampler
 from conditioning.conditioner import Conditioner, _batch_size, default_control
 from conditioning.types import Cond
 from data.autoencoder import Autoencoder
-
-
-def owned(component: Any) -> Any:
-    """A real, private instance of a component given as a `lazy_instance` default.
-
-    A lazy default is one object shared by every call of the constructor and only initialised by a method call, so
-    plain attribute reads on it fail; build a fresh instance of the class from its recorded arguments instead.
-    """
-    lazy_type = getattr(component, "_lazy_class_type", None)
-    if lazy_type is None:
-        return component
-    return lazy_type(**component._lazy_kwargs)
+from data.compat import cli_given_hyperparameters, owned
 
 
 def default_optimizer(params: Any) -> torch.optim.Optimizer:
@@ -146,9 +135,7 @@ class DiffusionModule(pl.LightningModule):
         that loads with ``weights_only=True``, from which ``load_from_checkpoint`` rebuilds the exact model. Built in
         Python, component objects are left out, since storing them would mean pickling code.
         """
-        from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
-
-        ignore = [] if _given_hyperparameters.get() is not None else list(self.COMPONENTS)
+        ignore = [] if cli_given_hyperparameters() is not None else list(self.COMPONENTS)
         self.save_hyperparameters(ignore=ignore, frame=frame)
 
     def _check_compatible(self) -> None:
@@ -195,7 +182,7 @@ class DiffusionModule(pl.LightningModule):
         return self.autoencoder.latent_shape(self.resolution)
 
     def configure_model(self) -> None:
-        if self._device_mesh is not None:  # a ModelParallelStrategy (e.g. benchmark.sharding.FSDPStrategy)
+        if self.device_mesh is not None:  # a ModelParallelStrategy (e.g. benchmark.sharding.FSDPStrategy)
             from benchmark.sharding import shard_module
 
             shard_module(self, self.trainer.strategy)

@@ -28,12 +28,12 @@ import csv
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.loggers.csv_logs import _ExperimentWriter
 from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter
 from lightning.pytorch.loggers.logger import rank_zero_experiment
@@ -222,21 +222,24 @@ class _ResumingWriter(ExperimentWriter):
 
     def __init__(self, log_dir: str, resume_step: int | None) -> None:
         self.resume_step = resume_step
-        super().__init__(log_dir)
-
-    def _check_log_dir_exists(self) -> None:
-        path = Path(self.metrics_file_path)
-        if self.resume_step is None or not path.is_file():
-            return _ExperimentWriter._check_log_dir_exists(self)
+        path = Path(log_dir) / self.NAME_METRICS_FILE
+        if resume_step is None or not path.is_file():
+            super().__init__(log_dir)  # a new run: Lightning's writer warns about and deletes an old metrics.csv
+            return
+        # Read the rows before Lightning's constructor deletes the file (its public behaviour), then write back those
+        # logged before the checkpoint; the warning about a non-empty folder is expected when resuming.
         with open(path, newline="") as file:
             reader = csv.DictReader(file)
             keys, rows = list(reader.fieldnames or []), list(reader)
-        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < self.resume_step]
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Experiment logs directory .* exists and is not empty")
+            super().__init__(log_dir)
+        kept = [row for row in rows if not row.get("step") or int(float(row["step"])) < resume_step]
         with open(path, "w", newline="") as file:
             writer = csv.DictWriter(file, fieldnames=keys)
             writer.writeheader()
             writer.writerows(kept)
-        self.metrics_keys = keys
+        self.metrics_keys = keys  # the header written above: later rows append under it
 
 
 class RunLogger(CSVLogger):

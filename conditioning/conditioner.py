@@ -23,6 +23,7 @@ from torch import Tensor, nn
 from conditioning.padding import PADDING_MODES, PaddingMode, pad_text
 from conditioning.text import TextEncoder
 from conditioning.types import Cond
+from data.compat import owned
 
 EXAMPLE_CAPTIONS: tuple[str, ...] = (
     "a red circle on a white background",
@@ -137,7 +138,7 @@ class Conditioner(nn.Module):
         self.control_names = tuple(control_names or ())
         self.semantic_dropout = semantic_dropout
         self.control_dropout = control_dropout
-        self.text_encoders = nn.ModuleDict({name: _owned(e) for name, e in encoders.items()})
+        self.text_encoders = nn.ModuleDict({name: owned(e) for name, e in encoders.items()})
         self.text_dropout = {name: float(text_dropout.get(name, 0.0)) for name in encoders}
         self.text_null = text_null
         self.padding, self.padding_sigma = padding, float(padding_sigma)
@@ -426,12 +427,6 @@ def default_control(n: int, resolution: int, device: torch.device | str | None =
         "crop_size": full.clone(),
         "flip": torch.zeros(n, device=device),
     }
-
-
-def _owned(component: Any) -> Any:
-    # A `lazy_instance` default is shared and uninitialised until used: make a private instance of it.
-    lazy_type = getattr(component, "_lazy_class_type", None)
-    return component if lazy_type is None else lazy_type(**component._lazy_kwargs)
 
 
 def _zero_states(encoder: TextEncoder, n: int, device: torch.device) -> TextStates:

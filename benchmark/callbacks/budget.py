@@ -16,6 +16,8 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
+from data.compat import set_max_steps
+
 
 def train_flops_per_image(module: pl.LightningModule) -> float:
     """Training FLOPs (forward + backward, not MACs) of one image for ``module``, from the engine's FLOP counter.
@@ -160,8 +162,7 @@ class ComputeBudget(pl.Callback):
         if isinstance(batch, int) and batch > 0:
             planned = self.planned_steps(batch * trainer.accumulate_grad_batches * trainer.world_size)
             if planned is not None:
-                loop = trainer.fit_loop.epoch_loop
-                loop.max_steps = planned if loop.max_steps < 0 else min(loop.max_steps, planned)
+                set_max_steps(trainer, planned if trainer.max_steps < 0 else min(trainer.max_steps, planned))
         self._clock = time.perf_counter()
         if not any(isinstance(c, _RestartClock) and c.budget is self for c in trainer.callbacks):
             trainer.callbacks.append(_RestartClock(self))  # last: runs after every other callback's batch end

@@ -117,7 +117,7 @@ class SampleGrid(pl.Callback):
         out_dir = Path(trainer.log_dir or trainer.default_root_dir) / "samples"
         if trainer.is_global_zero:
             self._save(trainer, pl_module, out_dir / f"step_{step:07d}.png")
-        elif getattr(pl_module, "_device_mesh", None) is not None:  # a sharded (FSDP) EMA samples collectively
+        elif getattr(pl_module, "device_mesh", None) is not None:  # a sharded (FSDP) EMA samples collectively
             self.render(pl_module)
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:

@@ -2,6 +2,7 @@
 
 import argparse
 import os
+import warnings
 from pathlib import Path
 
 import pytest
@@ -88,7 +89,9 @@ def test_a_resumed_log_continues_and_drops_the_steps_it_redoes(tmp_path):
     first.save()
     assert first.log_dir == str(tmp_path / "e/version_0")
     resumed = RunLogger(save_dir=str(tmp_path), name="e", version=0, resume_step=4)
-    resumed.log_metrics({"train/loss": 40.0, "val/loss": 1.0}, step=4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # continuing a log is expected: no "will be deleted" warning
+        resumed.log_metrics({"train/loss": 40.0, "val/loss": 1.0}, step=4)
     resumed.save()
     lines = (tmp_path / "e/version_0/metrics.csv").read_text().splitlines()
     assert lines[0] == "step,train/loss,val/loss"

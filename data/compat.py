@@ -1,0 +1,55 @@
+"""The one place that uses private APIs of Lightning and jsonargparse, where they offer no public hook.
+
+Each use below is pinned by a test in ``tests/data/test_compat.py`` that fails with a message naming the use when an
+upgrade changes or removes what it relies on, instead of the project breaking silently. It sits on the bottom floor
+because the conditioning package needs `owned` too; Lightning and jsonargparse are imported only where used.
+
+- `owned`: jsonargparse's ``lazy_instance`` object keeps its class and arguments in ``_lazy_class_type`` /
+  ``_lazy_kwargs``; a component needs a private, initialised instance of such a shared default.
+- `cli_given_hyperparameters`: LightningCLI hands a module its config (``class_path`` dicts) through the context
+  variable ``lightning.pytorch.core.mixins.hparams_mixin._given_hyperparameters``; nothing public says whether a
+  module is being built by the CLI.
+- `set_max_steps`: the trainer's step limit lives on ``trainer.fit_loop.epoch_loop.max_steps`` (``Trainer.max_steps``
+  is read-only); a compute budget known only at ``on_train_start`` sets it so that progress totals are right.
+- `without_seeding`: ``LightningCLI.__init__`` calls ``_set_seed`` (``seed_everything``) right after parsing; a
+  parse-only CLI must leave the caller's random state alone.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def owned(component: Any) -> Any:
+    """A real, private instance of a component given as a `jsonargparse.lazy_instance` default; others unchanged.
+
+    A lazy default is one object shared by every call of the constructor and only initialised by a method call, so
+    plain attribute reads on it fail; build a fresh instance of the class from its recorded arguments instead.
+    """
+    lazy_type = getattr(component, "_lazy_class_type", None)
+    if lazy_type is None:
+        return component
+    return lazy_type(**component._lazy_kwargs)
+
+
+def cli_given_hyperparameters() -> dict[str, Any] | None:
+    """The config LightningCLI is instantiating the current module from (plain data), or None outside the CLI."""
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get()
+
+
+def set_max_steps(trainer: Any, steps: int) -> None:
+    """Set the running trainer's step limit (what ``trainer.max_steps`` reports and where ``fit`` stops)."""
+    trainer.fit_loop.epoch_loop.max_steps = steps
+
+
+def without_seeding(cli_class: type) -> type:
+    """A subclass of a `LightningCLI` class whose construction does not call ``seed_everything``."""
+
+    class _NoSeed(cli_class):
+        def _set_seed(self) -> None:  # parsing must not reseed the caller's RNGs
+            pass
+
+    _NoSeed.__name__ = _NoSeed.__qualname__ = f"{cli_class.__name__}WithoutSeeding"
+    return _NoSeed
