@@ -38,7 +38,6 @@ from lightning.pytorch.callbacks import BasePredictionWriter, ModelSummary  # no
 from lightning.pytorch.callbacks import ProgressBar as ProgressBarBase  # noqa: E402
 from lightning.pytorch.cli import ArgsType, LightningArgumentParser, LightningCLI  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
-from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table  # noqa: E402
 
 import baselines.dit  # noqa: E402, F401  (imported so that short names like `--model DiTModule` resolve)
 import data.imagefolder  # noqa: E402, F401
@@ -57,6 +56,7 @@ from benchmark.runs import (  # noqa: E402
     refuse_fixed_paths,
     run_of_checkpoint,
 )
+from data.compat import format_summary_table  # noqa: E402
 from data.folder_scan import FolderError  # noqa: E402
 
 # The frozen autoencoder and the EMA copy are in eval mode on purpose; Lightning warns about any such module.
@@ -308,7 +308,7 @@ class SummaryWithoutFlops(ModelSummary):
         **summarize_kwargs: Any,
     ) -> None:
         columns = [column for column in summary_data if column[0] != "FLOPs"]
-        table = _format_summary_table(
+        table = format_summary_table(
             total_parameters, trainable_parameters, model_size, total_training_modes, 0, *columns
         )
         rank_zero_info("\n" + table.rsplit("\n", 1)[0])  # the last line is the FLOPs total

@@ -13,6 +13,10 @@ because the conditioning package needs `owned` too; Lightning and jsonargparse a
   is read-only); a compute budget known only at ``on_train_start`` sets it so that progress totals are right.
 - `without_seeding`: ``LightningCLI.__init__`` calls ``_set_seed`` (``seed_everything``) right after parsing; a
   parse-only CLI must leave the caller's random state alone.
+- `uses_distributed_sampler`: the Trainer's ``use_distributed_sampler`` flag is kept only on its private
+  ``_accelerator_connector``; a DataModule that splits its stream across ranks itself must refuse the injection.
+- `format_summary_table`: ``ModelSummary.summarize`` is public, but the table it prints comes from the private
+  ``_format_summary_table``; the CLI's summary reuses it without the FLOPs line (always 0 for a diffusion module).
 """
 
 from __future__ import annotations
@@ -53,3 +57,24 @@ def without_seeding(cli_class: type) -> type:
 
     _NoSeed.__name__ = _NoSeed.__qualname__ = f"{cli_class.__name__}WithoutSeeding"
     return _NoSeed
+
+
+def uses_distributed_sampler(trainer: Any) -> bool:
+    """Whether the trainer wraps training samplers in a ``DistributedSampler`` (its ``use_distributed_sampler``)."""
+    return bool(getattr(getattr(trainer, "_accelerator_connector", None), "use_distributed_sampler", False))
+
+
+def format_summary_table(
+    total_parameters: int,
+    trainable_parameters: int,
+    model_size: float,
+    total_training_modes: dict[str, int],
+    total_flops: int,
+    *columns: tuple[str, list[str]],
+) -> str:
+    """Lightning's model-summary table (what ``ModelSummary.summarize`` logs) as a string."""
+    from lightning.pytorch.utilities.model_summary.model_summary import _format_summary_table
+
+    return _format_summary_table(
+        total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *columns
+    )

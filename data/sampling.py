@@ -19,6 +19,8 @@ import numpy as np
 from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
+from data.compat import uses_distributed_sampler
+
 
 def epoch_permutation(seed: int, epoch: int, length: int) -> np.ndarray:
     """Epoch ``epoch`` of the shuffled training stream: the permutation of ``range(length)`` seeded by
@@ -205,8 +207,7 @@ class ResumableDataModule(LightningDataModule):
         # Lightning wraps any non-DistributedSampler in DistributedSamplerWrapper under DDP, which would split our
         # already rank-split stream a second time: each rank would silently see 1/world_size of its share.
         trainer = self.trainer
-        connector = getattr(trainer, "_accelerator_connector", None)
-        if trainer is not None and trainer.world_size > 1 and getattr(connector, "use_distributed_sampler", False):
+        if trainer is not None and trainer.world_size > 1 and uses_distributed_sampler(trainer):
             raise ValueError(
                 f"{type(self).__name__} splits its training stream across ranks itself; "
                 "construct the Trainer with use_distributed_sampler=False (trainer.use_distributed_sampler: false)"

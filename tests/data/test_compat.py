@@ -12,7 +12,14 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 
-from data.compat import cli_given_hyperparameters, owned, set_max_steps, without_seeding
+from data.compat import (
+    cli_given_hyperparameters,
+    format_summary_table,
+    owned,
+    set_max_steps,
+    uses_distributed_sampler,
+    without_seeding,
+)
 
 
 class _Part:
@@ -104,3 +111,22 @@ def test_set_max_steps_moves_the_running_trainers_stop():
     )
     trainer.fit(BoringModel())
     assert trainer.global_step == 2, "setting the epoch loop's max_steps no longer stops fit there"
+
+
+def test_uses_distributed_sampler_reads_the_trainers_flag():
+    quiet = {"logger": False, "enable_checkpointing": False, "enable_progress_bar": False}
+    assert uses_distributed_sampler(pl.Trainer(**quiet)) is True, (
+        "Trainer(use_distributed_sampler=True) is no longer visible on trainer._accelerator_connector: "
+        "update data.compat.uses_distributed_sampler"
+    )
+    assert uses_distributed_sampler(pl.Trainer(use_distributed_sampler=False, **quiet)) is False
+
+
+def test_format_summary_table_ends_with_the_flops_line():
+    """The CLI's summary drops the table's last line, which must be the FLOPs total."""
+    columns = [("Name", ["backbone"]), ("Type", ["DiT"]), ("Params", ["1.0 M"])]
+    table = format_summary_table(1_000_000, 1_000_000, 4.0, {"train": 1, "eval": 0}, 0, *columns)
+    assert "backbone" in table and "Total params" in table
+    assert "FLOPs" in table.splitlines()[-1], (
+        f"Lightning's summary table no longer ends with the FLOPs total: {table.splitlines()[-1]!r}"
+    )
