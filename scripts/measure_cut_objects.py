@@ -3,10 +3,11 @@
     python scripts/measure_cut_objects.py \\
         --entry additive=leaderboards/shapes-ablations/additive.yaml:<row>/final.ckpt [--entry ...] [--n 100]
 
-For each entry, ``n`` samples (classes cycled, the protocol's sampler and semantic guidance) are drawn with the
-uncropped, largest-original control (`benchmark.module.DiffusionModule.default_control`, the reference view of
-`data.shapes.Shapes`) and ``n`` with the same noise and controls of ``n`` training items (their real crops,
-unflipped); `benchmark.evaluation.cut_objects` counts the samples whose object touches the border. An entry that
+For each entry, `benchmark.evaluation.cut_objects.cut_object_rates` (what a leaderboard row reports) draws ``n``
+samples through the protocol (its sampler, steps, semantic guidance and noise) with the uncropped, largest-original
+control and the labels or captions of ``n`` reference-view training items, and ``n`` with the same noise and the
+real crops, labels or captions of ``n`` training items (unflipped); it counts the samples whose object touches the
+border. An entry that
 learned the crop control draws whole objects for the first and cuts for the second (on real renders: 0 % of
 reference views and about 42 % of training items are cut). Prints JSON.
 """
@@ -40,8 +41,8 @@ def main(argv: list[str] | None = None) -> dict:
         name, rest = spec.split("=", 1)
         config, ckpt = rest.rsplit(":", 1)
         module = load(config, ckpt)
-        with protocol.apply(module):  # the protocol sampler and semantic guidance scale
-            report[name] = cut_object_rates(module, ShapesDataModule(resolution=module.resolution), args.n, args.seed)
+        data = ShapesDataModule(resolution=module.resolution)
+        report[name] = cut_object_rates(module, protocol.replace(seed=args.seed), data, num_samples=args.n)
     print(json.dumps(report, indent=1))
     return report
 

@@ -22,9 +22,12 @@ on 200 items.
 A view entirely inside the object (one colour only) is not counted as cut: with no second colour there is no
 border to find. Shapes crops never do this (they keep at least 60 % of the object's bounding box).
 
-`CutObjectRate` is a `benchmark.evaluation.metrics.FeatureMetric` over the per-sample indicator `cut_features`;
-`cut_object_rates` samples a model with the uncropped reference control and with crops drawn from training and
-reports both rates.
+`CutObjectRate` is a `benchmark.evaluation.metrics.FeatureMetric` over the per-sample indicator `cut_features`.
+`cut_object_rates` samples an entry through the evaluation protocol (its sampler, steps, guidance scale and noise)
+with the uncropped reference control and with crops drawn from training (`condition_sets`), and reports both rates;
+`benchmark.evaluation.evaluate.evaluate` adds them to the row of every control-conditioned Shapes entry, beside
+control disentanglement. An entry that learned the crop control draws whole objects for the first (0 % of real
+reference views are cut) and cuts for the second (about 42 % of real training items).
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ from torch import Tensor
 from benchmark.evaluation.metrics import FeatureMetric
 from data.shapes import COLOURS
 
-__all__ = ["CutObjectRate", "cut_features", "cut_object_rates"]
+__all__ = ["DEFAULT_SAMPLES", "CutObjectRate", "condition_sets", "cut_features", "cut_object_rates"]
 
 _PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # (P, 3) in 0..255
 
@@ -84,40 +87,121 @@ class CutObjectRate(FeatureMetric):
         return float(features[:, 0].mean())
 
 
-def training_controls(datamodule: Any, n: int, seed: int = 0) -> dict[str, Tensor]:
-    """The controls of ``n`` training items (the crops the data actually produces), batched, flip forced off."""
-    dataset = datamodule.train_set
-    rng = np.random.default_rng(seed)
-    indices = rng.choice(len(dataset), size=n, replace=len(dataset) < n)
-    controls = [dataset.sample(int(i), flip=False)["control"] for i in indices]
+DEFAULT_SAMPLES = 200
+"""Samples per condition in a row (at most the protocol's ``num_samples``): the rate's bootstrap SD is then about
+0.035 at a rate of 0.5."""
+
+
+def _control_dict(controls: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {key: torch.stack([c[key] for c in controls]) for key in controls[0]}
+
+
+def condition_sets(dataset: Any, n: int, seed: int = 0) -> dict[str, dict[str, Any]]:
+    """The two conditions of the measure, drawn from the training items of ``dataset`` (a `data.shapes.Shapes`).
+
+    - ``uncropped``: ``n`` reference-view items (largest original, uncropped; their control is the default control
+      that sampling and fd use), with their own class label and caption;
+    - ``train_crops``: ``n`` items in the order a seeded permutation gives them, with their own crop (the crops
+      the data produces, cut objects included), class label and caption.
+
+    Flip is forced off in both (the reference control is unflipped; a caption then names the unflipped direction), so
+    only the crop differs between the conditions. Each is ``{"indices": [int], "labels": (n,) int64, "captions":
+    [str], "control": {name: (n, ...)}}``. The same ``(dataset settings, n, seed)`` give the same items.
+    """
+    reference = None
+    if hasattr(dataset, "canvas_range"):
+        side = float(dataset.canvas_range[1])
+        reference = (side, side, 0.0, 0.0, side, side)  # orig, crop offset, crop size of the uncropped view
+    order = np.random.default_rng(seed).permutation(len(dataset))
+    picked: dict[str, list[dict[str, Any]]] = {"uncropped": [], "train_crops": []}
+    for index in order:
+        if len(picked["uncropped"]) >= n and len(picked["train_crops"]) >= n:
+            break
+        item = dataset.sample(int(index), flip=False)
+        item["index"] = int(index)
+        c = item["control"]
+        box = tuple(float(v) for key in ("orig_size", "crop_coords", "crop_size") for v in c[key].reshape(-1))
+        if len(picked["train_crops"]) < n:
+            picked["train_crops"].append(item)
+        if box == reference and len(picked["uncropped"]) < n:
+            picked["uncropped"].append(item)
+    out = {}
+    for name, items in picked.items():
+        if len(items) < n:
+            raise ValueError(f"only {len(items)} {name} items among {len(dataset)} training items, {n} needed")
+        out[name] = {
+            "indices": [it["index"] for it in items],
+            "labels": torch.stack([torch.as_tensor(it["class_label"]) for it in items]).long(),
+            "captions": [it["caption"] for it in items],
+            "control": _control_dict([it["control"] for it in items]),
+        }
+    return out
 
 
 @torch.no_grad()
 def cut_object_rates(
-    module: Any, datamodule: Any, n: int = 64, seed: int = 0, bootstrap_reps: int = 200
-) -> dict[str, float]:
-    """Sample ``n`` images with the uncropped reference control and ``n`` with training crops; both cut rates.
+    module: Any,
+    protocol: Any,
+    datamodule: Any = None,
+    *,
+    num_samples: int | None = None,
+    bootstrap_reps: int | None = None,
+) -> dict[str, Any]:
+    """The row's cut-object rates: samples with the uncropped control and with training crops, through ``protocol``.
+
+    Sampling is the protocol's (sampler, steps, semantic guidance scale, EMA), as for fd. Sample ``i`` of either
+    condition starts from the protocol's noise of sample ``i`` (``sample_seed(protocol.seed, i)``), so the two rates
+    are paired. The semantic condition is the item's own: its class label for class-conditional entries, its caption
+    for caption-conditioned ones (the caption of the view the control asks for), none for unconditional ones.
 
     Args:
-        module: A control-conditioned module with ``sample_images(labels=..., control=..., seed=...)`` and
-            ``default_control(n)``, ``num_classes``.
-        datamodule: The Shapes data the module trained on (its training crops are drawn).
-        n: Samples per condition (classes cycle through ``range(num_classes)``).
-        seed: Noise seed (the same noise for both conditions) and crop-draw seed.
+        module: A Shapes entry conditioned on control metadata.
+        protocol: The suite's `benchmark.evaluation.protocol.EvalProtocol`.
+        datamodule: The entry's data: the training items are drawn from a Shapes built with its settings (see
+            `benchmark.evaluation.evaluate.shapes_reference_dataset`); None uses the Shapes defaults.
+        num_samples: Samples per condition (default ``min(DEFAULT_SAMPLES, protocol.num_samples)``).
+        bootstrap_reps: Bootstrap resamples of the ``_sd`` (default the protocol's).
 
     Returns:
-        ``cut_object_rate_uncropped`` and ``cut_object_rate_train_crops``, each with its ``_sd``.
+        ``cut_object_rate_uncropped``, ``cut_object_rate_train_crops``, each with ``_sd`` (bootstrap over samples),
+        and ``cut_object_samples``.
     """
-    labels = torch.arange(n, device=module.device) % module.num_classes
-    out: dict[str, float] = {}
-    for name, control in (
-        ("uncropped", module.default_control(n)),
-        ("train_crops", training_controls(datamodule, n, seed)),
-    ):
-        control = {k: v.to(module.device) for k, v in control.items()}
-        images = module.sample_images(labels=labels, control=control, seed=seed)
-        metric = CutObjectRate(name=f"cut_object_rate_{name}", bootstrap_reps=bootstrap_reps, seed=seed)
-        metric.update(cut_features(images.cpu()))
-        out.update(metric.compute())
+    from benchmark.evaluation.evaluate import shapes_reference_dataset
+    from benchmark.evaluation.generate import per_sample_noise
+    from benchmark.evaluation.protocol import sample_seed
+
+    if not getattr(module.conditioner, "control_names", ()):
+        raise ValueError("the cut-object rate needs an entry conditioned on control metadata")
+    n = min(DEFAULT_SAMPLES, protocol.num_samples) if num_samples is None else int(num_samples)
+    source = getattr(datamodule, "train_set", None)
+    length = len(source) if source is not None else 100_000
+    dataset = shapes_reference_dataset("shapes:train", module.resolution, datamodule, length)
+    conditions = condition_sets(dataset, n, protocol.seed)
+    semantic = getattr(module.conditioner, "semantic", "none")
+    seeds = [sample_seed(protocol.seed, i) for i in range(n)]
+    noise = torch.stack([torch.randn(module.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])
+    reps = protocol.bootstrap_reps if bootstrap_reps is None else bootstrap_reps
+    out: dict[str, Any] = {}
+    was_training = module.training
+    module.eval()
+    try:
+        with protocol.apply(module, protocol.guidance_scale if semantic != "none" else 1.0):
+            for name, condition in conditions.items():
+                generators = [torch.Generator().manual_seed(s) for s in seeds]
+                with per_sample_noise(generators):
+                    images = module.sample_images(
+                        labels=condition["labels"] if semantic == "class" else None,
+                        captions=condition["captions"] if semantic == "caption" else None,
+                        control={k: v.to(module.device) for k, v in condition["control"].items()},
+                        num_samples=n,
+                        use_ema=protocol.use_ema,
+                        noise=noise.to(module.device),
+                        generators=generators,
+                    )
+                metric = CutObjectRate(name=f"cut_object_rate_{name}", bootstrap_reps=reps, seed=protocol.seed)
+                metric.update(cut_features(images.float().cpu()))
+                out.update(metric.compute())
+    finally:
+        module.train(was_training)
+    out["cut_object_samples"] = n
     return out

@@ -91,6 +91,11 @@ def evaluate(
             from benchmark.evaluation.shapes_clip import ShapesCLIP
 
             metrics.update(control_disentanglement(module, protocol, ShapesCLIP.load(), flip=flips))
+            if is_shapes(datamodule):
+                # Whole objects with the uncropped control, cuts with training crops (issue 24's cut-object rate).
+                from benchmark.evaluation.cut_objects import cut_object_rates
+
+                metrics.update(cut_object_rates(module, protocol, datamodule))
     finally:
         module.train(was_training)
     metrics["num_samples"] = protocol.num_samples

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmark.evaluation.cut_objects import CutObjectRate, cut_features, training_controls
+from benchmark.evaluation import EvalProtocol
+from benchmark.evaluation.cut_objects import CutObjectRate, condition_sets, cut_features, cut_object_rates
 from data.shapes import Shapes, ShapesDataModule
 from tests.benchmark.evaluation.metric_controls import MetricControls
 
@@ -36,10 +37,73 @@ def test_whole_objects_on_lit_backgrounds_are_never_cut(control_data):
     assert len(reference) >= 20 and cut_features(reference).sum() == 0
 
 
-def test_training_controls_are_real_crops_unflipped():
-    controls = training_controls(ShapesDataModule(train_length=1000, val_length=8), 50, seed=1)
-    assert controls["orig_size"].shape == (50, 2) and (controls["flip"] == 0).all()
-    assert (controls["crop_size"] < controls["orig_size"]).any() and (controls["orig_size"] < 32).any()
+def test_conditions_are_reference_views_and_real_crops_of_the_datas_own_settings():
+    data = ShapesDataModule(train_length=1000, val_length=8, min_scale=0.6)
+    sets = condition_sets(data.train_set, 30, seed=1)
+    ref, crops = sets["uncropped"]["control"], sets["train_crops"]["control"]
+    assert (ref["orig_size"] == 32).all() and (ref["crop_size"] == 32).all() and (ref["crop_coords"] == 0).all()
+    assert (ref["flip"] == 0).all() and (crops["flip"] == 0).all()
+    assert (crops["crop_size"] < crops["orig_size"]).any() and (crops["orig_size"] < 32).any()
+    area = crops["crop_size"].prod(1) / crops["orig_size"].prod(1)
+    assert area.min() >= 0.59  # the data's min_scale 0.6, not the Shapes default 0.25
+    for s in sets.values():  # each item's own label and unflipped caption
+        for i, label, caption in zip(s["indices"], s["labels"], s["captions"], strict=True):
+            item = data.train_set.sample(i, flip=False)
+            assert int(item["class_label"]) == int(label) and item["caption"] == caption and " left" not in caption
+
+
+class StandIn:
+    """A control-conditioned Shapes entry: draws the training item whose crop it is asked for (``obeys``), or item
+    ``i``'s crop whatever the control (it ignores the control: the crops cut objects in both conditions)."""
+
+    def __init__(self, obeys: bool, semantic: str, data: ShapesDataModule, n: int) -> None:
+        from benchmark.objectives import RectifiedFlow
+
+        self.obeys, self.data = obeys, data
+        self.objective, self.sampler, self.guidance = RectifiedFlow(), None, None
+        self.conditioner = type("C", (), {"control_names": ("flip",), "semantic": semantic})()
+        self.num_classes, self.resolution, self.latent_shape = 10, 32, (4, 8, 8)
+        self.device, self.training = torch.device("cpu"), False
+        sets = condition_sets(data.train_set, n, seed=0)  # what the measure asks for (the protocol's seed 0)
+        self.crops, self.whole = sets["train_crops"]["indices"], sets["uncropped"]["indices"]
+        self.by_control = {self._key(sets["train_crops"]["control"], j): i for j, i in enumerate(self.crops)}
+        self.calls: list[dict] = []
+
+    @staticmethod
+    def _key(control, j):
+        return tuple(float(control[k][j].reshape(-1)[0]) for k in ("orig_size", "crop_coords", "crop_size"))
+
+    def eval(self):
+        return self
+
+    def train(self, mode: bool = True):
+        return self
+
+    def sample_images(self, labels=None, captions=None, control=None, num_samples=None, **kwargs):
+        self.calls.append({"labels": labels, "captions": captions})
+        out = []
+        for j in range(num_samples):
+            uncropped = self._key(control, j) == (32.0, 0.0, 32.0)
+            index = (
+                (self.whole[j] if uncropped else self.by_control[self._key(control, j)])
+                if self.obeys
+                else self.crops[j]
+            )
+            out.append(self.data.train_set.sample(index, flip=False)["image"])
+        return torch.stack(out)
+
+
+@pytest.mark.parametrize("semantic", ["class", "caption"])
+def test_rates_through_the_protocol_tell_an_entry_that_obeys_the_crop_from_one_that_ignores_it(semantic):
+    data, protocol = ShapesDataModule(train_length=2000, val_length=8), EvalProtocol(num_samples=40, bootstrap_reps=20)
+    obeys = StandIn(True, semantic, data, 40)
+    rates = cut_object_rates(obeys, protocol, data)
+    assert rates["cut_object_samples"] == 40 and "cut_object_rate_train_crops_sd" in rates
+    assert rates["cut_object_rate_uncropped"] == 0.0 and rates["cut_object_rate_train_crops"] >= 0.25
+    ignores = cut_object_rates(StandIn(False, semantic, data, 40), protocol, data)
+    assert ignores["cut_object_rate_uncropped"] == ignores["cut_object_rate_train_crops"] >= 0.25
+    call = obeys.calls[0]  # the entry's own semantic condition, never a class label for a text entry
+    assert (call["labels"] is None) == (semantic == "caption") and (call["captions"] is None) == (semantic == "class")
 
 
 class TestCutObjectRate(MetricControls):
