@@ -7,7 +7,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from benchmark.leaderboard.suite import Suite
@@ -48,10 +48,25 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--jobs",
         type=int,
-        help="rows trained at once, each in its own process with cores/jobs torch threads, logs in <output>/logs "
-        "(default: the preset's jobs; ignored under torchrun/srun)",
+        help="with --launcher local: rows trained at once, each a local job (its own process) with cores/jobs torch "
+        "threads, logs in <output>/logs (default: the preset's jobs; ignored under torchrun/srun)",
     )
-    run.add_argument("--no-render", action="store_true", help="append rows only; render later with `render`")
+    run.add_argument(
+        "--launcher",
+        choices=["local", "slurm"],
+        default="local",
+        help="local: rows in this process or as local jobs (--jobs); slurm: every row a SLURM job (sbatch), with the "
+        "preset's `slurm` settings and the flags below; a rerun reattaches to the rows still in flight",
+    )
+    slurm = run.add_argument_group("launcher settings (default: the preset's `slurm` mapping)")
+    slurm.add_argument("--time-min", type=float, help="time limit of one row in minutes (local: a week, SLURM: a day)")
+    slurm.add_argument("--partition", help="SLURM partition")
+    slurm.add_argument("--account", help="SLURM account")
+    slurm.add_argument("--gpus-per-row", type=int, help="GPUs of one row, all nodes together (one task per GPU, DDP)")
+    slurm.add_argument("--nodes", type=int, help="nodes of one row")
+    slurm.add_argument("--cpus-per-task", type=int, help="CPUs per task, and torch threads per row (default 8)")
+    slurm.add_argument("--mem-gb", type=float, help="memory per node in GB")
+    run.add_argument("--no-render", action="store_true", help="write rows only; render later with `render`")
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -59,9 +74,11 @@ def parser() -> argparse.ArgumentParser:
         "current or would run); trains and writes nothing",
     )
 
-    render = sub.add_parser("render", help="regenerate README.md, results.csv and plots from results.jsonl")
+    render = sub.add_parser("render", help="regenerate README.md, results.csv and plots from the rows")
     render.add_argument("suite")
-    render.add_argument("--results", help="folder holding results.jsonl (default: the suite folder)")
+    render.add_argument(
+        "--results", help="folder holding the rows (rows/*.json, or an older results.jsonl; default: the suite folder)"
+    )
     render.add_argument("--no-check", action="store_true", help="do not recompute keys to mark stale rows")
     render.add_argument(
         "--describe",
@@ -117,6 +134,8 @@ def main(argv: list[str]) -> None:
             progress=not args.no_progress,
             render=not args.no_render,
             jobs=args.jobs,
+            launcher=args.launcher,
+            launch_options=_launch_options(args),
         )
         failed = [r for r in rows if r.get("status") == "failed"]
         if failed:
@@ -139,18 +158,38 @@ def main(argv: list[str]) -> None:
         print({k: row.get(k) for k in ("entry", "source", "status", "metric", "metric_noguidance", "error")})
 
 
+_LAUNCH_FLAGS = ("time_min", "partition", "account", "gpus_per_row", "nodes", "cpus_per_task", "mem_gb")
+
+
+def _launch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The launcher flags that were given (the others come from the preset)."""
+    return {name: getattr(args, name) for name in _LAUNCH_FLAGS if getattr(args, name, None) is not None}
+
+
+def _threads(suite: Suite, args: argparse.Namespace) -> tuple[bool, int]:
+    """``(rows as local jobs, torch threads per row)`` of ``run`` with these arguments (the rows' keys hold them)."""
+    from benchmark.leaderboard.launch import Launch
+    from benchmark.leaderboard.plan import run_threads
+
+    preset = suite.preset(args.preset)
+    jobs = args.jobs if args.jobs is not None else preset.jobs
+    if args.launcher == "slurm" and run_threads(2)[0]:
+        return True, Launch.of("slurm", preset.slurm, jobs, **_launch_options(args)).threads(0)
+    return run_threads(jobs)
+
+
 def _discard_runs(
     cli: argparse.ArgumentParser, suite: Suite, args: argparse.Namespace, seeds: list[int] | None
 ) -> None:
     """``--retrain``: delete the run folders of the rows about to run, so that none resumes or reuses a training."""
-    from benchmark.leaderboard.runner import default_output, plan, run_threads
+    from benchmark.leaderboard.plan import default_output, plan
 
     if int(os.environ.get("WORLD_SIZE", "1")) > 1 or int(os.environ.get("SLURM_NTASKS", "1")) > 1:
         # Every rank would delete while another may already be reading: the launcher's user deletes them first.
         cli.error("--retrain under torchrun/srun: delete the rows' run folders before launching, then use --force")
     preset = suite.preset(args.preset)
     output = Path(args.output) if args.output else default_output(suite, preset)
-    _, threads = run_threads(args.jobs if args.jobs is not None else preset.jobs)
+    _, threads = _threads(suite, args)
     for job in plan(suite, preset, _list(args.entries), seeds, output, threads=threads):
         # Every folder of the row's trained model: its own, or another cell's that it would reuse.
         for run_dir in sorted(output.glob(f"*/{job.run_dir.name}")):
@@ -161,20 +200,22 @@ def _discard_runs(
 def _print_plan(suite: Suite, args: argparse.Namespace, seeds: list[int] | None) -> None:
     """``--dry-run``: the rows ``run`` would plan with these arguments, and which of them it would train."""
     from benchmark.leaderboard import results as res
-    from benchmark.leaderboard.runner import default_output, plan, results_dir_for, run_threads
+    from benchmark.leaderboard.plan import default_output, plan, results_dir_for
 
     preset = suite.preset(args.preset)
     output = Path(args.output) if args.output else None
-    in_processes, threads = run_threads(args.jobs if args.jobs is not None else preset.jobs)
-    results = results_dir_for(suite, preset, output) / "results.jsonl"
+    in_processes, threads = _threads(suite, args)
+    results = results_dir_for(suite, preset, output)
     done = {
-        (r.get("entry"), r.get("seed"), r.get("key")) for r in res.read_rows(results) if r.get("status") != "failed"
+        (r.get("entry"), r.get("seed"), r.get("key")) for r in res.read_results(results) if r.get("status") != "failed"
     }
     jobs = plan(suite, preset, _list(args.entries), seeds, output or default_output(suite, preset), threads=threads)
     budget = {k: v for k, v in suite.budget_for(preset).as_dict().items() if v is not None}
     at_once = f"{args.jobs or preset.jobs} rows at once" if in_processes else "one row at a time"
+    if args.launcher == "slurm" and in_processes:
+        at_once = "every row a SLURM job"
     print(f"leaderboard {suite.name} · preset {preset.name} · budget {budget} · {at_once}, {threads} torch thread(s)")
-    print(f"results: {results}")
+    print(f"results: {results / res.ROWS}")
     todo = 0
     for job in jobs:
         runs = args.force or args.retrain or (job.entry.name, job.seed, job.key) not in done

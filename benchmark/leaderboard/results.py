@@ -34,12 +34,16 @@ from data.sources import library_versions as _library_versions
 
 _CODE_SUFFIXES = {".py", ".json", ".safetensors", ".yaml", ".npz", ".pt"}
 # Files that cannot change a number of a row: how rows are keyed, stored and drawn, how the command line is read,
-# how rows are spread over worker processes (each row still trains in one process; the threads it had are in its
-# `hardware`), and the side-by-side speed tool (which no entry imports).
+# how rows are launched as jobs (each row still trains in one job; the threads it had are in its key and `hardware`,
+# and a preempted row resumes exactly), and the side-by-side speed tool (which no entry imports).
 _NOT_CODE = {
     "benchmark/leaderboard/render.py",
+    "benchmark/leaderboard/tables.py",
+    "benchmark/leaderboard/front_page.py",
     "benchmark/leaderboard/command.py",
     "benchmark/leaderboard/parallel.py",
+    "benchmark/leaderboard/launch.py",
+    "benchmark/leaderboard/runner.py",
     "benchmark/leaderboard/results.py",
     "benchmark/perf/__init__.py",
     "benchmark/perf/__main__.py",
@@ -68,8 +72,8 @@ def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:length]
 
 
-# Modules every trained row runs through, whatever its entry: the training loop, the runner and the evaluation.
-_RUN_ROOTS = ("benchmark.module", "benchmark.leaderboard.runner", "benchmark.evaluation")
+# Modules every trained row runs through, whatever its entry: the training loop, the row builder and the evaluation.
+_RUN_ROOTS = ("benchmark.module", "benchmark.leaderboard.rows", "benchmark.evaluation")
 # Files read at run time by path rather than imported (embedded autoencoder, Shapes CLIP, their configs).
 _DATA_FILES = ("data/weights",)
 
@@ -335,6 +339,11 @@ def write_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
         row = keep_unflagged_throughput(row, old)
     write_text_atomic(path, json.dumps(row, default=_json_default, indent=1) + "\n")
     return path
+
+
+def read_row(results_dir: str | Path, entry: str, seed: Any, key: str) -> dict[str, Any] | None:
+    """The row file of (entry, seed, key), None when there is none (or it cannot be read)."""
+    return _read_json(Path(results_dir) / ROWS / f"{row_stem(entry, seed, key)}.json")
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -84,6 +84,8 @@ class Preset:
         grid_samples_per_class: Columns of the sample grid saved per entry; 0 = no grid.
         jobs: Rows trained at once, each in its own process with ``cores // jobs`` torch threads (``--jobs``
             overrides it). On a small CPU, tiny models gain more from two processes than from a second thread.
+        slurm: How ``--launcher slurm`` submits each row (`benchmark.leaderboard.launch.SLURM_KEYS`: partition,
+            account, gpus_per_row, nodes, time_min, cpus_per_task, mem_gb, constraint, qos); flags override it.
     """
 
     name: str
@@ -95,6 +97,7 @@ class Preset:
     eval_num_samples: int = 100
     grid_samples_per_class: int = 4
     jobs: int = 1
+    slurm: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -255,6 +258,7 @@ def _preset(name: str, raw: dict[str, Any]) -> Preset:
         "eval_num_samples",
         "grid_samples_per_class",
         "jobs",
+        "slurm",
     }
     unknown = set(raw) - known
     if unknown:
@@ -275,7 +279,29 @@ def _preset(name: str, raw: dict[str, Any]) -> Preset:
         eval_num_samples=int(raw.get("eval_num_samples", 100)),
         grid_samples_per_class=int(raw.get("grid_samples_per_class", 4)),
         jobs=_positive_int(raw.get("jobs", 1), f"preset {name!r}: jobs"),
+        slurm=_slurm(name, raw.get("slurm")),
     )
+
+
+_SLURM_KEYS = (
+    "partition",
+    "account",
+    "gpus_per_row",
+    "nodes",
+    "time_min",
+    "cpus_per_task",
+    "mem_gb",
+    "constraint",
+    "qos",
+)
+
+
+def _slurm(name: str, raw: Any) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - set(_SLURM_KEYS):
+        raise ValueError(f"preset {name!r}: slurm takes a mapping of {list(_SLURM_KEYS)}, got {raw!r}")
+    return dict(raw)
 
 
 def _positive_int(value: Any, what: str) -> int:

@@ -263,6 +263,39 @@ def test_results_file_is_atomic_deduplicated_and_stale_rows_are_flagged(tmp_path
     assert shown["a"]["metric"] == 3.0
 
 
+def test_row_files_are_one_per_row_atomic_and_merge_with_an_old_results_jsonl(tmp_path):
+    def row(entry, key, metric, created):
+        return {"entry": entry, "seed": 0, "key": key, "metric": metric, "created": created, "status": "ok"}
+
+    # A results.jsonl of the older layout (a user's own runs) is still read, and merged with the row files.
+    res.write_rows(tmp_path / "results.jsonl", [row("a", "old", 5.0, "1"), row("b", "bkey", 1.0, "2")])
+    res.write_row(tmp_path, row("a", "new", 4.0, "3"))
+    res.write_row(tmp_path, row("a", "new", 3.0, "4"))  # a resubmitted job, or a second launcher: one row
+    res.write_row(tmp_path, row("b", "bkey", 2.0, "5"))  # a row file replaces the old file's line of the same row
+    (tmp_path / "rows" / "c-s0-torn.json").write_text('{"entry": "c"')  # not a row (never written by write_row)
+    files = sorted(p.name for p in (tmp_path / "rows").iterdir())
+    assert files == ["a-s0-new.json", "b-s0-bkey.json", "c-s0-torn.json"], "one file per row, no temporary files"
+    rows = res.read_results(tmp_path)
+    assert [(r["entry"], r["key"], r["metric"]) for r in rows] == [
+        ("a", "old", 5.0),
+        ("a", "new", 3.0),
+        ("b", "bkey", 2.0),
+    ]
+    shown = {r["entry"]: r for r in res.latest_rows(rows, current_keys={"new", "bkey"})}
+    assert shown["a"]["metric"] == 3.0 and shown["b"]["metric"] == 2.0
+    # Migrated rows keep the order of the file they came from (the order render lists them in).
+    res.write_row(tmp_path, {**row("z", "zkey", 0.0, "9"), "legacy_line": 0})
+    assert [r["key"] for r in res.read_results(tmp_path)] == ["old", "zkey", "new", "bkey"]
+
+
+def test_committed_suites_hold_row_files_only_one_per_entry_and_seed():
+    root = Path(__file__).resolve().parents[2] / "leaderboards"
+    assert not list(root.glob("**/results.jsonl")), "rows are files of their own (rows/*.json)"
+    for rows_dir in root.glob("**/rows"):
+        rows = res.read_results(rows_dir.parent)
+        assert len({(r["entry"], r["seed"]) for r in rows}) == len(rows) > 0, rows_dir
+
+
 def test_code_hash_and_environment_are_recorded():
     assert len(res.code_hash()) == 16
     versions = res.library_versions()

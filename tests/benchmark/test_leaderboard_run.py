@@ -5,7 +5,6 @@ import math
 import re
 import shutil
 import signal
-import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -13,8 +12,9 @@ import pytest
 import torch
 import yaml
 
+from benchmark.leaderboard import rows as row_builder
 from benchmark.leaderboard import runner
-from benchmark.leaderboard.results import read_rows
+from benchmark.leaderboard.results import read_results
 from benchmark.leaderboard.runner import run_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +46,7 @@ def test_killed_run_resumes_training_and_evaluation(tmp_path, monkeypatch, resto
         calls.append(protocol.num_samples)
         return {"fd_shapes": 42.0, "sampling_images_per_s": 10.0}
 
-    monkeypatch.setattr(runner, "evaluate_module", fake_evaluate)
+    monkeypatch.setattr(row_builder, "evaluate_module", fake_evaluate)
     kwargs = {"preset": "smoke", "entries": ["dit"], "output": tmp_path, "progress": False}
 
     # 1. Killed during training, after the checkpoint of step 1.
@@ -54,13 +54,13 @@ def test_killed_run_resumes_training_and_evaluation(tmp_path, monkeypatch, resto
         run_suite(SHAPES, callbacks=[_KillAfterStep(1)], **kwargs)
     (run_dir,) = (tmp_path / "dit").iterdir()
     assert (run_dir / "checkpoints" / "last.ckpt").is_file() and not (run_dir / "train.json").exists()
-    assert not read_rows(tmp_path / "results.jsonl")
+    assert not read_results(tmp_path)
 
     # 2. Resumed: training continues from step 1; then killed during evaluation.
     def interrupted(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(runner, "evaluate_module", interrupted)
+    monkeypatch.setattr(row_builder, "evaluate_module", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run_suite(SHAPES, **kwargs)
     assert (run_dir / "train.json").is_file() and (run_dir / "final.ckpt").is_file()
@@ -68,25 +68,25 @@ def test_killed_run_resumes_training_and_evaluation(tmp_path, monkeypatch, resto
     assert len(versions) == 2  # two training attempts
 
     # 3. Resumed again: no training, the final weights are evaluated and the row is written.
-    monkeypatch.setattr(runner, "evaluate_module", fake_evaluate)
+    monkeypatch.setattr(row_builder, "evaluate_module", fake_evaluate)
     (row,) = run_suite(SHAPES, **kwargs)
     assert sorted(p.name for p in (run_dir / "lightning_logs").iterdir()) == versions, "trained again"
     assert row["status"] == "ok" and row["metric"] == 42.0 and calls == [20]
     assert row["resumed_from_step"] == 1 and row["steps"] == 2
     # The budget's counters came back from the checkpoint: both attempts' images are counted once.
     assert row["images_seen"] == 2 * 64 and row["train_flops"] >= row["budget_train_flops"]
-    assert read_rows(tmp_path / "results.jsonl")[0]["key"] == row["key"]
+    assert read_results(tmp_path)[0]["key"] == row["key"]
 
     # 4. Nothing left to do: finished rows are skipped.
     assert run_suite(SHAPES, **kwargs) == []
-    assert len(read_rows(tmp_path / "results.jsonl")) == 1
+    assert len(read_results(tmp_path)) == 1
 
 
 def test_force_evaluates_again_and_retrain_trains_again(tmp_path, monkeypatch, capsys):
     from benchmark.leaderboard.command import main as leaderboard
 
     scores = iter([1.0, 2.0, 3.0])
-    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": next(scores)})
+    monkeypatch.setattr(row_builder, "evaluate_module", lambda *a: {"fd_shapes": next(scores)})
     args = [str(SHAPES), "--preset", "smoke", "--entries", "dit", "--seeds", "0", "--output", str(tmp_path)]
     args += ["--no-progress", "--no-render"]
     leaderboard(["run", *args])
@@ -101,7 +101,7 @@ def test_force_evaluates_again_and_retrain_trains_again(tmp_path, monkeypatch, c
     assert "retrain: deleted" in capsys.readouterr().out
     assert (run_dir / "final.ckpt").stat().st_mtime_ns != trained
     assert len(list((run_dir / "lightning_logs").iterdir())) == 1
-    (row,) = [r for r in read_rows(tmp_path / "results.jsonl") if r["entry"] == "dit"]
+    (row,) = [r for r in read_results(tmp_path) if r["entry"] == "dit"]
     assert row["metric"] == 3.0 and row["resumed_from_step"] is None and row["steps"] == 2
 
     monkeypatch.setenv("WORLD_SIZE", "2")  # under torchrun every rank would delete at once: refused
@@ -121,7 +121,7 @@ def test_bad_seeds_are_a_usage_error_before_anything_is_deleted(tmp_path, capsys
 
 
 def test_divergence_is_a_row_and_the_suite_goes_on(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
+    monkeypatch.setattr(row_builder, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
 
     class _Diverge(pl.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
@@ -144,7 +144,7 @@ def test_eval_adds_a_marked_row_for_an_existing_checkpoint(tmp_path, monkeypatch
     from benchmark.leaderboard.runner import eval_checkpoint, instantiate, training_config
     from benchmark.leaderboard.suite import load_suite
 
-    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 7.0, "fd_shapes_noguidance": 9.0})
+    monkeypatch.setattr(row_builder, "evaluate_module", lambda *a: {"fd_shapes": 7.0, "fd_shapes_noguidance": 9.0})
     suite = load_suite(SHAPES)
     (entry,) = suite.entries(["dit"])
     module = instantiate(training_config(entry, 0, tmp_path / "x", suite.preset("smoke"), progress=False)).model
@@ -158,13 +158,13 @@ def test_eval_adds_a_marked_row_for_an_existing_checkpoint(tmp_path, monkeypatch
 
 
 def test_smoke_preset_end_to_end(tmp_path):
-    """The CI preset on the Shapes suite's two DiT recipes, two worker processes at once (`--jobs 2`): train,
-    evaluate for real, append rows from both, write README and CSV."""
+    """The CI preset on the Shapes suite's two DiT recipes, two local jobs at once (`--jobs 2`): train, evaluate
+    for real, a row file from each, README and CSV."""
     entries = ["dit", "dit_ddpm"]
     rows = run_suite(SHAPES, preset="smoke", entries=entries, output=tmp_path, progress=False, jobs=2)
     assert sorted(r["entry"] for r in rows) == entries
-    assert sorted(r["entry"] for r in read_rows(tmp_path / "results.jsonl")) == entries  # neither append was lost
-    assert {p.name for p in (tmp_path / "logs").iterdir()} == {"dit-seed0.log", "dit_ddpm-seed0.log"}
+    assert sorted(r["entry"] for r in read_results(tmp_path)) == entries  # neither append was lost
+    assert {p.name for p in (tmp_path / "logs").iterdir()} == {"dit-seed0", "dit_ddpm-seed0"}  # submitit's folders
     for row in rows:
         assert row["status"] == "ok", row.get("traceback")
         assert row["steps"] == 2 and row["images_seen"] == 128 and row["stopped_by"] == "train_flops"
@@ -177,67 +177,6 @@ def test_smoke_preset_end_to_end(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "| dit |" in readme and "| dit_ddpm |" in readme and "preset `smoke`" in readme
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 3
-
-
-def _workers(monkeypatch, command, suite_dir, entries, seeds, jobs, tmp_path, on_start=None):
-    """Run the plan of a suite's smoke preset through `run_in_processes`, each worker being ``command(job)``."""
-    from benchmark.leaderboard import parallel
-    from benchmark.leaderboard.suite import load_suite
-
-    monkeypatch.setattr(parallel, "worker_command", lambda root, job, *rest: command(job))
-    suite = load_suite(suite_dir)
-    todo = runner.plan(suite, suite.preset("smoke"), entries, seeds, tmp_path)
-    rows = parallel.run_in_processes(
-        suite.root,
-        todo,
-        preset="smoke",
-        jobs=jobs,
-        output=tmp_path,
-        log_dir=tmp_path / "logs",
-        results_file=tmp_path / "results.jsonl",
-        force=False,
-        on_start=on_start or (lambda *a: None),
-        on_row=lambda row: None,
-    )
-    return todo, rows
-
-
-def test_a_worker_that_dies_without_a_row_gets_a_failed_row(tmp_path, monkeypatch):
-    def dying(job):
-        return [sys.executable, "-c", f"print('boom in {job.entry.name}'); raise SystemExit(3)"]
-
-    seen = []
-    _, rows = _workers(
-        monkeypatch,
-        dying,
-        SHAPES,
-        ["dit", "mdt", "pixart_alpha"],
-        None,
-        2,
-        tmp_path,
-        on_start=lambda job, log, threads: seen.append((job.entry.name, threads)),
-    )
-    assert sorted(name for name, _ in seen) == ["dit", "mdt", "pixart_alpha"] and {t for _, t in seen} >= {1}
-    assert [r["status"] for r in rows] == ["failed"] * 3
-    assert all("code 3" in r["error"] and f"boom in {r['entry']}" in r["error"] for r in rows)
-    assert len(read_rows(tmp_path / "results.jsonl")) == 3  # a rerun retries failed rows
-
-
-def test_stage_rows_finish_before_the_rows_that_read_them_start(tmp_path, monkeypatch):
-    events = tmp_path / "events.txt"
-
-    def recording(job):
-        name = job.entry.name
-        code = f"import time; f = open({str(events)!r}, 'a'); f.write('start {name}\\n'); f.flush(); time.sleep(0.4); "
-        return [sys.executable, "-c", code + f"f.write('end {name}\\n')"]
-
-    suite_dir = ROOT / "leaderboards" / "shapes-transfer-data"
-    todo, _ = _workers(monkeypatch, recording, suite_dir, None, [0, 1], 3, tmp_path)
-    assert [j.entry.name for j in todo][:2] == ["pretrain_class"] * 2
-    lines = events.read_text().splitlines()
-    last_stage_end = max(i for i, line in enumerate(lines) if line == "end pretrain_class")
-    first_other_start = min(i for i, line in enumerate(lines) if line.startswith("start") and "pretrain" not in line)
-    assert len(lines) == 12 and last_stage_end < first_other_start
 
 
 def _one_entry_suite(tmp_path: Path, **smoke) -> Path:
@@ -254,7 +193,7 @@ def _one_entry_suite(tmp_path: Path, **smoke) -> Path:
 
 
 def test_last_ckpt_of_a_row_is_its_final_state(tmp_path, monkeypatch):
-    monkeypatch.setattr(runner, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
+    monkeypatch.setattr(row_builder, "evaluate_module", lambda *a: {"fd_shapes": 1.0})
     # Periodic checkpoints every 2 steps while the budget stops training at step 3.
     suite = _one_entry_suite(tmp_path, budget_scale=0.0075, checkpoint_every=2)
     (row,) = run_suite(suite, preset="smoke", output=tmp_path / "out", progress=False, render=False)
@@ -297,7 +236,7 @@ def test_a_cell_that_differs_only_at_sampling_reuses_the_trained_model(tmp_path,
         guidance.append(module.guidance.control_scale)
         return {"fd_shapes": 1.0}
 
-    monkeypatch.setattr(runner, "evaluate_module", fake_evaluate)
+    monkeypatch.setattr(row_builder, "evaluate_module", fake_evaluate)
     kwargs = {"preset": "smoke", "output": tmp_path, "progress": False, "render": False, "jobs": 1}
     first, second = run_suite(ABLATIONS, entries=["scheduled", "control_cfg_on"], **kwargs)
     assert (first["entry"], second["entry"]) == ("scheduled", "control_cfg_on")
@@ -309,16 +248,3 @@ def test_a_cell_that_differs_only_at_sampling_reuses_the_trained_model(tmp_path,
     (run_dir,) = (tmp_path / "scheduled").iterdir()
     assert len(list((run_dir / "lightning_logs").iterdir())) == 1  # trained once
     assert second["steps"] == first["steps"] > 0
-
-
-def test_a_worker_whose_model_another_worker_trains_waits_for_it():
-    from types import SimpleNamespace
-
-    from benchmark.leaderboard.parallel import _may_start
-
-    def job(name, train_key):
-        return SimpleNamespace(entry=SimpleNamespace(name=name), train_key=train_key)
-
-    running = [SimpleNamespace(job=job("scheduled", "k1"))]
-    assert not _may_start(job("control_cfg_on", "k1"), running, set())
-    assert _may_start(job("additive", "k2"), running, set())
