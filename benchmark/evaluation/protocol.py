@@ -72,6 +72,11 @@ class EvalProtocol:
         inception_score: Also compute the Inception score.
         bootstrap_reps: Bootstrap resamples behind every metric's evaluation-noise SD (``<key>_sd``; see
             `benchmark.evaluation.stats`); 0 reports no SD.
+        sampling: ``"protocol"``: every entry samples with the protocol's sampler for its objective family and
+            constant guidance (a shared-recipe view). ``"recipe"``: each entry keeps its own sampler (class and
+            settings such as DDIM's η) and guidance schedule (power-cosine, interval, control scale, guided
+            channels), as the paper compares models "with their corresponding recipes"; the protocol still fixes
+            the number of steps (``flow_steps`` / ``ddpm_steps`` by objective family) and the peak semantic scale.
     """
 
     name: str = "custom"
@@ -94,6 +99,7 @@ class EvalProtocol:
     precision_recall: bool = False
     inception_score: bool = False
     bootstrap_reps: int = 200
+    sampling: Literal["protocol", "recipe"] = "protocol"
     # Fields that do not change the numbers (where weights live, how big a batch is) stay out of the id.
     _NOT_IN_ID: ClassVar[tuple[str, ...]] = ("batch_size", "inception_weights")
 
@@ -112,6 +118,8 @@ class EvalProtocol:
             raise ValueError(f"EvalProtocol: ddpm_sampler must be 'ddim' or 'ddpm', got {self.ddpm_sampler!r}")
         if self.bootstrap_reps < 0 or self.bootstrap_reps == 1:
             raise ValueError(f"EvalProtocol: bootstrap_reps must be 0 or >= 2, got {self.bootstrap_reps}")
+        if self.sampling not in ("protocol", "recipe"):
+            raise ValueError(f"EvalProtocol: sampling must be 'protocol' or 'recipe', got {self.sampling!r}")
         if self.label_scheme != "balanced":
             raise ValueError(f"EvalProtocol: label_scheme must be 'balanced', got {self.label_scheme!r}")
 
@@ -123,6 +131,8 @@ class EvalProtocol:
     def id(self) -> str:
         """A stable 12-hex-digit hash of every field that changes the numbers."""
         data = {k: v for k, v in self.to_dict().items() if k not in self._NOT_IN_ID}
+        if data["sampling"] == "protocol":  # the default stays out, so protocols written before it keep their id
+            del data["sampling"]
         blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
@@ -183,10 +193,14 @@ class EvalProtocol:
 
     # ------------------------------------------------------------------------------------------ sampling rules
     def sampler_for(self, module: DiffusionModule) -> Any:
-        """The protocol's sampler for the entry's objective family."""
+        """The protocol's sampler for the entry's objective family (``sampling: recipe``: the entry's own one)."""
         from benchmark.objectives import DDPM, RectifiedFlow
         from benchmark.samplers import DDIMSampler, DDPMSampler, EulerSampler
 
+        if self.sampling == "recipe" and isinstance(module.objective, (RectifiedFlow, DDPM)):
+            own = copy.copy(module.sampler)  # the entry's sampler family and settings, the protocol's steps
+            own.steps = self.flow_steps if isinstance(module.objective, RectifiedFlow) else self.ddpm_steps
+            return own
         if isinstance(module.objective, RectifiedFlow):
             return EulerSampler(steps=self.flow_steps)
         if isinstance(module.objective, DDPM):
@@ -194,7 +208,8 @@ class EvalProtocol:
         raise TypeError(f"EvalProtocol has no sampler for objective {type(module.objective).__name__}")
 
     def guidance_for(self, module: DiffusionModule, scale: float) -> Any:
-        """Guidance at semantic scale ``scale``, no control guidance, no interval.
+        """Guidance at semantic scale ``scale``, no control guidance, no interval; under ``sampling: recipe`` the
+        entry's own guidance (schedule, interval, control scale) at peak scale ``scale`` (none at 1.0).
 
         The entry's ``guided_channels`` is kept: it is part of how that model's prediction is defined (DiT's
         3-of-4-channel quirk), not a sampling choice.
@@ -202,6 +217,10 @@ class EvalProtocol:
         from benchmark.guidance import ClassifierFreeGuidance
 
         own = getattr(module, "guidance", None)
+        if self.sampling == "recipe" and isinstance(own, ClassifierFreeGuidance) and scale != 1.0:
+            recipe = copy.copy(own)  # the entry's schedule, interval, control scale and channels at this peak scale
+            recipe.semantic_scale = float(scale)
+            return recipe
         return ClassifierFreeGuidance(semantic_scale=scale, guided_channels=getattr(own, "guided_channels", None))
 
     @contextlib.contextmanager
