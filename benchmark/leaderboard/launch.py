@@ -13,9 +13,10 @@ it), so a ``kill -9`` of the suite leaves no process behind; a rerun resumes the
 nodes, one task per GPU, and Lightning's DDP over them. Jobs outlive this process. The job id is recorded beside the
 row (``rows/<row>.job``) at submit, so a rerun reattaches to the rows still in flight instead of submitting them again.
 
-Preemption has one path, submitit's: SLURM sends USR2 ahead of a preemption or the time limit; `PreemptionCheckpoint`
-lets the running step finish, writes the row's ``last.ckpt`` (the checkpoint the runner resumes from) and hands over
-to submitit, which requeues the job. Lightning's own SLURM requeue is off (`plan.training_config`).
+Preemption has one path, submitit's: SLURM sends USR2 ahead of a preemption or the time limit;
+`preemption.PreemptionCheckpoint` lets the running step finish, writes the row's ``last.ckpt`` (the checkpoint the
+runner resumes from) and hands over to submitit, which requeues the job. Lightning's own SLURM requeue is off
+(`plan.training_config`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from lightning.pytorch import Callback
 
 from benchmark.leaderboard import results as res
 
@@ -135,8 +135,8 @@ class Launch:
 class RowTask(submitit.helpers.Checkpointable):
     """One row as a submitit job: ``run_suite`` for one (entry, seed) in the job's process; returns the row.
 
-    Requeued after a preemption (`PreemptionCheckpoint`), the same task runs again and the runner resumes the row
-    from its ``last.ckpt`` (or re-evaluates its final weights), so nothing is counted twice.
+    Requeued after a preemption (`preemption.PreemptionCheckpoint`), the same task runs again and the runner resumes
+    the row from its ``last.ckpt`` (or re-evaluates its final weights), so nothing is counted twice.
     """
 
     suite_root: str
@@ -155,6 +155,8 @@ class RowTask(submitit.helpers.Checkpointable):
         import torch
 
         torch.set_num_threads(self.threads)
+        from benchmark.leaderboard.preemption import PreemptionCheckpoint
+
         preemption = PreemptionCheckpoint()
         preemption.install()
         from benchmark.leaderboard.runner import run_suite
@@ -204,12 +206,26 @@ def _end_with(suite_pid: int) -> None:
         while True:
             time.sleep(0.2)
             if os.getppid() != controller or _parent_of(controller) != suite_pid:
-                with contextlib.suppress(OSError):
-                    os.kill(controller, signal.SIGKILL)
+                for pid in [*_children(os.getpid()), controller]:  # what this job started (data loaders, commands)
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
                 os._exit(1)
 
     if _parent_of(controller) is not None:  # Linux's /proc; elsewhere rows outlive a killed suite
         threading.Thread(target=watch, name="end-with-suite", daemon=True).start()
+
+
+def _children(pid: int) -> list[int]:
+    """Every process below ``pid``, deepest first."""
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            parents[int(stat.parent.name)] = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+    found, frontier = [], {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier}
+        found = [*frontier, *found]
+    return found
 
 
 def _parent_of(pid: int) -> int | None:
@@ -218,71 +234,6 @@ def _parent_of(pid: int) -> int | None:
     except OSError:
         return None
     return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the state, past the command name
-
-
-class PreemptionCheckpoint(Callback):
-    """The one preemption path: on submitit's signal (USR2), finish the running step, write ``last.ckpt``, then let
-    submitit requeue the job.
-
-    The signal arrives anywhere in a step; a checkpoint written there would hold half an optimizer update. So the
-    handler only takes note during training; at the end of the step every rank agrees (one all-reduce) and writes
-    the checkpoint the runner resumes from (the ``ModelCheckpoint``'s ``last.ckpt``, replaced atomically), and rank 0
-    calls submitit's handler, which requeues and exits. Outside training (evaluation, set-up) submitit's handler runs
-    at once: the requeued row re-evaluates its final weights or resumes from its last checkpoint.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.training = False
-        self._signal: int | None = None
-        self._submitit_handler: Any = None
-
-    def install(self) -> None:
-        """Stand in front of submitit's handler of its preemption signal (installed before a job's function runs)."""
-        self._signal = getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG)
-        handler = signal.getsignal(self._signal)
-        if callable(handler):
-            self._submitit_handler = handler
-            signal.signal(self._signal, self._on_signal)
-
-    def _on_signal(self, signum: int, frame: Any) -> None:
-        if self.training:
-            self.requested = True
-            print(f"preemption signal {signal.Signals(signum).name}: checkpoint at the end of this step", flush=True)
-        else:
-            self._hand_over()
-
-    def _hand_over(self) -> None:
-        self.training = False
-        if self._submitit_handler is not None:
-            self._submitit_handler(self._signal, None)  # rank 0: checkpoint() + requeue + exit
-
-    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        self.training = True
-
-    def on_train_batch_end(self, trainer: Any, *args: Any) -> None:
-        decision = self.requested
-        if trainer.world_size > 1:
-            decision = trainer.strategy.reduce_boolean_decision(decision, all=False)
-        if not decision:
-            return
-        checkpoint = trainer.checkpoint_callback
-        if checkpoint is not None and checkpoint.dirpath:
-            last = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
-            partial = last.with_name(f".preempted-{last.name}")
-            trainer.save_checkpoint(partial)
-            if trainer.is_global_zero:
-                os.replace(partial, last)
-            trainer.strategy.barrier()
-        self._hand_over()
-        if not trainer.is_global_zero:  # rank 0 requeues the whole job, which stops this task too
-            time.sleep(60)
-        raise SystemExit(f"preempted at step {trainer.global_step}: requeued")
-
-    def on_train_end(self, trainer: Any, pl_module: Any) -> None:
-        self.training = False
-        if self.requested:
-            self._hand_over()
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -421,11 +372,22 @@ def _row_of(item: _Running, results_dir: Path) -> dict[str, Any]:
         "source": "trained",
         "status": "failed",
         "created": _now(),
-        "error": f"job {handle.job_id} ended without a row ({handle.paths.stderr}): {error}",
+        "error": f"job {handle.job_id} ended without a row ({handle.paths.stderr}): {_log_tail(handle) or error}"[:500],
         "wall_seconds": time.perf_counter() - item.started,
     }
     res.write_row(results_dir, row)
     return row
+
+
+def _log_tail(handle: Any) -> str:
+    """The last line of the job's error log and of its output that are not submitit's own."""
+    tails = []
+    for what, path in (("stderr", handle.paths.stderr), ("stdout", handle.paths.stdout)):
+        with contextlib.suppress(OSError):
+            lines = [line.strip() for line in Path(path).read_text(errors="replace").splitlines()]
+            mine = [line for line in lines if line and not line.startswith(("submitit ", "The following command"))]
+            tails += [f"{what}: {mine[-1]}"] if mine else []
+    return " | ".join(tails)
 
 
 def row_task(job: Any, settings: Launch, *, suite_root: Path, preset: str, output: Path | None, force: bool,
@@ -444,4 +406,4 @@ def row_task(job: Any, settings: Launch, *, suite_root: Path, preset: str, outpu
     )
 
 
-__all__ = ["LAUNCHERS", "EndWithSuite", "Launch", "PreemptionCheckpoint", "RowTask", "launch_rows", "row_task"]
+__all__ = ["LAUNCHERS", "EndWithSuite", "Launch", "RowTask", "launch_rows", "row_task"]

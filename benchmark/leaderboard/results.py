@@ -43,6 +43,7 @@ _NOT_CODE = {
     "benchmark/leaderboard/command.py",
     "benchmark/leaderboard/parallel.py",
     "benchmark/leaderboard/launch.py",
+    "benchmark/leaderboard/preemption.py",
     "benchmark/leaderboard/runner.py",
     "benchmark/leaderboard/results.py",
     "benchmark/perf/__init__.py",

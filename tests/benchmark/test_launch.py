@@ -1,0 +1,270 @@
+"""Suite rows as submitit jobs (`benchmark.leaderboard.launch`): the local throttle, stages first, a dying row, no
+orphans after a ``kill -9`` of the suite, SLURM through a fake ``sbatch``, and a row preempted and requeued.
+
+The fast cases run jobs that are small Python commands (`submitit.helpers.CommandFunction`), not trainings; the cases
+that train real rows are marked slow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import submitit
+
+from benchmark.leaderboard import launch
+from benchmark.leaderboard import results as res
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _job(name: str, seed: int = 0, train_key: str | None = None) -> SimpleNamespace:
+    return SimpleNamespace(entry=SimpleNamespace(name=name), seed=seed, key=f"k{name}{seed}", train_key=train_key)
+
+
+def _writing_row(job, results: Path, events: Path, *, sleep: float = 0.3, wait_for: Path | None = None):
+    """A job that logs its start and end, writes its row file (as `RowTask` does through the runner) and ends."""
+    row = {"entry": job.entry.name, "seed": job.seed, "key": job.key, "status": "ok", "source": "trained"}
+    code = f"""
+        import json, os, pathlib, tempfile, time
+        from datetime import UTC, datetime
+        events = open({str(events)!r}, "a")
+        events.write(f"start {job.entry.name} {{time.time()}}\\n"); events.flush()
+        while {str(wait_for)!r} != "None" and not pathlib.Path({str(wait_for)!r}).exists():
+            time.sleep(0.05)
+        time.sleep({sleep})
+        row = {{**{row!r}, "created": datetime.now(UTC).isoformat(timespec="seconds")}}
+        path = pathlib.Path({str(res.row_path(results, row))!r}); path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(row))
+        events.write(f"end {job.entry.name} {{time.time()}}\\n")
+    """
+    return submitit.helpers.CommandFunction([sys.executable, "-c", textwrap.dedent(code)])
+
+
+def _dying(job):
+    return submitit.helpers.CommandFunction([sys.executable, "-c", f"print('boom in {job.entry.name}'); exit(3)"])
+
+
+def test_local_jobs_run_two_at_a_time_stages_first_and_a_dying_row_becomes_a_failed_row(tmp_path):
+    results, events = tmp_path / "results", tmp_path / "events.txt"
+    todo = [_job("stage", 0), _job("stage", 1), _job("a"), _job("b"), _job("dies")]
+    settings = launch.Launch.of("local", {}, jobs=2)
+    assert settings.executor(tmp_path / "x", "x").parameters["timeout_min"] == launch.LOCAL_TIME_MIN  # not 2 min
+    started = []
+    rows = launch.launch_rows(
+        todo,
+        settings,
+        task_for=lambda job: _dying(job) if job.entry.name == "dies" else _writing_row(job, results, events),
+        results_dir=results,
+        log_dir=tmp_path / "logs",
+        stages={"stage"},
+        on_start=lambda job, job_id, log: started.append(job.entry.name),
+        on_row=lambda row: None,
+    )
+    assert started == ["stage", "stage", "a", "b", "dies"]
+    lines = [line.split() for line in events.read_text().splitlines()]
+    at_once = max(sum(1 for s, e in _pairs(lines) if s <= t < e) for t, _ in _pairs(lines))
+    assert at_once == 2, "two rows at a time, never more"
+    stage_end = max(float(at) for what, name, at in lines if name == "stage" and what == "end")
+    assert stage_end < min(float(at) for what, name, at in lines if name != "stage" and what == "start")
+    by_entry = {r["entry"]: r for r in rows}
+    assert by_entry["dies"]["status"] == "failed" and "boom in dies" in by_entry["dies"]["error"]
+    assert {by_entry[n]["status"] for n in ("a", "b", "stage")} == {"ok"}
+    files = sorted(p.name for p in (results / res.ROWS).iterdir())
+    assert files == sorted(f"{res.row_stem(j.entry.name, j.seed, j.key)}.json" for j in todo)  # no job records left
+
+
+def _pairs(lines):
+    """(start, end) times of each job, in order of their starts."""
+    starts, out = {}, []
+    for what, name, at in lines:
+        if what == "start":
+            starts.setdefault(name, []).append(float(at))
+        else:
+            out.append((starts[name].pop(0), float(at)))
+    return out
+
+
+_SUITE_PROCESS = """
+import sys, time
+from pathlib import Path
+from types import SimpleNamespace
+import submitit
+from benchmark.leaderboard import launch
+tmp = Path(sys.argv[1])
+jobs = [SimpleNamespace(entry=SimpleNamespace(name=n), seed=0, key="k" + n, train_key=None) for n in ("a", "b")]
+sleeper = submitit.helpers.CommandFunction([sys.executable, "-c", "import time; time.sleep(120)"])
+launch.launch_rows(jobs, launch.Launch.of("local", {}, jobs=2), task_for=lambda job: sleeper, results_dir=tmp / "r",
+                   log_dir=tmp / "logs", stages=set(), on_start=lambda *a: print("started", flush=True),
+                   on_row=lambda row: None)
+"""
+
+
+def _descendants(pid: int) -> set[int]:
+    parents = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z":
+            parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {pid}
+    while frontier:
+        frontier = {child for child, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux's /proc")
+def test_a_kill_9_of_the_suite_process_leaves_no_process_of_its_rows(tmp_path):
+    suite = subprocess.Popen([sys.executable, "-c", _SUITE_PROCESS, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert suite.stdout.readline().strip() == "started" and suite.stdout.readline().strip() == "started"
+        deadline = time.time() + 30
+        while len(_descendants(suite.pid)) < 6 and time.time() < deadline:  # 2 x (controller, task, command)
+            time.sleep(0.1)
+        rows = _descendants(suite.pid)
+        assert len(rows) >= 6
+        suite.send_signal(signal.SIGKILL)
+        suite.wait()
+        deadline = time.time() + 10
+        while any(_alive(p) for p in rows) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in rows if _alive(p)], "orphans of a killed suite"
+    finally:
+        for pid in _descendants(suite.pid) | ({suite.pid} if suite.poll() is None else set()):
+            os.kill(pid, signal.SIGKILL)
+
+
+# ----------------------------------------------------------------------------------------------- SLURM, faked
+_SBATCH = """
+import os, pathlib, subprocess, sys
+d = pathlib.Path(os.environ["FAKE_SLURM"])
+n = 1000 + len(list(d.glob("job-*.sh")))
+(d / f"job-{n}.sh").write_text(pathlib.Path(sys.argv[-1]).read_text())
+env = {**os.environ, "SLURM_JOB_ID": str(n), "SLURM_JOBID": str(n), "SLURM_NTASKS": "1", "SLURM_PROCID": "0",
+       "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_NUM_NODES": "1", "SLURM_JOB_NODELIST": "localhost",
+       "SLURM_JOB_NAME": "row"}
+command = f"bash {sys.argv[-1]}; touch {d}/done-{n}"
+subprocess.Popen(["bash", "-c", command], env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                 stderr=subprocess.DEVNULL)
+print(f"Submitted batch job {n}")
+"""
+_SRUN = """
+import os, sys
+args, files = sys.argv[1:], {}
+while args and args[0].startswith("-"):
+    flag = args.pop(0)
+    if flag in ("--output", "--error"):
+        files[flag] = args.pop(0).replace("%j", os.environ["SLURM_JOB_ID"]).replace("%t", "0")
+for flag, fd in (("--output", 1), ("--error", 2)):
+    if flag in files:
+        os.dup2(os.open(files[flag], os.O_WRONLY | os.O_CREAT | os.O_APPEND), fd)
+os.execvp(args[0], args)
+"""
+_SACCT = """
+import os, pathlib, sys
+d = pathlib.Path(os.environ["FAKE_SLURM"])
+print("JobID|State|NodeList")
+for i, arg in enumerate(sys.argv):
+    if arg == "-j":
+        n = sys.argv[i + 1]
+        state = "COMPLETED" if (d / f"done-{n}").exists() else "RUNNING" if (d / f"job-{n}.sh").exists() else "FAILED"
+        print(f"{n}|{state}|localhost")
+"""
+
+
+@pytest.fixture
+def fake_slurm(tmp_path, monkeypatch):
+    """``sbatch`` (records its script, runs it here in the background, answers "Submitted batch job N"), ``srun``,
+    ``sacct`` and ``scontrol`` on PATH; the folder they record in."""
+    bin_dir, record = tmp_path / "bin", tmp_path / "slurm"
+    bin_dir.mkdir()
+    record.mkdir()
+    for name, code in (("sbatch", _SBATCH), ("srun", _SRUN), ("sacct", _SACCT), ("scontrol", "")):
+        (bin_dir / name).write_text(f"#!{sys.executable}\n{textwrap.dedent(code)}")
+        (bin_dir / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SLURM", str(record))
+    monkeypatch.setenv("LDMBENCH_SLURM_POLL_S", "0.3")
+    return record
+
+
+def test_slurm_rows_are_sbatch_jobs_with_their_resources_and_a_rerun_reattaches(tmp_path, fake_slurm):
+    results, events, go = tmp_path / "results", tmp_path / "events.txt", tmp_path / "go"
+    preset = {"partition": "gpu", "account": "proj", "gpus_per_row": 8, "nodes": 2, "time_min": 90}
+    settings = launch.Launch.of("slurm", preset, jobs=2, time_min=120)  # a flag overrides the preset
+    todo = [_job("dit")]
+    kwargs = {"results_dir": results, "log_dir": tmp_path / "logs", "stages": set(), "on_row": lambda row: None}
+    task = _writing_row(todo[0], results, events, sleep=0, wait_for=go)
+
+    def submitter_dies(job, job_id, log):  # the submitting process goes away once the job is in
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        launch.launch_rows(todo, settings, task_for=lambda job: task, on_start=submitter_dies, **kwargs)
+    (script,) = fake_slurm.glob("job-*.sh")
+    text = script.read_text()
+    for line in ("--gpus-per-node=4", "--ntasks-per-node=4", "--nodes=2", "--time=120", "--partition=gpu"):
+        assert f"#SBATCH {line}\n" in text, line
+    assert "#SBATCH --account=proj\n" in text and "#SBATCH --requeue\n" in text and "#SBATCH --signal=USR2@" in text
+    assert "srun " in text and "-m submitit.core._submit" in text  # the command: the row's pickled task
+    assert json.loads(next((results / res.ROWS).glob("*.job")).read_text())["job_id"] == "1000"
+
+    # The job outlived its submitter; a rerun reattaches to it by its recorded id instead of submitting it again.
+    seen = []
+
+    def reattached(job, job_id, log):
+        seen.append(job_id)
+        go.touch()
+
+    (row,) = launch.launch_rows(todo, settings, task_for=lambda job: task, on_start=reattached, **kwargs)
+    assert seen == ["1000 (reattached)"] and len(list(fake_slurm.glob("job-*.sh"))) == 1
+    assert row["entry"] == "dit" and row["status"] == "ok"
+    assert [p.name for p in (results / res.ROWS).iterdir()] == ["dit-s0-kdit0.json"]
+
+
+def test_the_slurm_settings_come_from_the_preset_then_the_flags():
+    settings = launch.Launch.of("slurm", {"gpus_per_row": 8, "partition": "a"}, jobs=2, partition="b", nodes=None)
+    assert (settings.gpus_per_row, settings.partition, settings.nodes, settings.limit_min) == (8, "b", 1, 24 * 60)
+    with pytest.raises(ValueError, match="multiple of nodes"):
+        launch.Launch.of("slurm", {"gpus_per_row": 3, "nodes": 2}, jobs=1)
+    with pytest.raises(ValueError, match="--launcher"):
+        launch.Launch.of("kubernetes", {}, jobs=1)
+
+
+def test_under_slurm_lightnings_own_requeue_is_off(tmp_path, monkeypatch):
+    """One preemption path: in a SLURM job the trainer gets a SLURM environment without auto-requeue."""
+    from lightning.pytorch.plugins.environments import SLURMEnvironment
+
+    from benchmark.leaderboard.plan import in_slurm_job, training_config
+    from benchmark.leaderboard.suite import load_suite
+
+    suite = load_suite(ROOT / "leaderboards" / "shapes")
+    (entry,) = suite.entries(["dit"])
+    assert "plugins" not in training_config(entry, 0, tmp_path, suite.preset("smoke"), False)["trainer"]
+    for name, value in {"SLURM_NTASKS": "1", "SLURM_JOB_NAME": "row", "SLURM_NODELIST": "n1", "SLURM_PROCID": "0",
+                        "SLURM_LOCALID": "0", "SLURM_NODEID": "0", "SLURM_JOB_ID": "7"}.items():  # fmt: skip
+        monkeypatch.setenv(name, value)
+    assert in_slurm_job()
+    config = training_config(entry, 0, tmp_path, suite.preset("smoke"), False)
+    (plugin,) = config["trainer"]["plugins"]
+    module, _, name = plugin["class_path"].rpartition(".")
+    assert getattr(__import__(module, fromlist=[name]), name) is SLURMEnvironment
+    assert plugin["init_args"] == {"auto_requeue": False}  # the rows under the fake SLURM below are built with it
