@@ -56,7 +56,7 @@ from benchmark.runs import (  # noqa: E402
     refuse_fixed_paths,
     run_of_checkpoint,
 )
-from data.compat import format_summary_table  # noqa: E402
+from data.compat import TrainerArgumentsHook, format_summary_table  # noqa: E402
 from data.folder_scan import FolderError  # noqa: E402
 
 # The frozen autoencoder and the EMA copy are in eval mode on purpose; Lightning warns about any such module.
@@ -158,7 +158,7 @@ CLI_KWARGS = {
 }
 
 
-class LDMBenchCLI(LightningCLI):
+class LDMBenchCLI(TrainerArgumentsHook, LightningCLI):
     """LightningCLI that links data facts into the model, places every run's outputs, and checks early.
 
     Before anything is built: the data root is checked when fitting, a GPU config on a machine without CUDA is named,
@@ -267,7 +267,7 @@ class LDMBenchCLI(LightningCLI):
                 raise
             raise ConfigError(str(ours).strip("'\"")) from None
 
-    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+    def adjust_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> tuple[dict[str, Any], list[Any]]:
         if config.get("enable_progress_bar") is False and isinstance(config.get("callbacks"), list):
             # `--trainer.enable_progress_bar false` switches off a bar the config lists, instead of refusing both.
             config["callbacks"] = [c for c in config["callbacks"] if not isinstance(c, ProgressBarBase)]
@@ -286,7 +286,7 @@ class LDMBenchCLI(LightningCLI):
         if self.subcommand == "predict" and not any(isinstance(c, BasePredictionWriter) for c in configured):
             callbacks = [*callbacks, ImageWriter()]  # predict writes PNGs and samples.npz unless told otherwise
         config["plugins"] = with_atomic_io(config.get("plugins"))  # a kill or full disk never damages last.ckpt
-        return super()._instantiate_trainer(config, callbacks)
+        return config, callbacks
 
 
 class SummaryWithoutFlops(ModelSummary):

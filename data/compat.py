@@ -17,6 +17,9 @@ because the conditioning package needs `owned` too; Lightning and jsonargparse a
   ``_accelerator_connector``; a DataModule that splits its stream across ranks itself must refuse the injection.
 - `format_summary_table`: ``ModelSummary.summarize`` is public, but the table it prints comes from the private
   ``_format_summary_table``; the CLI's summary reuses it without the FLOPs line (always 0 for a diffusion module).
+- `TrainerArgumentsHook`: LightningCLI builds the Trainer in the private ``_instantiate_trainer(config, callbacks)``,
+  the only point that sees both the trainer's arguments and the callbacks the CLI adds; the public
+  ``instantiate_trainer(**kwargs)`` can only override arguments.
 """
 
 from __future__ import annotations
@@ -78,3 +81,16 @@ def format_summary_table(
     return _format_summary_table(
         total_parameters, trainable_parameters, model_size, total_training_modes, total_flops, *columns
     )
+
+
+class TrainerArgumentsHook:
+    """Mixin for a `LightningCLI` subclass (list it first): `adjust_trainer` sees, and may change, the Trainer's
+    arguments and the extra callbacks right before the Trainer is built."""
+
+    def adjust_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> tuple[dict[str, Any], list[Any]]:
+        """The Trainer's keyword arguments and the callbacks added to ``config["callbacks"]``; returns both."""
+        return config, callbacks
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Any:
+        config, callbacks = self.adjust_trainer(config, callbacks)
+        return super()._instantiate_trainer(config, callbacks)  # type: ignore[misc]

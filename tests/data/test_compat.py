@@ -13,6 +13,7 @@ from lightning.pytorch.cli import LightningCLI
 from lightning.pytorch.demos.boring_classes import BoringModel
 
 from data.compat import (
+    TrainerArgumentsHook,
     cli_given_hyperparameters,
     format_summary_table,
     owned,
@@ -127,6 +128,24 @@ def test_format_summary_table_ends_with_the_flops_line():
     columns = [("Name", ["backbone"]), ("Type", ["DiT"]), ("Params", ["1.0 M"])]
     table = format_summary_table(1_000_000, 1_000_000, 4.0, {"train": 1, "eval": 0}, 0, *columns)
     assert "backbone" in table and "Total params" in table
-    assert "FLOPs" in table.splitlines()[-1], (
+    assert "flops" in table.splitlines()[-1].lower(), (
         f"Lightning's summary table no longer ends with the FLOPs total: {table.splitlines()[-1]!r}"
     )
+
+
+def test_trainer_arguments_hook_sees_and_changes_what_builds_the_trainer():
+    seen = {}
+
+    class Marker(pl.Callback):
+        pass
+
+    class HookedCLI(TrainerArgumentsHook, LightningCLI):
+        def adjust_trainer(self, config, callbacks):
+            seen["config"], seen["callbacks"] = dict(config), list(callbacks)
+            return {**config, "max_steps": 3}, [*callbacks, Marker()]
+
+    cli = _cli(HookedCLI, "--trainer.max_steps=7", "--seed_everything=false", model=_NoParameters)
+    assert seen, "LightningCLI no longer builds its Trainer through _instantiate_trainer: update data.compat"
+    assert seen["config"]["max_steps"] == 7 and "callbacks" in seen["config"]
+    assert cli.trainer.max_steps == 3
+    assert any(isinstance(c, Marker) for c in cli.trainer.callbacks)
