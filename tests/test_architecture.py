@@ -168,6 +168,52 @@ def components(runtime: dict[str, list[str]]) -> dict[str, list[str]]:
     return out
 
 
+# Private APIs of Lightning and jsonargparse break silently on an upgrade: only `data.compat` may use them, each pinned
+# by a test there. Flagged: importing an underscored name or module from these libraries, and these private names
+# (attributes, getattr strings, overridden methods) wherever they appear.
+COMPAT_MODULE = "data.compat"
+PRIVATE_LIBRARIES = ("lightning", "lightning_fabric", "pytorch_lightning", "jsonargparse", "torchmetrics")
+PRIVATE_NAMES = frozenset(
+    {
+        "_lazy_class_type",  # jsonargparse lazy_instance internals
+        "_lazy_kwargs",
+        "_given_hyperparameters",  # LightningCLI -> save_hyperparameters
+        "_check_log_dir_exists",  # Lightning's CSV writer
+        "_set_seed",  # LightningCLI
+        "_instantiate_trainer",
+        "_accelerator_connector",  # Trainer
+        "_format_summary_table",  # ModelSummary
+        "_device_mesh",  # LightningModule (public: device_mesh)
+        "epoch_loop",  # trainer.fit_loop.epoch_loop.max_steps
+    }
+)
+
+
+def private_uses(source: str) -> list[tuple[int, str]]:
+    """(line, what) for each use of a private Lightning / jsonargparse API in ``source``."""
+    out = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            parts = node.module.split(".")
+            if parts[0] in PRIVATE_LIBRARIES:
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                if any(p.startswith("_") for p in parts) or private:
+                    out.append((node.lineno, f"from {node.module} import {', '.join(a.name for a in node.names)}"))
+        elif isinstance(node, ast.Import):
+            out += [
+                (node.lineno, f"import {a.name}")
+                for a in node.names
+                if a.name.split(".")[0] in PRIVATE_LIBRARIES and any(p.startswith("_") for p in a.name.split("."))
+            ]
+        elif isinstance(node, ast.Attribute) and node.attr in PRIVATE_NAMES:
+            out.append((node.lineno, f".{node.attr}"))
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in PRIVATE_NAMES:
+            out.append((node.lineno, repr(node.value)))
+        elif isinstance(node, ast.FunctionDef) and node.name in PRIVATE_NAMES:
+            out.append((node.lineno, f"def {node.name}"))
+    return sorted(out)
+
+
 def _rel(module: str) -> str:
     return _module_files()[module].relative_to(ROOT).as_posix()
 
@@ -208,6 +254,17 @@ def test_no_import_cycle(module: str) -> None:
         if not checking and target in component and target != module
     ]
     assert not component, f"{module} is in an import cycle with {component}; its imports inside it:\n" + "\n".join(ties)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_private_library_apis_only_in_compat(module: str) -> None:
+    if module == COMPAT_MODULE:
+        return
+    uses = private_uses(_module_files()[module].read_text())
+    assert not uses, (
+        f"{_rel(module)} uses private APIs of Lightning / jsonargparse; go through {COMPAT_MODULE} (or a public "
+        "hook) instead:\n" + "\n".join(f"  line {line}: {what}" for line, what in uses)
+    )
 
 
 @pytest.mark.parametrize("path", _python_files())
@@ -252,3 +309,14 @@ def test_reader_sees_lazy_relative_and_typing_imports() -> None:
     assert components({"a": ["b"], "b": ["c"], "c": ["a"], "d": ["a"]}) == dict.fromkeys("abc", ["a", "b", "c"])
     assert floor("data.latent_cache") < floor("benchmark.module") < floor("baselines.dit") < floor("benchmark.cli")
     assert floor("benchmark.leaderboard.suite") == ENTRY and floor("benchmark.evaluation.metrics") == ENGINE
+    private = (
+        "from lightning.fabric.loggers.csv_logs import _ExperimentWriter\n"
+        "import jsonargparse._typehints\n"
+        "x = getattr(c, '_lazy_kwargs')\n"
+        "trainer.fit_loop.epoch_loop.max_steps = 3\n"
+        "class C:\n"
+        "    def _set_seed(self): pass\n"
+        "from lightning.pytorch.cli import LightningCLI\n"
+    )
+    assert [line for line, _ in private_uses(private)] == [1, 2, 3, 4, 6]
+    assert COMPAT_MODULE in MODULES
