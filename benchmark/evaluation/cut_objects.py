@@ -158,7 +158,7 @@ def cut_object_rates(
         module: A Shapes entry conditioned on control metadata.
         protocol: The suite's `benchmark.evaluation.protocol.EvalProtocol`.
         datamodule: The entry's data: the training items are drawn from a Shapes built with its settings (see
-            `benchmark.evaluation.evaluate.shapes_reference_dataset`); None uses the Shapes defaults.
+            `benchmark.evaluation.shapes_reference.shapes_reference_dataset`); None uses the Shapes defaults.
         num_samples: Samples per condition (default ``min(DEFAULT_SAMPLES, protocol.num_samples)``).
         bootstrap_reps: Bootstrap resamples of the ``_sd`` (default the protocol's).
 
@@ -166,9 +166,9 @@ def cut_object_rates(
         ``cut_object_rate_uncropped``, ``cut_object_rate_train_crops``, each with ``_sd`` (bootstrap over samples),
         and ``cut_object_samples``.
     """
-    from benchmark.evaluation.evaluate import shapes_reference_dataset
     from benchmark.evaluation.generate import per_sample_noise
     from benchmark.evaluation.protocol import sample_seed
+    from benchmark.evaluation.shapes_reference import shapes_reference_dataset
 
     if not getattr(module.conditioner, "control_names", ()):
         raise ValueError("the cut-object rate needs an entry conditioned on control metadata")

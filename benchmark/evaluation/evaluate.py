@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from typing import TYPE_CHECKING, Any
@@ -23,6 +22,7 @@ from benchmark.evaluation.generate import GeneratedSet, generate, to_uint8
 from benchmark.evaluation.metrics import MetricUnavailable
 from benchmark.evaluation.protocol import EvalProtocol
 from benchmark.evaluation.provenance import file_sha256
+from benchmark.evaluation.shapes_reference import shapes_reference_dataset
 from data.sources import PACKAGES, diff_hash, git_commit
 
 if TYPE_CHECKING:
@@ -196,21 +196,6 @@ def _real_features(protocol: EvalProtocol, resolution: int, datamodule: Any, ext
     if not protocol.precision_recall:
         return None
     return reference_features(protocol, resolution, datamodule, extractor=extractor, stats_root=stats_root)
-
-
-def shapes_reference_dataset(reference: str, resolution: int, datamodule: Any, length: int):
-    """The Shapes images of the reference: the split named in ``reference`` with the data's own settings."""
-    from data.shapes import Shapes
-
-    split = reference.split(":", 1)[1] if ":" in reference else "train"
-    source = getattr(datamodule, "train_set", None)
-    kwargs: dict[str, Any] = {}
-    if isinstance(source, Shapes):
-        # Every option of the data's own Shapes (renderer settings), whatever options Shapes has now.
-        params = inspect.signature(Shapes.__init__).parameters
-        kwargs = {k: getattr(source, k) for k in params if k not in ("self", "split", "resolution", "length")
-                  and hasattr(source, k)}  # fmt: skip
-    return Shapes(split, resolution=resolution, length=length, **kwargs)
 
 
 def reference_stats(
