@@ -22,6 +22,7 @@ runner resumes from) and hands over to submitit, which requeues the job. Lightni
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import signal
@@ -148,6 +149,7 @@ class RowTask(submitit.helpers.Checkpointable):
     threads: int
     key: str
     results_dir: str
+    callbacks: tuple[Any, ...] = ()  # extra Lightning callbacks of the row's training (picklable ones)
 
     def __call__(self) -> dict[str, Any]:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -170,7 +172,8 @@ class RowTask(submitit.helpers.Checkpointable):
             force=self.force,
             progress=False,
             render=False,
-            callbacks=[preemption],
+            # Copies: Lightning binds the module's `log` onto a callback, and a requeue pickles this task again.
+            callbacks=[*copy.deepcopy(self.callbacks), preemption],
             jobs=1,
         )
         if rows:
@@ -390,8 +393,8 @@ def _log_tail(handle: Any) -> str:
     return " | ".join(tails)
 
 
-def row_task(job: Any, settings: Launch, *, suite_root: Path, preset: str, output: Path | None, force: bool,
-             results_dir: Path) -> RowTask:  # fmt: skip
+def row_task(job: Any, *, suite_root: Path, preset: str, output: Path | None, force: bool, results_dir: Path,
+             callbacks: tuple[Any, ...] = ()) -> RowTask:  # fmt: skip
     """The `RowTask` of one of the runner's jobs."""
     return RowTask(
         suite_root=str(suite_root),
@@ -403,6 +406,7 @@ def row_task(job: Any, settings: Launch, *, suite_root: Path, preset: str, outpu
         threads=job.threads or 1,
         key=job.key,
         results_dir=str(results_dir),
+        callbacks=tuple(callbacks),
     )
 
 

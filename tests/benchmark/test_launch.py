@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning.pytorch as pl
 import pytest
 import submitit
 
@@ -268,3 +269,120 @@ def test_under_slurm_lightnings_own_requeue_is_off(tmp_path, monkeypatch):
     module, _, name = plugin["class_path"].rpartition(".")
     assert getattr(__import__(module, fromlist=[name]), name) is SLURMEnvironment
     assert plugin["init_args"] == {"auto_requeue": False}  # the rows under the fake SLURM below are built with it
+
+
+# ----------------------------------------------------------------------------------------------- real rows (slow)
+SHAPES = ROOT / "leaderboards" / "shapes"
+_SAME = ("metric", "metric_noguidance", "class_accuracy", "images_seen", "train_flops", "steps", "global_batch")
+
+
+def _one_entry_suite(tmp_path: Path, seeds=(0,), **smoke) -> Path:
+    """A copy of the Shapes suite with its DiT entry only and the smoke preset changed by ``smoke``."""
+    import shutil
+
+    import yaml
+
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    raw = yaml.safe_load((SHAPES / "suite.yaml").read_text())
+    raw.update(entries=["dit"], literature=[])
+    raw["presets"]["smoke"].update(seeds=list(seeds), grid_samples_per_class=0, **smoke)
+    (suite / "suite.yaml").write_text(yaml.safe_dump(raw))
+    for name in ("dit.yaml", *([raw["protocol"]] if isinstance(raw.get("protocol"), str) else [])):
+        shutil.copy(SHAPES / name, suite / name)
+    return suite
+
+
+class PreemptAt(pl.Callback):
+    """Sends this process submitit's preemption signal at the start of step ``step``, once (a marker file says so)."""
+
+    def __init__(self, step: int, marker: str) -> None:
+        self.step, self.marker = step, marker
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step and not Path(self.marker).exists():
+            Path(self.marker).write_text(str(os.getpid()))
+            os.kill(os.getpid(), getattr(signal, "SIG" + submitit.JobEnvironment.USR_SIG))
+
+
+@pytest.mark.slow
+def test_a_row_preempted_with_submitits_signal_is_requeued_and_ends_as_an_uninterrupted_row(tmp_path, monkeypatch):
+    """USR2 at step 1 of 3: the step ends, `last.ckpt` is written (no periodic checkpoint would exist: one every 1000
+    steps), submitit requeues the job, and the runner resumes from that file: same numbers, nothing counted twice."""
+    from benchmark.leaderboard.plan import plan
+    from benchmark.leaderboard.suite import load_suite
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[PreemptAt.__module__])  # the job cannot import this test module
+    root = _one_entry_suite(tmp_path, budget_scale=0.0075, checkpoint_every=1000)
+    suite = load_suite(root)
+    settings = launch.Launch.of("local", {}, jobs=1)
+    rows = {}
+    for name, callbacks in (("plain", ()), ("preempted", (PreemptAt(1, str(tmp_path / "signalled")),))):
+        out = tmp_path / name
+        (job,) = plan(suite, suite.preset("smoke"), None, None, out, threads=1)
+        task = launch.row_task(
+            job, suite_root=root, preset="smoke", output=out, force=False, results_dir=out, callbacks=callbacks
+        )
+        kwargs = {"results_dir": out, "log_dir": out / "logs", "stages": set(), "on_row": lambda row: None}
+        kwargs["task_for"] = lambda job, task=task: task
+        (rows[name],) = launch.launch_rows([job], settings, on_start=lambda *a: None, **kwargs)
+    plain, preempted = rows["plain"], rows["preempted"]
+    assert (tmp_path / "signalled").is_file()
+    assert plain["status"] == preempted["status"] == "ok", preempted.get("error")
+    assert preempted["resumed_from_step"] == 2 and plain["resumed_from_step"] is None and plain["steps"] == 3
+    assert {k: preempted[k] for k in _SAME} == {k: plain[k] for k in _SAME}
+    (log,) = (tmp_path / "preempted" / "logs" / "dit-seed0").glob("*_0_log.err")
+    assert "Requeued job" in log.read_text() or "Requeued" in (log.with_suffix(".out")).read_text()
+
+
+@pytest.mark.slow
+def test_a_kill_9_of_a_suite_training_rows_leaves_no_process_and_a_rerun_writes_each_row_once(tmp_path):
+    root = _one_entry_suite(tmp_path, seeds=(0, 1), jobs=2)
+    command = [sys.executable, "-m", "benchmark", "leaderboard", "run", str(root), "--preset", "smoke"]
+    command += ["--output", str(tmp_path / "out"), "--no-render", "--no-progress"]
+    suite = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
+    try:
+        started = 0
+        while started < 2:
+            line = suite.stdout.readline()
+            assert line, "the suite ended before both rows started"
+            started += line.startswith("started dit")
+        deadline = time.time() + 120
+        while len(list((tmp_path / "out" / "dit").glob("seed*/key.json"))) < 2 and time.time() < deadline:
+            time.sleep(0.2)  # both rows are building their models
+        rows = _descendants(suite.pid)
+        assert len(rows) >= 4
+        suite.send_signal(signal.SIGKILL)
+        suite.wait()
+        deadline = time.time() + 10
+        while any(_alive(p) for p in rows) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not [p for p in rows if _alive(p)], "orphans of a killed suite"
+    finally:
+        for pid in _descendants(suite.pid):
+            os.kill(pid, signal.SIGKILL)
+    again = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    files = sorted(p.name for p in (tmp_path / "out" / res.ROWS).iterdir())
+    assert len(files) == 2 and all(f.startswith(("dit-s0-", "dit-s1-")) for f in files), files  # no *.job left
+    assert {r["status"] for r in res.read_results(tmp_path / "out")} == {"ok"}
+
+
+@pytest.mark.slow
+def test_the_smoke_row_through_the_slurm_launcher_equals_the_one_built_here(tmp_path, fake_slurm):
+    """``leaderboard run --launcher slurm`` through the fake ``sbatch`` (the job runs here under SLURM's variables,
+    so with Lightning's SLURM environment, its requeue off) gives the row `run_suite` builds in this process."""
+    from benchmark.leaderboard.runner import run_suite
+
+    root = _one_entry_suite(tmp_path)
+    command = [sys.executable, "-m", "benchmark", "leaderboard", "run", str(root), "--preset", "smoke", "--no-progress"]
+    command += ["--output", str(tmp_path / "slurm"), "--launcher", "slurm", "--cpus-per-task", "1", "--time-min", "30"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "#SBATCH --time=30\n" in next(fake_slurm.glob("job-*.sh")).read_text()
+    (row,) = res.read_results(tmp_path / "slurm")
+    (here,) = run_suite(root, preset="smoke", output=tmp_path / "here", progress=False, render=False, jobs=1)
+    assert row["status"] == here["status"] == "ok" and row["key"] == here["key"]
+    assert {k: row[k] for k in _SAME} == {k: here[k] for k in _SAME}
