@@ -233,8 +233,15 @@ class DiffusionModule(pl.LightningModule):
             seed = (seed * 1_000_003 + value) % (2**63 - 1)
         return seed
 
+    def _attached_trainer(self) -> pl.Trainer | None:
+        """The Trainer running this module, or None (built in Python, counting FLOPs, sampling outside ``fit``)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning's way of saying that no Trainer is attached
+            return None
+
     def _micro_batch(self, batch_idx: int) -> int:
-        trainer = self._trainer
+        trainer = self._attached_trainer()
         accumulate = getattr(trainer, "accumulate_grad_batches", 1) if trainer is not None else 1
         return batch_idx % max(int(accumulate), 1)
 
@@ -256,7 +263,7 @@ class DiffusionModule(pl.LightningModule):
         return self.objective.loss(self._train_forward, x0, cond)
 
     def _is_logging_step(self) -> bool:
-        trainer = self._trainer
+        trainer = self._attached_trainer()
         if trainer is None:
             return True
         every = max(int(getattr(trainer, "log_every_n_steps", 1) or 1), 1)
@@ -402,7 +409,8 @@ class DiffusionModule(pl.LightningModule):
         index = batch.get("index")
         if index is None:
             n = _batch_size(batch) or self.conditioner(batch, train=False).batch_size
-            world = self.trainer.world_size if self._trainer is not None else 1
+            trainer = self._attached_trainer()
+            world = trainer.world_size if trainer is not None else 1
             index = torch.arange(n) + (batch_idx * world + self.global_rank) * n
         index = torch.as_tensor(index).reshape(-1).cpu()
         # Each sample's own generator draws its starting noise, then its noisy text padding (if any).

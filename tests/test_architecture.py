@@ -184,6 +184,7 @@ PRIVATE_NAMES = frozenset(
         "_accelerator_connector",  # Trainer
         "_format_summary_table",  # ModelSummary
         "_device_mesh",  # LightningModule (public: device_mesh)
+        "_trainer",  # LightningModule (public: trainer, which raises when none is attached)
         "epoch_loop",  # trainer.fit_loop.epoch_loop.max_steps
     }
 )

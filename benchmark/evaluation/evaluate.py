@@ -315,7 +315,10 @@ def provenance(module: Any, ckpt_path: str | None) -> dict[str, Any]:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=True)
         step = ckpt.get("global_step")
     if step is None:
-        trainer = getattr(module, "_trainer", None)
+        try:
+            trainer = getattr(module, "trainer", None)
+        except RuntimeError:  # a LightningModule that no Trainer is attached to
+            trainer = None
         step = trainer.global_step if trainer is not None else None
     out["checkpoint_step"] = step
     return out
