@@ -226,6 +226,19 @@ class ControlEmbedder(nn.Module):
     0.95 on crop offsets (measured on 900 Shapes controls). ``normalise=False`` is SDXL's raw-pixel embedding. The
     K blocks are concatenated in the order of ``names``. Where ``cond.control_null`` is True the embedding is
     replaced by a learned ``null`` vector (zero at init, so a dropped control contributes nothing at first).
+
+    **Centred, scaled features** (``centre``, ``feature_scale``): AdamW moves every weight by about the learning
+    rate per step whatever the size of its input, so a hidden unit's pre-activation moves by about
+    ``lr · Σ_j |f_j|`` per step. On unit-range values most of the 256 frequencies per scalar are far below one
+    cycle: their cosines are 1 for every value (71 % of the 1,792 columns of the seven Shapes controls vary by
+    less than 0.01), so ``Σ |f|`` is about 970 and the first layer behaves as a bias with a 970× learning rate.
+    At lr 3e-3 the additive mmDiT cell pushed 118 of its 128 hidden units into SiLU's flat negative tail within
+    100 steps, and all 128 by the end (pre-activations ≤ −15): the trained embedding was its output bias, a flip
+    changed it by 2.5e-7, and the model could not learn any control (docs/controls.md). The cosines are therefore
+    taken as ``cos − 1`` (a column that does not change with the value is 0, not 1) and the features multiplied by
+    ``feature_scale`` (0.1: ``Σ |f|`` is about 25 on Shapes, ``lr · Σ |f|`` 0.08 per step at lr 3e-3, and every
+    unit stays alive).
+    ``centre=False, feature_scale=1`` is the plain Fourier embedding.
     """
 
     def __init__(
@@ -235,6 +248,8 @@ class ControlEmbedder(nn.Module):
         frequency_size: int = 256,
         normalise: bool = True,
         input_scale: float = 1.0,
+        centre: bool = True,
+        feature_scale: float = 0.1,
     ) -> None:
         """Build the embedder.
 
@@ -244,6 +259,8 @@ class ControlEmbedder(nn.Module):
             frequency_size: sinusoidal features per scalar (256 as SDXL's ``addition_time_embed_dim``).
             normalise: apply `normalise_controls` before the features (False: raw values, SDXL).
             input_scale: factor on the (normalised) values before the features.
+            centre: take the cosine features as ``cos − 1``, so constant columns are 0 (see the class doc).
+            feature_scale: factor on the Fourier features (see the class doc).
         """
         super().__init__()
         names = tuple(names)
@@ -254,6 +271,9 @@ class ControlEmbedder(nn.Module):
         self.names = names
         self.frequency_size = frequency_size
         self.normalise, self.input_scale = normalise, float(input_scale)
+        if not feature_scale > 0:
+            raise ValueError(f"feature_scale must be > 0, got {feature_scale}")
+        self.centre, self.feature_scale = bool(centre), float(feature_scale)
         self.mlp = nn.Sequential(
             nn.Linear(len(names) * frequency_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size)
         )
@@ -264,7 +284,12 @@ class ControlEmbedder(nn.Module):
         n, k = control.shape
         values = normalise_controls(control, self.names) if self.normalise else control.float()
         values = values * self.input_scale
-        return timestep_frequencies(values.reshape(n * k), self.frequency_size).reshape(n, k * self.frequency_size)
+        features = timestep_frequencies(values.reshape(n * k), self.frequency_size)  # (N * K, F): [cos, sin]
+        if self.centre:
+            offset = torch.zeros(self.frequency_size, device=features.device)
+            offset[: self.frequency_size // 2] = 1.0  # cos(0) = 1: the cosines become cos - 1
+            features = features - offset
+        return (features * self.feature_scale).reshape(n, k * self.frequency_size)
 
     def forward(self, cond: Cond) -> Tensor:
         """Embed ``cond.control``, substituting ``null`` where ``cond.control_null``.

@@ -86,7 +86,8 @@ def test_control_embedder_features_and_null():
         emb.null.copy_(torch.randn(16))
     control = torch.tensor([[256.0, 320.0, 0.0], [512.0, 512.0, 1.0]])
     normalised = torch.stack([control[:, 0].log2(), control[:, 1].log2(), 2 * control[:, 2] - 1], dim=1)
-    manual = emb.mlp(torch.cat([timestep_frequencies(normalised[:, i], 8) for i in range(3)], dim=1))
+    centred = [timestep_frequencies(normalised[:, i], 8) - torch.tensor([1.0] * 4 + [0.0] * 4) for i in range(3)]
+    manual = emb.mlp(0.1 * torch.cat(centred, dim=1))  # cos - 1 and sin, times feature_scale 0.1
     cond = Cond(control=control, control_names=tuple(names))
     torch.testing.assert_close(emb(cond), manual)
     dropped = emb(Cond(control=control, control_null=torch.tensor([True, False])))
@@ -102,7 +103,7 @@ def test_normalise_controls_scales():
     # A per-group embedder that sees only the crop box: offsets as fractions of the crop side.
     crop_only = normalise_controls(raw[:, 2:6], names[2:6])
     torch.testing.assert_close(crop_only[:, :2], torch.tensor([[0.5, 0.5], [0.0, 0.5]]))
-    raw_emb = ControlEmbedder(list(names), 8, frequency_size=4, normalise=False)
+    raw_emb = ControlEmbedder(list(names), 8, frequency_size=4, normalise=False, centre=False, feature_scale=1.0)
     torch.testing.assert_close(
         raw_emb.features(raw), torch.cat([timestep_frequencies(raw[:, i], 4) for i in range(7)], 1)
     )
@@ -137,6 +138,38 @@ def test_linear_probe_recovers_every_shapes_control_from_its_embedding(columns):
     with torch.no_grad():
         r2 = _probe_r2(emb(Cond(control=control, control_names=columns)), control, n_fit=400)
     assert (r2 >= 0.99).all(), dict(zip(columns, r2.tolist()))
+
+
+def _shapes_controls(n: int) -> torch.Tensor:
+    from data.shapes import Shapes
+    from data.transforms import control_to_tensor
+
+    shapes = Shapes("train", 32, length=n)
+    return torch.stack([control_to_tensor(shapes[i]["control"]) for i in range(n)])
+
+
+@pytest.mark.parametrize(("centre", "feature_scale", "bound"), [(True, 0.1, 0.12), (False, 1.0, None)])
+def test_one_adamw_step_moves_the_hidden_units_by_little(centre, feature_scale, bound):
+    """Issue 24: with plain Fourier features one AdamW step at lr 3e-3 moved every hidden pre-activation by about 3
+    (70 % of the columns are constant cosines, a bias with a ~1000x learning rate), and training killed every unit of
+    the additive cell's control embedder within a few hundred steps. Centred, scaled features move them by < 0.1."""
+    from data.transforms import CONTROL_NAMES
+
+    control = _shapes_controls(200)
+    torch.manual_seed(0)
+    emb = ControlEmbedder(list(CONTROL_NAMES), 128, centre=centre, feature_scale=feature_scale)
+    cond = Cond(control=control, control_names=CONTROL_NAMES)
+    features = emb.features(control)
+    before = emb.mlp[0](features).detach()
+    opt = torch.optim.AdamW(emb.parameters(), lr=3e-3, weight_decay=0.0)
+    emb.mlp[0](features).sum().backward()  # any gradient of one sign per unit
+    opt.step()
+    moved = (emb.mlp[0](features).detach() - before).abs().max()
+    if bound is None:  # the plain features: the step that killed the units
+        assert moved > 2.0
+    else:
+        assert moved < bound
+    assert emb(cond).shape == (200, 128)
 
 
 def test_control_embedder_null_starts_at_zero():
