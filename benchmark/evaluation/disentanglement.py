@@ -11,10 +11,12 @@ sweeps one control field at a time over its range and measures, on the Shapes im
   resolution, whole canvas).
 - **control obeyed**: whether the image changed the way the control says.
 
-  * flip: among samples of the asymmetric kinds (arrow, crescent, L shape), the flipped image is closer (mean
-    absolute pixel difference) to the mirror image of the reference than to the reference itself. This reads the
-    pixels, not a head, so an ignored control scores 0, not chance. The direction head's reading
-    (`shapes_clip.flip_obeyed`, 0.5 = chance) is reported beside it.
+  * flip: the flipped image is closer (mean absolute pixel difference) to the mirror image of the reference than
+    to the reference itself. Every Shapes kind shows its flip (the background is lit from the upper left, a
+    mirrored item from the upper right), so every swept sample counts (until issue 24 only the asymmetric kinds
+    did, 6 of 20 samples). This reads the pixels, not a head, so an ignored control scores 0, not chance. The
+    direction head's reading on the asymmetric kinds (`shapes_clip.flip_obeyed`, 0.5 = chance) is reported beside
+    it.
   * crop size: a centred crop of side ``s`` shows the centre of the reference canvas enlarged, so the image swept to
     ``s`` must be closer (mean absolute pixel difference) to the reference's own centre crop of side ``s``, resized
     to the full image (`zoom_centre`), than to the reference itself. Like the flip test this reads pixels against
@@ -28,7 +30,8 @@ Keys (all in [0, 1]; higher is better):
 - ``disentanglement_semantic_kept``: fraction of (sample, swept value) pairs, over every sweep, whose kind is the
   reference's; ``disentanglement_semantic_kept_<s>`` per sweep ``s`` in flip, crop, size.
 - ``disentanglement_control_obeyed``: mean of ``disentanglement_flip_obeyed`` (the pixel mirror test) and
-  ``disentanglement_crop_obeyed`` (the extent test); ``disentanglement_flip_direction_head`` is the head's reading.
+  ``disentanglement_crop_obeyed`` (the extent test), each with its bootstrap ``_sd`` over the swept samples;
+  ``disentanglement_flip_direction_head`` is the head's reading.
 - ``control_disentanglement``: the harmonic mean of semantic kept and control obeyed, high only if the content
   stays and the control acts (the leaderboard column).
 
@@ -43,6 +46,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -70,7 +74,9 @@ Shapes training produces (crop areas 0.25-1 of the canvas, the object's bbox at 
 SIZE_SCALES: tuple[float, ...] = (1.0, 0.5, 0.25)
 """Original canvas side as a multiple of the resolution: Shapes originals range over 0.25x to 1x (8-32 px at 32 px);
 1.0 is the reference view (largest original, uncropped)."""
-DEFAULT_SAMPLES = 20
+DEFAULT_SAMPLES = 50
+"""Swept samples (at most the protocol's ``num_samples``): with 20 a rate of 0.8 had a bootstrap SD of 0.09, too wide
+for the issue-24 check (lower bound of flip / crop obeyed above 0.6); 50 costs 300 extra samples per row."""
 
 
 def sweep_controls(
@@ -135,6 +141,16 @@ def foreground_extent(images: Tensor, threshold: float = 0.25) -> Tensor:
         if r.numel() and c.numel():
             out[i] = max(int(r[-1] - r[0]) + 1, int(c[-1] - c[0]) + 1)
     return out / max(h, w)
+
+
+def _bootstrap_sd(rows: Tensor, reps: int, seed: int) -> float:
+    """SD of the mean of ``rows`` (N,) over ``reps`` resamples of the samples (0 without resamples)."""
+    values = rows.double().numpy()
+    if reps < 2 or len(values) < 2:
+        return 0.0
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(reps, len(values)))].mean(1)
+    return float(means.std(ddof=1))
 
 
 def _harmonic(a: float, b: float) -> float:
@@ -227,6 +243,7 @@ def control_disentanglement(
     def predict(x: Tensor) -> dict[str, Tensor]:
         return clip.image_outputs(to_uint8(x))
 
+    reps = protocol.bootstrap_reps if bootstrap_reps is None else bootstrap_reps
     ref = images["reference"][0]
     ref_out = predict(ref)
     ref_class = ref_out["class"].argmax(-1)
@@ -248,11 +265,12 @@ def control_disentanglement(
                 if kinds is not None
                 else torch.zeros(n, dtype=torch.bool)
             )
+            same = (flipped - ref).abs().mean((1, 2, 3))
+            mirrored = (flipped - ref.flip(-1)).abs().mean((1, 2, 3))
+            flip_row = (mirrored < same).float()
+            metrics["disentanglement_flip_obeyed"] = float(flip_row.mean())
+            metrics["disentanglement_flip_obeyed_sd"] = _bootstrap_sd(flip_row, reps, protocol.seed)
             if bool(asym.any()):
-                same = (flipped - ref).abs().mean((1, 2, 3))
-                mirrored = (flipped - ref.flip(-1)).abs().mean((1, 2, 3))
-                flip_row = torch.where(asym, (mirrored < same).float(), torch.tensor(float("nan")))
-                metrics["disentanglement_flip_obeyed"] = float((mirrored < same)[asym].float().mean())
                 logits = torch.cat([ref_out["direction"], flipped_out["direction"]])
                 asked = torch.cat([sweeps["reference"][0]["flip"], sweeps["flip"][0]["flip"]])
                 head = flip_obeyed(logits, torch.cat([kinds, kinds]), asked, class_names)
@@ -266,11 +284,10 @@ def control_disentanglement(
             ]
             crop_row = torch.stack(zoomed, 1).mean(1)
             metrics["disentanglement_crop_obeyed"] = float(crop_row.mean())
+            metrics["disentanglement_crop_obeyed_sd"] = _bootstrap_sd(crop_row, reps, protocol.seed)
     # One row per swept sample: its kept fraction, flip obeyed (NaN: kind shows no flip), crop obeyed.
     kept_row = torch.cat(kept_rows, 1).mean(1) if kept_rows else torch.ones(n)
-    metric = ControlDisentanglement(
-        bootstrap_reps=protocol.bootstrap_reps if bootstrap_reps is None else bootstrap_reps, seed=protocol.seed
-    )
+    metric = ControlDisentanglement(bootstrap_reps=reps, seed=protocol.seed)
     metric.update(torch.stack([kept_row, flip_row, crop_row], 1))
     computed = metric.compute()
     kept, obeyed = metric.parts(metric.gathered()[0])

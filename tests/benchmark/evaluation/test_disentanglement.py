@@ -64,6 +64,9 @@ def test_an_exact_stand_in_scores_high_and_one_ignoring_the_controls_scores_zero
         assert metrics["disentanglement_control_obeyed"] == 0.0
         assert metrics["control_disentanglement"] <= 0.05
     assert "control_disentanglement_sd" in metrics
+    # Every kind shows its flip (the lighting mirrors), so the pixel test counts all 20 samples, with an SD.
+    assert metrics["disentanglement_flip_obeyed"] == (1.0 if obeys else 0.0)
+    assert metrics["disentanglement_flip_obeyed_sd"] == 0.0 and "disentanglement_crop_obeyed_sd" in metrics
 
 
 def test_without_flips_in_training_the_flip_sweep_is_left_out():
