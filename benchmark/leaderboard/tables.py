@@ -323,7 +323,7 @@ def readme_lines(
             f"![{metric} against training FLOPs]({plot.relative_to(out_dir).as_posix()})",
             "",
         ]
-    grids = [(name, r["grid"]) for name in order for r in sorted(groups[name], key=lambda r: r["seed"])[:1]]
+    grids = [(name, r.get("grid")) for name in order for r in sorted(groups[name], key=lambda r: r["seed"])[:1]]
     grids = [(n, g) for n, g in grids if g and (out_dir / g).is_file()]
     if grids:
         lines += [
