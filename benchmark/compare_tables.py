@@ -24,10 +24,10 @@ def _number(value: Any, digits: int = 3) -> str:
 
 def beside_committed(suite_root: str | Path, results_dir: str | Path, metric: str) -> list[list[str]]:
     """Header and rows of the comparison (one row per entry and seed of the new results, in their order)."""
-    mine = res.latest_rows(res.read_rows(Path(results_dir) / "results.jsonl"), None)
+    mine = res.latest_rows(res.read_results(results_dir), None)
     committed = {
         (r.get("entry"), r.get("seed")): r
-        for r in res.latest_rows(res.read_rows(Path(suite_root) / "results.jsonl"), None)
+        for r in res.latest_rows(res.read_results(suite_root), None)
         if r.get("source", "trained") == "trained"
     }
     # Short headers, so the table fits 80 columns (a pipe, a CI log): "committed" / "then" is the committed row's value

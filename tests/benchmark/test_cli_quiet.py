@@ -81,4 +81,4 @@ def test_a_smoke_leaderboard_row_prints_none_of_the_noise(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert _noise(result.stdout + result.stderr) == []
-    assert (out / "results.jsonl").is_file()
+    assert list((out / "rows").glob("*.json"))
