@@ -134,7 +134,8 @@ class Launch:
 # ----------------------------------------------------------------------------------------------- the job
 @dataclass
 class RowTask(submitit.helpers.Checkpointable):
-    """One row as a submitit job: ``run_suite`` for one (entry, seed) in the job's process; returns the row.
+    """One row as a submitit job: ``run`` (the runner's ``run_suite``, handed over by the runner, which imports this
+    module) for one (entry, seed) in the job's process; returns the row.
 
     Requeued after a preemption (`preemption.PreemptionCheckpoint`), the same task runs again and the runner resumes
     the row from its ``last.ckpt`` (or re-evaluates its final weights), so nothing is counted twice.
@@ -149,6 +150,7 @@ class RowTask(submitit.helpers.Checkpointable):
     threads: int
     key: str
     results_dir: str
+    run: Callable[..., list[dict[str, Any]]] | None = None  # `runner.run_suite` (pickled by reference)
     callbacks: tuple[Any, ...] = ()  # extra Lightning callbacks of the row's training (picklable ones)
 
     def __call__(self) -> dict[str, Any]:
@@ -161,9 +163,7 @@ class RowTask(submitit.helpers.Checkpointable):
 
         preemption = PreemptionCheckpoint()
         preemption.install()
-        from benchmark.leaderboard.runner import run_suite
-
-        rows = run_suite(
+        rows = self.run(
             self.suite_root,
             entries=[self.entry],
             seeds=[self.seed],
@@ -393,8 +393,17 @@ def _log_tail(handle: Any) -> str:
     return " | ".join(tails)
 
 
-def row_task(job: Any, *, suite_root: Path, preset: str, output: Path | None, force: bool, results_dir: Path,
-             callbacks: tuple[Any, ...] = ()) -> RowTask:  # fmt: skip
+def row_task(
+    job: Any,
+    run: Callable[..., list[dict[str, Any]]],
+    *,
+    suite_root: Path,
+    preset: str,
+    output: Path | None,
+    force: bool,
+    results_dir: Path,
+    callbacks: tuple[Any, ...] = (),
+) -> RowTask:
     """The `RowTask` of one of the runner's jobs."""
     return RowTask(
         suite_root=str(suite_root),
@@ -406,6 +415,7 @@ def row_task(job: Any, *, suite_root: Path, preset: str, output: Path | None, fo
         threads=job.threads or 1,
         key=job.key,
         results_dir=str(results_dir),
+        run=run,
         callbacks=tuple(callbacks),
     )
 

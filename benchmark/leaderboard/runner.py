@@ -201,7 +201,7 @@ def _run_jobs(
     launch_rows(
         todo,
         settings,
-        task_for=lambda job: row_task(job, force=force, results_dir=results_dir, **options),
+        task_for=lambda job: row_task(job, run_suite, force=force, results_dir=results_dir, **options),
         results_dir=results_dir,
         log_dir=out / "logs",
         stages=set(suite.raw.get("stages") or []),

@@ -309,10 +309,11 @@ class PreemptAt(pl.Callback):
 def test_a_row_preempted_with_submitits_signal_is_requeued_and_ends_as_an_uninterrupted_row(tmp_path, monkeypatch):
     """USR2 at step 1 of 3: the step ends, `last.ckpt` is written (no periodic checkpoint would exist: one every 1000
     steps), submitit requeues the job, and the runner resumes from that file: same numbers, nothing counted twice."""
-    from benchmark.leaderboard.plan import plan
-    from benchmark.leaderboard.suite import load_suite
-
     import cloudpickle
+
+    from benchmark.leaderboard.plan import plan
+    from benchmark.leaderboard.runner import run_suite
+    from benchmark.leaderboard.suite import load_suite
 
     cloudpickle.register_pickle_by_value(sys.modules[PreemptAt.__module__])  # the job cannot import this test module
     root = _one_entry_suite(tmp_path, budget_scale=0.0075, checkpoint_every=1000)
@@ -323,7 +324,14 @@ def test_a_row_preempted_with_submitits_signal_is_requeued_and_ends_as_an_uninte
         out = tmp_path / name
         (job,) = plan(suite, suite.preset("smoke"), None, None, out, threads=1)
         task = launch.row_task(
-            job, suite_root=root, preset="smoke", output=out, force=False, results_dir=out, callbacks=callbacks
+            job,
+            run_suite,
+            suite_root=root,
+            preset="smoke",
+            output=out,
+            force=False,
+            results_dir=out,
+            callbacks=callbacks,
         )
         kwargs = {"results_dir": out, "log_dir": out / "logs", "stages": set(), "on_row": lambda row: None}
         kwargs["task_for"] = lambda job, task=task: task
@@ -383,6 +391,13 @@ def test_the_smoke_row_through_the_slurm_launcher_equals_the_one_built_here(tmp_
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     assert "#SBATCH --time=30\n" in next(fake_slurm.glob("job-*.sh")).read_text()
     (row,) = res.read_results(tmp_path / "slurm")
-    (here,) = run_suite(root, preset="smoke", output=tmp_path / "here", progress=False, render=False, jobs=1)
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # the job's: --cpus-per-task 1 (the key holds the thread count)
+    try:
+        (here,) = run_suite(root, preset="smoke", output=tmp_path / "here", progress=False, render=False, jobs=1)
+    finally:
+        torch.set_num_threads(before)
     assert row["status"] == here["status"] == "ok" and row["key"] == here["key"]
     assert {k: row[k] for k in _SAME} == {k: here[k] for k in _SAME}
