@@ -7,6 +7,7 @@ from its ``last.ckpt`` with an explicit ``ckpt_path``, which would never read Li
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -68,7 +69,7 @@ class PreemptionCheckpoint(Callback):
             partial = last.with_name(f".preempted-{last.name}")
             trainer.save_checkpoint(partial)
             if trainer.is_global_zero:
-                os.replace(partial, last)
+                _replace(partial, last)
             trainer.strategy.barrier()
         self._hand_over()
         if not trainer.is_global_zero:  # rank 0 requeues the whole job, which stops this task too
@@ -79,3 +80,16 @@ class PreemptionCheckpoint(Callback):
         self.training = False
         if self.requested:
             self._hand_over()
+
+
+def _replace(new: Path, old: Path) -> None:
+    """``os.replace`` for a checkpoint file, or for a sharded checkpoint's folder (FSDP), which cannot replace a folder
+    in one rename: the old one is moved aside first, then deleted."""
+    if not old.is_dir():
+        os.replace(new, old)
+        return
+    aside = old.with_name(f".replaced-{old.name}")
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(old, aside)
+    os.replace(new, old)
+    shutil.rmtree(aside, ignore_errors=True)
