@@ -175,6 +175,7 @@ class ClassEmbedder(nn.Module):
 
 
 _SIZES = ("orig_h", "orig_w", "crop_h", "crop_w")
+_CROP_SIZES = {"crop_h": "orig_h", "crop_w": "orig_w"}  # a crop side is read relative to this original side
 _OFFSETS = {"crop_top": ("orig_h", "crop_h"), "crop_left": ("orig_w", "crop_w")}  # preferred denominators, in order
 
 
@@ -184,8 +185,11 @@ def normalise_controls(control: Tensor, names: tuple[str, ...] | list[str]) -> T
     Raw pixel values make the sizes dominate the Fourier features (85 % of the input variance on Shapes against
     1.1 % for flip) and alias at the high frequencies, so each kind of control gets its own scale:
 
-    - sizes (``orig_h``, ``orig_w``, ``crop_h``, ``crop_w``): ``log2(pixels)``, 2 units from 8 to 32 px (log, so one
-      embedder serves every resolution);
+    - original sizes (``orig_h``, ``orig_w``): ``log2(pixels)``, 2 units from 8 to 32 px (log, so one embedder
+      serves every resolution);
+    - crop sizes (``crop_h``, ``crop_w``): ``log2(crop / original)`` (0 = the whole canvas, -1 = half its side)
+      when the embedder also sees the original side, so that how much of the canvas is kept is one input, not the
+      difference of two; else ``log2(pixels)``;
     - crop offsets (``crop_top``, ``crop_left``): a fraction of the original side when the embedder also sees
       ``orig_h`` / ``orig_w``, else of the crop side (a per-group embedder that sees only the crop box);
       ``log2(1 + pixels)`` when it sees neither;
@@ -204,7 +208,9 @@ def normalise_controls(control: Tensor, names: tuple[str, ...] | list[str]) -> T
     out = []
     for k, name in enumerate(names):
         col = x[:, k]
-        if name in _SIZES:
+        if name in _CROP_SIZES and _CROP_SIZES[name] in names:
+            col = torch.log2(col.clamp_min(1.0) / x[:, names.index(_CROP_SIZES[name])].clamp_min(1.0))
+        elif name in _SIZES:
             col = torch.log2(col.clamp_min(1.0))
         elif name in _OFFSETS:
             denominator = next((d for d in _OFFSETS[name] if d in names), None)

@@ -98,11 +98,13 @@ def test_control_embedder_features_and_null():
 def test_normalise_controls_scales():
     names = ("orig_h", "orig_w", "crop_top", "crop_left", "crop_h", "crop_w", "flip")
     raw = torch.tensor([[32.0, 16.0, 8.0, 4.0, 16.0, 8.0, 1.0], [8.0, 8.0, 0.0, 2.0, 4.0, 4.0, 0.0]])
-    expected = torch.tensor([[5.0, 4.0, 0.25, 0.25, 4.0, 3.0, 1.0], [3.0, 3.0, 0.0, 0.25, 2.0, 2.0, -1.0]])
+    # Crop sides relative to the original side (log2 16/32 = -1), original sides in log2 pixels.
+    expected = torch.tensor([[5.0, 4.0, 0.25, 0.25, -1.0, -1.0, 1.0], [3.0, 3.0, 0.0, 0.25, -1.0, -1.0, -1.0]])
     torch.testing.assert_close(normalise_controls(raw, names), expected)
     # A per-group embedder that sees only the crop box: offsets as fractions of the crop side.
     crop_only = normalise_controls(raw[:, 2:6], names[2:6])
     torch.testing.assert_close(crop_only[:, :2], torch.tensor([[0.5, 0.5], [0.0, 0.5]]))
+    torch.testing.assert_close(crop_only[:, 2:], torch.tensor([[4.0, 3.0], [2.0, 2.0]]))  # log2 pixels
     raw_emb = ControlEmbedder(list(names), 8, frequency_size=4, normalise=False, centre=False, feature_scale=1.0)
     torch.testing.assert_close(
         raw_emb.features(raw), torch.cat([timestep_frequencies(raw[:, i], 4) for i in range(7)], 1)
