@@ -171,7 +171,7 @@ def test_smoke_preset_end_to_end(tmp_path):
         assert row["train_flops"] >= row["budget_train_flops"] > row["train_flops"] / 2
         assert math.isfinite(row["metric"]) and math.isfinite(row["metric_noguidance"])
         assert 0.0 <= row["class_accuracy"] <= 1.0 and row["sampling_images_per_s"] > 0
-        assert row["metrics"]["num_samples"] == 20 and row["eval_sampler"] in ("Euler-4", "DDIM-4")
+        assert row["metrics"]["num_samples"] == 20 and row["eval_sampler"] in ("Euler-4", "DDIM-4", "DDPM-4")
         assert row["commit"] and row["versions"]["torch"] and row["hardware"]
         assert (tmp_path / row["grid"]).stat().st_size > 0
     readme = (tmp_path / "README.md").read_text()
