@@ -401,3 +401,34 @@ def test_the_smoke_row_through_the_slurm_launcher_equals_the_one_built_here(tmp_
         torch.set_num_threads(before)
     assert row["status"] == here["status"] == "ok" and row["key"] == here["key"]
     assert {k: row[k] for k in _SAME} == {k: here[k] for k in _SAME}
+
+
+@pytest.mark.slow
+def test_a_two_process_leaderboard_run_spends_what_one_process_spends(tmp_path):
+    """``torchrun --nproc_per_node 2 -m benchmark leaderboard run`` of one entry (DDP over gloo, half the batch per
+    rank): rank 0 alone writes the row, with the steps, images, global batch and training FLOPs of one process.
+
+    Not asserted: equal metrics. A step's noise and timesteps are drawn per (seed, step, micro-batch, rank)
+    (`benchmark.module`), so two ranks draw other noise than one process does for the same images; measured on
+    2026-12-06: fd_shapes 185.00 (2 processes) against 185.74 (1 process) after 2 smoke steps."""
+    import yaml
+
+    root = _one_entry_suite(tmp_path)
+    config = yaml.safe_load((root / "dit.yaml").read_text())
+    config["trainer"].update(devices=2, strategy="ddp")
+    config["data"]["init_args"]["batch_size"] //= 2
+    (root / "dit2.yaml").write_text(yaml.safe_dump(config))
+    raw = yaml.safe_load((root / "suite.yaml").read_text())
+    (root / "suite.yaml").write_text(yaml.safe_dump({**raw, "entries": ["dit", "dit2"]}))
+    rows = {}
+    for entry, launcher in (("dit", [sys.executable, "-m"]), ("dit2", ["torchrun", "--nproc_per_node", "2", "-m"])):
+        command = [*launcher, "benchmark", "leaderboard", "run", str(root), "--preset", "smoke", "--entries", entry]
+        command += ["--output", str(tmp_path / entry), "--no-render", "--no-progress"]
+        result = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        (rows[entry],) = res.read_results(tmp_path / entry)  # one row: rank 0 wrote it, rank 1 did not
+    one, two = rows["dit"], rows["dit2"]
+    assert one["status"] == two["status"] == "ok" and (one["world_size"], two["world_size"]) == (1, 2)
+    spent = ("steps", "images_seen", "global_batch", "train_flops", "stopped_by")
+    assert {k: two[k] for k in spent} == {k: one[k] for k in spent}
+    assert two["metrics"]["num_samples"] == one["metrics"]["num_samples"] == 20
