@@ -41,7 +41,7 @@ from torch import Tensor
 from benchmark.evaluation.metrics import FeatureMetric
 from data.shapes import COLOURS
 
-__all__ = ["DEFAULT_SAMPLES", "CutObjectRate", "condition_sets", "cut_features", "cut_object_rates"]
+__all__ = ["DEFAULT_SAMPLES", "CutObjectRate", "condition_sets", "cut_features", "cut_object_rates", "training_items"]
 
 _PALETTE = torch.tensor(list(COLOURS.values()), dtype=torch.float32)  # (P, 3) in 0..255
 
@@ -94,6 +94,19 @@ DEFAULT_SAMPLES = 200
 
 def _control_dict(controls: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {key: torch.stack([c[key] for c in controls]) for key in controls[0]}
+
+
+def training_items(resolution: int, datamodule: Any = None) -> Any:
+    """The training split of Shapes with the data's own settings (`shapes_reference.shapes_reference_dataset`).
+
+    At least 100,000 items long: item ``i`` is a pure function of (settings, split, i), so a longer set only adds
+    items of the same distribution, and a small training set (tests, smoke runs) still has enough reference views.
+    """
+    from benchmark.evaluation.shapes_reference import shapes_reference_dataset
+
+    source = getattr(datamodule, "train_set", None)
+    length = max(len(source) if source is not None else 0, 100_000)
+    return shapes_reference_dataset("shapes:train", resolution, datamodule, length)
 
 
 def condition_sets(dataset: Any, n: int, seed: int = 0) -> dict[str, dict[str, Any]]:
@@ -168,15 +181,11 @@ def cut_object_rates(
     """
     from benchmark.evaluation.generate import per_sample_noise
     from benchmark.evaluation.protocol import sample_seed
-    from benchmark.evaluation.shapes_reference import shapes_reference_dataset
 
     if not getattr(module.conditioner, "control_names", ()):
         raise ValueError("the cut-object rate needs an entry conditioned on control metadata")
     n = min(DEFAULT_SAMPLES, protocol.num_samples) if num_samples is None else int(num_samples)
-    source = getattr(datamodule, "train_set", None)
-    length = len(source) if source is not None else 100_000
-    dataset = shapes_reference_dataset("shapes:train", module.resolution, datamodule, length)
-    conditions = condition_sets(dataset, n, protocol.seed)
+    conditions = condition_sets(training_items(module.resolution, datamodule), n, protocol.seed)
     semantic = getattr(module.conditioner, "semantic", "none")
     seeds = [sample_seed(protocol.seed, i) for i in range(n)]
     noise = torch.stack([torch.randn(module.latent_shape, generator=torch.Generator().manual_seed(s)) for s in seeds])

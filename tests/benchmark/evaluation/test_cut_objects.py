@@ -5,7 +5,13 @@ import pytest
 import torch
 
 from benchmark.evaluation import EvalProtocol
-from benchmark.evaluation.cut_objects import CutObjectRate, condition_sets, cut_features, cut_object_rates
+from benchmark.evaluation.cut_objects import (
+    CutObjectRate,
+    condition_sets,
+    cut_features,
+    cut_object_rates,
+    training_items,
+)
 from data.shapes import Shapes, ShapesDataModule
 from tests.benchmark.evaluation.metric_controls import MetricControls
 
@@ -64,7 +70,8 @@ class StandIn:
         self.conditioner = type("C", (), {"control_names": ("flip",), "semantic": semantic})()
         self.num_classes, self.resolution, self.latent_shape = 10, 32, (4, 8, 8)
         self.device, self.training = torch.device("cpu"), False
-        sets = condition_sets(data.train_set, n, seed=0)  # what the measure asks for (the protocol's seed 0)
+        self.items = training_items(32, data)  # the measure's items: the data's settings, >= 100,000 long
+        sets = condition_sets(self.items, n, seed=0)  # what the measure asks for (the protocol's seed 0)
         self.crops, self.whole = sets["train_crops"]["indices"], sets["uncropped"]["indices"]
         self.by_control = {self._key(sets["train_crops"]["control"], j): i for j, i in enumerate(self.crops)}
         self.calls: list[dict] = []
@@ -89,7 +96,7 @@ class StandIn:
                 if self.obeys
                 else self.crops[j]
             )
-            out.append(self.data.train_set.sample(index, flip=False)["image"])
+            out.append(self.items.sample(index, flip=False)["image"])
         return torch.stack(out)
 
 

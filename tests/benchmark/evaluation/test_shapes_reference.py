@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import torch
 
-from benchmark.evaluation.evaluate import shapes_reference_dataset
+from benchmark.evaluation.shapes_reference import shapes_reference_dataset
 from data.shapes import Shapes
 
 # Every Shapes option that changes which images the data shows, each away from its default.
