@@ -1,14 +1,19 @@
 """Generic, conditioning-free transformer layers shared by the baselines.
 
-Parameter names follow timm's ``vision_transformer`` (``qkv``/``proj``, ``fc1``/``fc2``, ``proj`` of the patch
-embedding), which the DiT lineage builds on, so reference checkpoints load without renaming these layers.
+``Attention``, ``Mlp`` and ``PatchEmbed`` are timm's layers, which the DiT, MDT and PixArt-α references take from timm,
+under our constructor signatures: their parameter names (``qkv``/``proj``, ``fc1``/``fc2``, ``proj`` of the patch
+embedding) are the reference checkpoints', so those load without renaming. ``scripts/timm_layers_perf.py`` compares
+them with the plain-torch layers they replaced (forward parity, training-step speed).
 
 Legend: N batch, C channels, H x W spatial size, p patch size, T = (H/p)(W/p) tokens, D width, h heads.
 """
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
+import timm.layers
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,12 +34,15 @@ __all__ = [
     "zero_linear",
 ]
 
+_gelu_tanh = functools.partial(nn.GELU, approximate="tanh")
 
-class Attention(nn.Module):
-    """Multi-head self-attention: fused ``qkv`` Linear, ``scaled_dot_product_attention``, output ``proj``.
 
-    The ``qkv`` output is laid out (q | k | v), each head-major, as in timm, so that its three row blocks are the
-    separate ``to_q``/``to_k``/``to_v`` weights of diffusers.
+class Attention(timm.layers.Attention):
+    """timm's multi-head self-attention (fused ``qkv`` Linear, ``scaled_dot_product_attention``, output ``proj``), as
+    the DiT, MDT and PixArt-α references use it.
+
+    The ``qkv`` output is laid out (q | k | v), each head-major, so that its three row blocks are the separate
+    ``to_q``/``to_k``/``to_v`` weights of diffusers. ``forward(x, attn_mask=None)`` maps (N, T, D) to (N, T, D).
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
@@ -45,27 +53,12 @@ class Attention(nn.Module):
             num_heads: number of heads h; head width is ``dim // num_heads``.
             qkv_bias: whether the qkv projection has a bias (True in DiT).
         """
-        super().__init__()
         if dim % num_heads:
             raise ValueError(f"Attention width {dim} is not divisible by num_heads={num_heads}")
-        self.num_heads = num_heads
-        self.head_dim = dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Attend.
-
-        Args:
-            x: (N, T, D) tokens.
-
-        Returns:
-            (N, T, D).
-        """
-        n, t, d = x.shape
-        qkv = self.qkv(x).view(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)  # (3, N, h, T, D/h)
-        x = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # (N, h, T, D/h)
-        return self.proj(x.transpose(1, 2).reshape(n, t, d))
+        super().__init__(dim, num_heads, qkv_bias=qkv_bias)
+        # Always SDPA (timm's TIMM_FUSED_ATTN=0 would pick its unfused softmax path): the GPU flash kernels and the
+        # parity tests assume it.
+        self.fused_attn = True
 
 
 class CrossAttention(nn.Module):
@@ -109,8 +102,8 @@ class CrossAttention(nn.Module):
         return self.proj(x.transpose(1, 2).reshape(n, t, d))
 
 
-class Mlp(nn.Module):
-    """Two-layer feed-forward network ``fc2(GELU_tanh(fc1(x)))`` (DiT uses the tanh approximation of GELU)."""
+class Mlp(timm.layers.Mlp):
+    """timm's two-layer feed-forward network ``fc2(GELU_tanh(fc1(x)))`` (DiT's tanh approximation of GELU)."""
 
     def __init__(self, in_features: int, hidden_features: int, out_features: int | None = None) -> None:
         """Build the layer.
@@ -120,18 +113,12 @@ class Mlp(nn.Module):
             hidden_features: inner width (``mlp_ratio * D`` in DiT).
             out_features: output width; defaults to ``in_features``.
         """
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.act = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden_features, out_features or in_features)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Apply the MLP to (..., in_features) → (..., out_features)."""
-        return self.fc2(self.act(self.fc1(x)))
+        super().__init__(in_features, hidden_features, out_features, act_layer=_gelu_tanh)
 
 
-class PatchEmbed(nn.Module):
-    """Non-overlapping patches → tokens: a Conv2d with kernel = stride = patch, flattened row-major."""
+class PatchEmbed(timm.layers.PatchEmbed):
+    """timm's patch embedding: non-overlapping patches → tokens by a Conv2d with kernel = stride = patch, flattened
+    row-major; any input side divisible by the patch (no fixed image size)."""
 
     def __init__(self, patch_size: int, in_channels: int, embed_dim: int, bias: bool = True) -> None:
         """Build the layer.
@@ -142,16 +129,15 @@ class PatchEmbed(nn.Module):
             embed_dim: token width D.
             bias: whether the projection has a bias (True in DiT).
         """
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_channels, embed_dim, kernel_size=patch_size, stride=patch_size, bias=bias)
+        super().__init__(img_size=None, patch_size=patch_size, in_chans=in_channels, embed_dim=embed_dim, bias=bias)
 
     def forward(self, x: Tensor) -> Tensor:
         """Patchify (N, C, H, W) → (N, T, D), tokens ordered row by row (T = (H/p)(W/p))."""
-        # One copy here into token-major memory: a transposed view would be inherited by every residual add after
-        # it, and each LayerNorm and Linear of every block (and their backward) would copy it again. Same values;
-        # the training step at the Shapes size is 5-7 % faster (DiT-tiny/2, batch 64, one thread; leaderboards/perf).
-        return self.proj(x).flatten(2).transpose(1, 2).contiguous()
+        # One copy here into token-major memory: timm returns a transposed view, which every residual add after it
+        # would inherit, and each LayerNorm and Linear of every block (and their backward) would copy it again.
+        # Same values; the training step at the Shapes size is 5-7 % faster (DiT-tiny/2, batch 64, one thread;
+        # leaderboards/perf).
+        return super().forward(x).contiguous()
 
 
 def _sincos_1d(embed_dim: int, positions: np.ndarray) -> np.ndarray:
