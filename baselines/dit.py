@@ -20,8 +20,9 @@ Differences from the reference:
   ``c`` (the entangled baseline the proposed model is compared against). Off by default, and then the model is the
   reference exactly.
 - Attention runs through ``torch.nn.functional.scaled_dot_product_attention`` (same math as timm's ``Attention``).
-- Layers come from ``baselines/layers.py`` and conditioning from ``conditioning/`` instead of timm and in-file
-  classes. State-dict names are the reference's except ``adaLN_modulation.1`` → ``adaLN_modulation.linear``.
+- Patch embedding, MLP and attention are timm's, as in the reference, through ``baselines/layers.py`` (which keeps
+  the tanh GELU and SDPA on); conditioning comes from ``conditioning/`` instead of in-file classes. State-dict names
+  are the reference's except ``adaLN_modulation.1`` → ``adaLN_modulation.linear``.
 - ``forward_with_cfg`` is not here: guidance (including DiT's guidance on 3 of 4 channels) is
   ``benchmark/guidance.py``'s, shared by every model. Splitting the learned-Σ channels is the objective's job.
 - ``pos_embed`` is a frozen ``nn.Parameter`` as in the reference (so it is counted and saved the same way), and is
