@@ -26,6 +26,7 @@ from jsonargparse import lazy_instance
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 
+from benchmark.batch_draws import global_batch_draws
 from benchmark.ema import BackboneEMA
 from benchmark.guidance import ClassifierFreeGuidance
 from benchmark.objectives import Objective, RectifiedFlow
@@ -225,11 +226,12 @@ class DiffusionModule(pl.LightningModule):
     def step_seed(self, micro_batch: int = 0) -> int:
         """Seed of all randomness of one training micro-batch (condition dropout, t, noise, posterior sample).
 
-        A function of the run's base seed, the optimizer step, the micro-batch within the step (with
-        ``accumulate_grad_batches > 1`` each micro-batch draws its own randomness) and the rank.
+        A function of the run's base seed, the optimizer step and the micro-batch within the step (with
+        ``accumulate_grad_batches > 1`` each micro-batch draws its own randomness); not of the rank: every rank draws
+        for the global batch and keeps its rows (`benchmark.batch_draws`), so N processes train on the draws of one.
         """
         seed = getattr(self, "_seed_base", 0)
-        for value in (self.global_step, micro_batch, self.global_rank):
+        for value in (self.global_step, micro_batch, 0):  # 0: the rank's place, kept so one process's seeds stay
             seed = (seed * 1_000_003 + value) % (2**63 - 1)
         return seed
 
@@ -270,10 +272,14 @@ class DiffusionModule(pl.LightningModule):
         return (self.global_step + 1) % every == 0 or self.global_step == 0
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> Tensor:
-        # The step's randomness is a pure function of (seed, step, micro-batch, rank): a run resumed from a
-        # checkpoint then continues exactly as the uninterrupted run would have, with no RNG state to save.
+        # The step's randomness is a pure function of (seed, step, micro-batch, sample): a run resumed from a
+        # checkpoint then continues exactly as the uninterrupted run would have, with no RNG state to save, and N
+        # ranks draw for each sample what one process draws for it.
+        trainer = self._attached_trainer()
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         with self.seeded(self.step_seed(self._micro_batch(batch_idx))):
-            losses = self.training_loss(batch)
+            with global_batch_draws(_batch_size(batch) or 1, rank, world):
+                losses = self.training_loss(batch)
         if "loss" not in losses:
             raise KeyError(f"{type(self).__name__}.training_loss must return a 'loss' entry, got {sorted(losses)}")
         loss = losses["loss"]

@@ -452,7 +452,7 @@ def _common_dtype(tensors: list[Tensor]) -> torch.dtype:
 
 
 def _batch_size(batch: Mapping[str, Any]) -> int | None:
-    for key in ("image", "latent", "class_label"):
+    for key in ("image", "latent", "latent_mean", "class_label"):
         if key in batch and isinstance(batch[key], Tensor):
             return batch[key].shape[0]
     if isinstance(batch.get("caption"), list | tuple):
