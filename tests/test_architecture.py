@@ -45,11 +45,6 @@ ENTRY_POINTS = (
     "benchmark.transfer",  # their initialisation: reads checkpoints through the baselines' importers and layers
 )
 
-# TEMPORARY: being split by issue 26's leaderboard work (engineer H1) while this test lands. Only the length check
-# and the cycle check skip these files; the lead removes this list when the split is in. Nothing else is exempt.
-_BEING_SPLIT_BY_ISSUE_26 = ("benchmark/leaderboard/runner.py", "benchmark/leaderboard/render.py")
-
-
 # ------------------------------------------------------------------------------------------------------- reading
 def _module_files() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the four packages."""
@@ -246,8 +241,6 @@ def test_imports_only_go_downward(module: str) -> None:
 
 @pytest.mark.parametrize("module", MODULES)
 def test_no_import_cycle(module: str) -> None:
-    if _rel(module) in _BEING_SPLIT_BY_ISSUE_26:
-        return
     component = cycles().get(module, [])
     ties = [
         f"  line {line}: {target}"
@@ -270,19 +263,15 @@ def test_private_library_apis_only_in_compat(module: str) -> None:
 
 @pytest.mark.parametrize("path", _python_files())
 def test_module_length(path: str) -> None:
-    if path in _BEING_SPLIT_BY_ISSUE_26:
-        return
     lines = len((ROOT / path).read_text().splitlines())
     assert lines <= MAX_LINES, f"{path} has {lines} lines (at most {MAX_LINES}): split it by job"
 
 
 def test_lists_name_real_modules() -> None:
-    """The entry-point list and the temporary exemptions name files that exist (a stale name would hide nothing)."""
+    """The entry-point list names modules that exist (a stale name would hide nothing)."""
     modules = _module_files()
     for entry in ENTRY_POINTS:
         assert entry in modules, f"ENTRY_POINTS names {entry}, which is not a module"
-    for path in _BEING_SPLIT_BY_ISSUE_26:
-        assert (ROOT / path).is_file(), f"{path} is gone: remove it from _BEING_SPLIT_BY_ISSUE_26"
 
 
 def test_every_floor_has_modules() -> None:
