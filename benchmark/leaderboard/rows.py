@@ -237,7 +237,9 @@ def run_job(
             resumed_from = None
             if last.is_file():
                 resumed_from = int(torch.load(last, map_location="cpu", weights_only=True).get("global_step", 0))
-            trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+            # weights_only: our checkpoints are tensors and plain data (and torch warns when it is left unset).
+            ckpt = str(last) if last.is_file() else None
+            trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None)
             if trainer.interrupted:
                 raise KeyboardInterrupt("training was interrupted")
             trainer.save_checkpoint(final)
