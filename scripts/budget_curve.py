@@ -241,6 +241,38 @@ def render(folder: Path, title: str) -> dict[str, Any] | None:
     return pick
 
 
+OVERHEAD_CPU_S = 17.0  # per row: start, FLOP count, grid, checkpoints (a whole 1e12 DiT row's CPU minus its parts)
+
+
+def time_plan(rows: list[dict[str, Any]], budget: float, seeds: int = 3, jobs: int = 2) -> tuple[str, float, float]:
+    """Markdown table of per-row CPU seconds at ``budget`` from suite rows measured at any budget, and the minutes of a
+    whole view (every entry x ``seeds``, ``jobs`` rows at a time, one thread each), today and with the levers:
+    in-training evaluations every 1,000 steps instead of 100, no unguided pass (a third of the sampling).
+
+    CPU seconds of a one-thread row = the wall time it takes with a core of its own, whatever the load was when it
+    was measured (rows record CPU over wall time of their training steps and of their sampling)."""
+    lines = [
+        f"| entry | CPU s per step | load | steps at {budget:.3g} | training | final evaluation | in-training "
+        "evaluations (est.) | row | row with levers |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    now = levers = 0.0
+    for r in sorted(rows, key=lambda r: r["entry"]):
+        per_step = r["train_seconds"] * r["train_cpu_per_wall"] / r["steps"]
+        final = r["eval_seconds"] * r["sampling_cpu_per_wall"]
+        steps = math.ceil(budget / (r["flops_per_image"] * r.get("global_batch", 64)))
+        # 100 guided samples: 1/15 of the final 1,000 guided (two passes) + 1,000 unguided (one), + features
+        one = final / 15 + 0.5
+        row = per_step * steps + final + (steps // 100) * one + OVERHEAD_CPU_S
+        lever = per_step * steps + final * 0.67 + (steps // 1000) * one + OVERHEAD_CPU_S
+        now, levers = now + seeds * row, levers + seeds * lever
+        lines.append(
+            f"| {r['entry']} | {per_step:.3f} | {r['train_load1']:.0f} | {steps} | {per_step * steps:.0f} | "
+            f"{final:.0f} | {(steps // 100) * one:.0f} | {row:.0f} | {lever:.0f} |"
+        )
+    return "\n".join(lines) + "\n", now / jobs / 60, levers / jobs / 60
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -252,7 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     re_ = sub.add_parser("render", help="curve.csv, curve.png and README table from <folder>/evals/*.json")
     re_.add_argument("folder", type=Path)
     re_.add_argument("--title", default="DiT-tiny/2, shared recipe (rectified flow, Euler, AdamW), seed 0")
+    pl = sub.add_parser("plan", help="time plan of a view at a budget from suite rows (rows/*.json) measured at any")
+    pl.add_argument("rows", nargs="+", type=Path)
+    pl.add_argument("--budget", type=float, required=True)
     args = parser.parse_args(argv)
+    if args.command == "plan":
+        rows = [json.loads(p.read_text()) for p in args.rows]
+        table, now, levers = time_plan([r for r in rows if r.get("status") == "ok"], args.budget)
+        print(table + f"\nview: {now:.0f} min today, {levers:.0f} min with the levers")
+        return
     if args.command == "evaluate":
         evaluate_checkpoints(args.config, args.protocol, args.checkpoints, args.output_dir)
     else:

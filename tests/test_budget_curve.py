@@ -74,3 +74,15 @@ def test_budget_state_reads_the_compute_budget_callback():
     assert bc.budget_state(ckpt) == {"images_seen": 640, "train_flops": pytest.approx(5.12e10), "train_seconds": 2.5}
     with pytest.raises(ValueError, match="ComputeBudget"):
         bc.budget_state({"callbacks": {}})
+
+
+def test_time_plan_counts_cpu_seconds_per_row_and_halves_for_two_rows_at_a_time():
+    bc = _load()
+    # A row measured at 1e12 on a loaded machine: 100 steps in 40 s wall at a quarter of a core = 0.1 CPU s per step.
+    row = {"entry": "dit", "status": "ok", "steps": 100, "train_seconds": 40.0, "train_cpu_per_wall": 0.25}
+    row.update(eval_seconds=100.0, sampling_cpu_per_wall=0.3, flops_per_image=1e9 / 64, train_load1=8.0)
+    table, now, levers = bc.time_plan([row], budget=2e11)  # 200 steps, final evaluation 30 CPU s
+    one = 30 / 15 + 0.5
+    assert now == pytest.approx(3 * (0.1 * 200 + 30 + 2 * one + bc.OVERHEAD_CPU_S) / 2 / 60)
+    assert levers == pytest.approx(3 * (0.1 * 200 + 30 * 0.67 + bc.OVERHEAD_CPU_S) / 2 / 60)
+    assert "| dit | 0.100 | 8 | 200 | 20 | 30 |" in table
