@@ -332,8 +332,9 @@ class ControlDisentanglement(FeatureMetric):
     """Harmonic mean of "semantic kept" and "control obeyed", from per-sample rows (no labels).
 
     ``features`` (N, 3): the fraction of the sample's swept images that kept its kind, whether its flip was obeyed
-    (NaN for kinds a flip does not show), and the fraction of its crop steps that enlarged the object (NaN if no crop
-    sweep). Control obeyed is the mean of the flip and crop parts present (`benchmark.evaluation.disentanglement`).
+    (NaN where the sweep had no flip test; every Shapes kind shows its flip through the lighting), and the fraction
+    of its crop steps that enlarged the object (NaN if no crop sweep). Control obeyed is the mean of the flip and
+    crop parts present (`benchmark.evaluation.disentanglement`).
     """
 
     name = "control_disentanglement"

@@ -63,6 +63,8 @@ CSV_COLUMNS = (
     "class_accuracy_noguidance",
     "clip_score",
     "control_disentanglement",
+    "cut_object_rate_uncropped",
+    "cut_object_rate_train_crops",
     "train_images_per_s",
     "train_load1",
     "train_cpu_per_wall",

@@ -147,11 +147,15 @@ def metric_columns(metrics: dict[str, Any], metric: str) -> dict[str, Any]:
         "class_accuracy_noguidance": pick("class_accuracy_noguidance"),
         "clip_score": pick("clip_score"),
         "control_disentanglement": pick("control_disentanglement"),
+        # Control-conditioned Shapes entries: the share of samples whose object touches the border (SDXL's cut
+        # objects), with the uncropped control and with training crops.
+        "cut_object_rate_uncropped": pick("cut_object_rate_uncropped"),
+        "cut_object_rate_train_crops": pick("cut_object_rate_train_crops"),
         "sampling_images_per_s": pick("sampling_images_per_s", "sample_images_per_s", "images_per_s"),
     }
     # Each number's evaluation-noise SD (bootstrap over the samples), which render combines with the seed spread.
     sources = {"metric": metric, "metric_noguidance": f"{metric}_noguidance"}
-    for column in list(columns)[:6]:
+    for column in [c for c in columns if c != "sampling_images_per_s"]:
         columns[f"{column}_sd"] = pick(f"{sources.get(column, column)}_sd")
     # Its bootstrap replicates for the ranked columns: replicate r of every entry resamples the same samples (same
     # noise and labels), so render pairs entries with them.

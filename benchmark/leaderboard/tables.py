@@ -244,6 +244,7 @@ def readme_lines(
         "class acc. (%)",
         "CLIP",
         "control disent.",
+        "cut objects (%)",
         "train img/s",
         "sample img/s",
         "peak mem (GB)",
@@ -254,7 +255,13 @@ def readme_lines(
     table = []
     columns = {
         key: interval_stats(groups, key)
-        for key in ("metric_noguidance", "class_accuracy", "clip_score", "control_disentanglement")
+        for key in (
+            "metric_noguidance",
+            "class_accuracy",
+            "clip_score",
+            "control_disentanglement",
+            "cut_object_rate_uncropped",
+        )
     }
     order = sorted(
         groups, key=lambda n: (n in stages, stats[n] is None, _rank_number(ranks.get(n)), stats[n] and stats[n][0], n)
@@ -277,6 +284,7 @@ def readme_lines(
                 fmt_interval(columns["class_accuracy"][name], scale=100),
                 fmt_interval(columns["clip_score"][name]),
                 fmt_interval(columns["control_disentanglement"][name]),
+                fmt_interval(columns["cut_object_rate_uncropped"][name], scale=100),
                 _throughput(g, "train_images_per_s"),
                 _throughput(g, "sampling_images_per_s"),
                 fmt_num(_mean(g, "peak_memory_gb")) + (" (RSS)" if mem_kind == "rss" else ""),

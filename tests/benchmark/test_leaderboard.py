@@ -349,8 +349,8 @@ def _row(entry, seed, metric, **extra):
 def test_render_from_synthetic_results(tmp_path):
     root = _suite(tmp_path)
     rows = [
-        _row("a", 0, 8.0),
-        _row("a", 1, 10.0),  # a: 9 ± 1
+        _row("a", 0, 8.0, cut_object_rate_uncropped=0.2),
+        _row("a", 1, 10.0, cut_object_rate_uncropped=0.3),  # a: 9 ± 1; 25 % of its samples cut their object
         _row("b", 0, 9.5),
         _row("b", 1, 10.5),  # b: 10 ± 0.5 -> overlaps a: tie
         _row("c", 0, None, status="diverged", error="FloatingPointError: non-finite training loss"),
@@ -372,6 +372,9 @@ def test_render_from_synthetic_results(tmp_path):
     # 95 % intervals: seed variance pooled over a and b ((2 + 0.5) / 2), no evaluation SD recorded in these rows.
     assert "| 9 ± 1.5 |" in a_line and "| 18 ± 3.1 |" in a_line and "| 90 |" in a_line
     assert "| 10 ± 1.5 |" in b_line, "the stale row leaked into b's mean"
+    header = next(line for line in table if line.startswith("| rank |")).split(" | ")
+    cut = header.index("cut objects (%)")
+    assert a_line.split(" | ")[cut].startswith("25 ±") and b_line.split(" | ")[cut] == ""
     assert "1.3M" in a_line and "1 TFLOPs" in a_line and "12,480" in a_line and "abc1234" in a_line
     assert "| c |" in text and "diverged" in text and "FloatingPointError" in text
     assert "stale" in text
@@ -386,6 +389,7 @@ def test_render_from_synthetic_results(tmp_path):
     assert len(csv_rows) == 5  # a0 a1 b0 b1 c0 (the stale b0 is replaced by the current b0)
     assert {r["entry"] for r in csv_rows} == {"a", "b", "c"}
     assert math.isclose(float(next(r for r in csv_rows if r["entry"] == "a" and r["seed"] == "1")["metric"]), 10.0)
+    assert next(r for r in csv_rows if r["entry"] == "a" and r["seed"] == "0")["cut_object_rate_uncropped"] == "0.2"
 
 
 def test_render_paper_scale_suite_without_rows(tmp_path):
