@@ -282,19 +282,8 @@ def read_rows(path: str | Path) -> list[dict[str, Any]]:
 
 def write_rows(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
     """Write all rows atomically: a temporary file in the same folder, then one ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            for row in rows:
-                f.write(json.dumps(row, sort_keys=False, default=_json_default) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    text = "".join(json.dumps(row, sort_keys=False, default=_json_default) + "\n" for row in rows)
+    write_text_atomic(path, text)
 
 
 def append_row(path: str | Path, row: dict[str, Any]) -> None:
