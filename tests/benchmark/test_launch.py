@@ -132,6 +132,16 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _kill_and_check_no_orphans(suite: subprocess.Popen, rows: set[int]) -> None:
+    """SIGKILL the suite process; every process of its rows must end within 10 s."""
+    suite.send_signal(signal.SIGKILL)
+    suite.wait()
+    deadline = time.time() + 10
+    while any(_alive(p) for p in rows) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in rows if _alive(p)], "orphans of a killed suite"
+
+
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process tree from Linux's /proc")
 def test_a_kill_9_of_the_suite_process_leaves_no_process_of_its_rows(tmp_path):
     suite = subprocess.Popen([sys.executable, "-c", _SUITE_PROCESS, str(tmp_path)], stdout=subprocess.PIPE, text=True)
@@ -142,12 +152,7 @@ def test_a_kill_9_of_the_suite_process_leaves_no_process_of_its_rows(tmp_path):
             time.sleep(0.1)
         rows = _descendants(suite.pid)
         assert len(rows) >= 6
-        suite.send_signal(signal.SIGKILL)
-        suite.wait()
-        deadline = time.time() + 10
-        while any(_alive(p) for p in rows) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in rows if _alive(p)], "orphans of a killed suite"
+        _kill_and_check_no_orphans(suite, rows)
     finally:
         for pid in _descendants(suite.pid) | ({suite.pid} if suite.poll() is None else set()):
             os.kill(pid, signal.SIGKILL)
@@ -362,12 +367,7 @@ def test_a_kill_9_of_a_suite_training_rows_leaves_no_process_and_a_rerun_writes_
             time.sleep(0.2)  # both rows are building their models
         rows = _descendants(suite.pid)
         assert len(rows) >= 4
-        suite.send_signal(signal.SIGKILL)
-        suite.wait()
-        deadline = time.time() + 10
-        while any(_alive(p) for p in rows) and time.time() < deadline:
-            time.sleep(0.1)
-        assert not [p for p in rows if _alive(p)], "orphans of a killed suite"
+        _kill_and_check_no_orphans(suite, rows)
     finally:
         for pid in _descendants(suite.pid):
             os.kill(pid, signal.SIGKILL)
