@@ -24,7 +24,9 @@ The model is registered as the torch-fidelity feature extractor ``"shapes-clip"`
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -199,6 +201,19 @@ def flip_obeyed(direction_logits: Tensor, labels: Tensor, flips: Tensor, class_n
 
 
 # ---------------------------------------------------------------------------------------------- loading
+@contextlib.contextmanager
+def _no_loading_bar() -> Iterator[None]:
+    from transformers.utils import logging as hf_logging
+
+    was_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_on:
+            hf_logging.enable_progress_bar()
+
+
 @lru_cache(maxsize=4)
 def _load(pretrained: str, device: str) -> ShapesCLIP:
     from safetensors.torch import load_file
@@ -209,7 +224,8 @@ def _load(pretrained: str, device: str) -> ShapesCLIP:
         raise FileNotFoundError(
             f"no Shapes CLIP in {folder}: train one with `python scripts/train_shapes_clip.py --out {folder}`"
         )
-    model = CLIPModel.from_pretrained(folder)
+    with _no_loading_bar():  # a bar over the 110 tensors of a 1 MB model, printed by every evaluated row
+        model = CLIPModel.from_pretrained(folder)
     tokenizer = AutoTokenizer.from_pretrained(folder)
     names = json.loads((folder / "heads.json").read_text())
     state = load_file(folder / "heads.safetensors")

@@ -67,7 +67,7 @@ class PreemptionCheckpoint(Callback):
         if checkpoint is not None and checkpoint.dirpath:
             last = Path(checkpoint.dirpath) / f"{checkpoint.CHECKPOINT_NAME_LAST}{checkpoint.FILE_EXTENSION}"
             partial = last.with_name(f".preempted-{last.name}")
-            trainer.save_checkpoint(partial)
+            trainer.save_checkpoint(partial, weights_only=False)
             if trainer.is_global_zero:
                 _replace(partial, last)
             trainer.strategy.barrier()

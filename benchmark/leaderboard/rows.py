@@ -246,7 +246,7 @@ def run_job(
             trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True if ckpt else None)
             if trainer.interrupted:
                 raise KeyboardInterrupt("training was interrupted")
-            trainer.save_checkpoint(final)
+            trainer.save_checkpoint(final, weights_only=False)  # the full state: last.ckpt is a copy
             if _is_rank_zero():
                 # `last.ckpt` is the final state, as after `fit` (the periodic save may be steps behind the budget's
                 # stop); `final.ckpt` stays for the transfer entries that read it.

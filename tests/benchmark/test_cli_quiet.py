@@ -26,6 +26,8 @@ NOISE = (
     "litlogger",  # every command
     "Total FLOPs",  # model summary (rich)
     "Total Flops",  # model summary (plain)
+    "`weights_only` was not set",  # leaderboard rows (Lightning, at the final checkpoint)
+    "Loading weights",  # leaderboard rows (transformers' bar over the Shapes CLIP's tensors)
 )
 
 
