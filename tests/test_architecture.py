@@ -45,6 +45,7 @@ ENTRY_POINTS = (
     "benchmark.transfer",  # their initialisation: reads checkpoints through the baselines' importers and layers
 )
 
+
 # ------------------------------------------------------------------------------------------------------- reading
 def _module_files() -> dict[str, Path]:
     """Dotted module name -> file, for every module of the four packages."""
