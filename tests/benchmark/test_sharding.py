@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmark.batch_draws import global_batch_draws
 from benchmark.runs import checkpoint_step
 from benchmark.sharding import consolidate_checkpoint, shard_units
 
@@ -31,7 +32,7 @@ def _worker(out: Path, vae: str, steps: int, precision: str = "fp32", checkpoint
 def _one_process(vae: str, steps: int):
     """The same training in this process, unsharded: step k's gradient is the mean of the two ranks' losses, each on
     its rank's items (Lightning gives a training loader a shuffled DistributedSampler seeded by the global seed) and
-    with its rank's step seed."""
+    its rows of the step's global-batch draws (`benchmark.batch_draws`)."""
     sys.path.insert(0, str(WORKER.parent))
     import fsdp_worker
 
@@ -55,7 +56,8 @@ def _one_process(vae: str, steps: int):
             module._trainer = types.SimpleNamespace(global_step=step, global_rank=rank)
             seed = module.step_seed(0)
             module._trainer = None
-            with module.seeded(seed):
+            # Each rank draws for the global batch and keeps its rows, as `DiffusionModule.training_step` does.
+            with module.seeded(seed), global_batch_draws(fsdp_worker.BATCH, rank, 2):
                 per_rank.append(module.training_loss(batch)["loss"])
         loss = sum(per_rank) / 2
         optimizer.zero_grad()
