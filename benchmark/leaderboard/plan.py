@@ -123,19 +123,6 @@ def _keys(
     )
 
 
-def entry_key(
-    entry: Entry,
-    seed: int,
-    budget: Budget | None,
-    protocol: dict[str, Any],
-    threads: int | None = None,
-    preset: Preset | None = None,
-) -> str:
-    """The key a trained row of ``entry`` at ``seed`` has with this checkout, budget, protocol, thread count and
-    preset."""
-    return entry_keys(entry, seed, budget, protocol, threads, preset)[0]
-
-
 def training_config(entry: Entry, seed: int, run_dir: Path, preset: Preset, progress: bool) -> dict[str, Any]:
     """The entry's ``fit`` config with the runner's logger, checkpointing and step limits (the recipe untouched)."""
     config = copy.deepcopy(entry.config)

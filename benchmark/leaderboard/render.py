@@ -93,7 +93,7 @@ CSV_COLUMNS = (
 # ----------------------------------------------------------------------------------------------- keys
 def current_keys(suite: Suite, rows: list[dict[str, Any]]) -> set[str]:
     """The keys this checkout computes for the trained rows' (entry, seed, preset); unparseable entries give none."""
-    from benchmark.leaderboard.plan import entry_key
+    from benchmark.leaderboard.plan import entry_keys
 
     entries = {e.name: e for e in suite.entries()}
     keys = set()
@@ -109,7 +109,7 @@ def current_keys(suite: Suite, rows: list[dict[str, Any]]) -> set[str]:
         preset = suite.presets[preset_name]
         budget, protocol = suite.budget_for(preset), suite.protocol_for(preset)
         try:
-            keys.add(entry_key(entries[name], int(seed), budget, protocol, threads=threads or -1, preset=preset))
+            keys.add(entry_keys(entries[name], int(seed), budget, protocol, threads=threads or -1, preset=preset)[0])
         except Exception:  # noqa: BLE001 - an entry that no longer parses makes its rows stale, not render fail
             continue
     return keys

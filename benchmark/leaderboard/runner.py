@@ -32,7 +32,6 @@ from benchmark.leaderboard.plan import (  # noqa: F401 - re-exported: their impo
     available_cores,
     default_output,
     entry_fingerprint,
-    entry_key,
     entry_keys,
     in_training_evaluation,
     instantiate,
