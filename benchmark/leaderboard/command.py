@@ -119,6 +119,13 @@ def main(argv: list[str]) -> None:
             seeds = [int(s) for s in _list(args.seeds) or []] or None
         except ValueError:
             cli.error(f"--seeds takes comma-separated integers, e.g. 0,1; got {args.seeds!r}")
+        if args.launcher == "slurm":  # no SLURM here, or inconsistent settings: one line before anything is planned
+            from benchmark.leaderboard.launch import Launch
+
+            try:
+                Launch.of("slurm", suite.preset(args.preset).slurm, 1, **_launch_options(args))
+            except ValueError as error:
+                cli.error(str(error))
         if args.dry_run:
             _print_plan(suite, args, seeds)
             return

@@ -25,6 +25,7 @@ import contextlib
 import copy
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -92,6 +93,12 @@ class Launch:
         settings = cls(launcher=launcher, jobs=jobs, poll_s=poll, **given)
         if settings.gpus_per_row % max(1, settings.nodes):
             raise ValueError(f"gpus_per_row {settings.gpus_per_row} is not a multiple of nodes {settings.nodes}")
+        missing = [tool for tool in ("sbatch", "srun") if launcher == "slurm" and shutil.which(tool) is None]
+        if missing:  # before any row is planned: submitit's own refusal is a traceback from inside a row
+            raise ValueError(
+                f"--launcher slurm needs SLURM's {' and '.join(missing)} on PATH (not found here): run it on a "
+                "cluster login node, or use --launcher local"
+            )
         return settings
 
     @property
