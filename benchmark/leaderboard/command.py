@@ -119,11 +119,13 @@ def main(argv: list[str]) -> None:
             seeds = [int(s) for s in _list(args.seeds) or []] or None
         except ValueError:
             cli.error(f"--seeds takes comma-separated integers, e.g. 0,1; got {args.seeds!r}")
-        if args.launcher == "slurm":  # no SLURM here, or inconsistent settings: one line before anything is planned
-            from benchmark.leaderboard.launch import Launch
+        if args.launcher == "slurm":  # inconsistent settings, or no SLURM here: one line before anything is planned
+            from benchmark.leaderboard.launch import Launch, check_slurm_tools
 
             try:
                 Launch.of("slurm", suite.preset(args.preset).slurm, 1, **_launch_options(args))
+                if not args.dry_run:  # a plan needs no cluster
+                    check_slurm_tools()
             except ValueError as error:
                 cli.error(str(error))
         if args.dry_run:

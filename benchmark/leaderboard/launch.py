@@ -50,6 +50,17 @@ IN_FLIGHT = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "C
              "RESIZING", "SUSPENDED", "SIGNALING", "STAGE_OUT"}  # fmt: skip
 
 
+def check_slurm_tools() -> None:
+    """Refuse, naming them, when SLURM's ``sbatch`` or ``srun`` is not on PATH (submitit's own refusal is a traceback
+    from inside the first row)."""
+    missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+    if missing:
+        raise ValueError(
+            f"--launcher slurm needs SLURM's {' and '.join(missing)} on PATH (not found here): run it on a cluster "
+            "login node, or use --launcher local"
+        )
+
+
 @dataclass
 class Launch:
     """Where and how the rows of a run are launched (the suite preset's ``slurm`` mapping, then the flags).
@@ -93,12 +104,6 @@ class Launch:
         settings = cls(launcher=launcher, jobs=jobs, poll_s=poll, **given)
         if settings.gpus_per_row % max(1, settings.nodes):
             raise ValueError(f"gpus_per_row {settings.gpus_per_row} is not a multiple of nodes {settings.nodes}")
-        missing = [tool for tool in ("sbatch", "srun") if launcher == "slurm" and shutil.which(tool) is None]
-        if missing:  # before any row is planned: submitit's own refusal is a traceback from inside a row
-            raise ValueError(
-                f"--launcher slurm needs SLURM's {' and '.join(missing)} on PATH (not found here): run it on a "
-                "cluster login node, or use --launcher local"
-            )
         return settings
 
     @property
@@ -112,6 +117,7 @@ class Launch:
             executor = submitit.LocalExecutor(folder=folder)
             executor.update_parameters(timeout_min=self.limit_min)
             return executor
+        check_slurm_tools()
         executor = submitit.SlurmExecutor(folder=folder)
         per_node = self.gpus_per_row // max(1, self.nodes)
         params: dict[str, Any] = {

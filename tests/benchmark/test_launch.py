@@ -246,8 +246,7 @@ def test_slurm_rows_are_sbatch_jobs_with_their_resources_and_a_rerun_reattaches(
     assert [p.name for p in (results / res.ROWS).iterdir()] == ["dit-s0-kdit0.json"]
 
 
-def test_the_slurm_settings_come_from_the_preset_then_the_flags(monkeypatch):
-    monkeypatch.setattr(launch.shutil, "which", lambda tool: f"/usr/bin/{tool}")  # as on a login node
+def test_the_slurm_settings_come_from_the_preset_then_the_flags():
     settings = launch.Launch.of("slurm", {"gpus_per_row": 8, "partition": "a"}, jobs=2, partition="b", nodes=None)
     assert (settings.gpus_per_row, settings.partition, settings.nodes, settings.limit_min) == (8, "b", 1, 24 * 60)
     with pytest.raises(ValueError, match="multiple of nodes"):
@@ -261,7 +260,7 @@ def test_slurm_without_sbatch_is_one_line_naming_what_is_missing(monkeypatch, ca
 
     monkeypatch.setattr(launch.shutil, "which", lambda tool: None if tool == "srun" else f"/usr/bin/{tool}")
     with pytest.raises(ValueError, match="needs SLURM's srun on PATH"):
-        launch.Launch.of("slurm", {}, jobs=1)
+        launch.check_slurm_tools()
     monkeypatch.setattr(launch.shutil, "which", lambda tool: None)
     with pytest.raises(SystemExit) as info:
         main(["run", "leaderboards/shapes", "--preset", "smoke", "--entries", "dit", "--launcher", "slurm"])
