@@ -14,6 +14,7 @@ pooled vectors are concatenated. One encoder alone passes through unchanged (Pix
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -415,7 +416,11 @@ class Conditioner(nn.Module):
             if side is None:
                 raise ValueError("Conditioner.example needs the resolution for the default control")
             control = default_control(n, side, device)
-        return self.make(labels=labels, control=control, captions=captions, batch_size=n, device=device)
+        with warnings.catch_warnings():
+            # The example captions fix shapes for FLOP counts and describe; a short tokenizer (the Shapes CLIP's 16
+            # tokens) truncating one is expected there, not a problem of the user's data worth a warning per run.
+            warnings.filterwarnings("ignore", message="captions longer than")
+            return self.make(labels=labels, control=control, captions=captions, batch_size=n, device=device)
 
 
 def default_control(n: int, resolution: int, device: torch.device | str | None = None) -> dict[str, Tensor]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -73,18 +74,25 @@ class SampleGrid(pl.Callback):
         rows = min(self.num_classes or min(total, 16), total)
         return torch.arange(rows).repeat_interleave(self.samples_per_class)
 
-    def captions(self, pl_module: pl.LightningModule) -> list[str] | None:
-        """For caption models: one example caption per row (`conditioning.conditioner.EXAMPLE_CAPTIONS`)."""
+    def captions(self, pl_module: pl.LightningModule, datamodule: Any = None) -> list[str] | None:
+        """For caption models: one caption per row, the first validation items' when the data can tell them without
+        drawing (Shapes' ``describe``), else `conditioning.conditioner.EXAMPLE_CAPTIONS` (a Shapes model asked for
+        "a photo of a cat" would show nothing about what it learned)."""
         if pl_module.conditioner.semantic != "caption":
             return None
         from conditioning.conditioner import EXAMPLE_CAPTIONS
 
         rows = min(self.num_classes or 4, len(EXAMPLE_CAPTIONS))
-        return [caption for caption in EXAMPLE_CAPTIONS[:rows] for _ in range(self.samples_per_class)]
+        val_set = getattr(datamodule, "val_set", None)
+        if hasattr(val_set, "describe"):
+            chosen = [val_set.describe(i)["caption"] for i in range(rows)]
+        else:
+            chosen = list(EXAMPLE_CAPTIONS[:rows])
+        return [caption for caption in chosen for _ in range(self.samples_per_class)]
 
-    def render(self, pl_module: pl.LightningModule) -> torch.Tensor:
-        """The grid as a (3, H, W) float tensor in [0, 1]."""
-        labels, captions = self.labels(pl_module), self.captions(pl_module)
+    def render(self, pl_module: pl.LightningModule, datamodule: Any = None) -> torch.Tensor:
+        """The grid as a (3, H, W) float tensor in [0, 1]; ``datamodule`` gives caption models their rows' captions."""
+        labels, captions = self.labels(pl_module), self.captions(pl_module, datamodule)
         rows = 4 if labels is None else labels.shape[0] // self.samples_per_class
         rows = rows if captions is None else len(captions) // self.samples_per_class
         # One noise per column, shared by every row: rows then differ only by their class.
@@ -118,10 +126,10 @@ class SampleGrid(pl.Callback):
         if trainer.is_global_zero:
             self._save(trainer, pl_module, out_dir / f"step_{step:07d}.png")
         elif getattr(pl_module, "device_mesh", None) is not None:  # a sharded (FSDP) EMA samples collectively
-            self.render(pl_module)
+            self.render(pl_module, trainer.datamodule)
 
     def _save(self, trainer: pl.Trainer, pl_module: pl.LightningModule, path: Path) -> None:
-        grid = self.render(pl_module)
+        grid = self.render(pl_module, trainer.datamodule)
         names = self.row_names(trainer, pl_module)
         if names is not None:
             grid = label_rows(grid, names)

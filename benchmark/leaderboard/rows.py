@@ -84,7 +84,7 @@ def save_grid(module: Any, datamodule: Any, protocol: Any, path: Path, samples_p
     grid_cb = SampleGrid(samples_per_class=samples_per_class, upscale=2, every_n_steps=0)
     apply = protocol.apply(module) if protocol is not None and hasattr(protocol, "apply") else nullcontext()
     with apply:
-        grid = grid_cb.render(module)
+        grid = grid_cb.render(module, datamodule)
     names = getattr(datamodule, "class_names", None)
     labels = grid_cb.labels(module)
     if names and labels is not None:

@@ -42,7 +42,7 @@ class _Trainer:
 
 def _counting_grid(monkeypatch, **kwargs):
     grid, calls = SampleGrid(label_rows=False, **kwargs), []
-    monkeypatch.setattr(grid, "render", lambda module: calls.append(1) or torch.zeros(3, 4, 4))
+    monkeypatch.setattr(grid, "render", lambda module, datamodule=None: calls.append(1) or torch.zeros(3, 4, 4))
     return grid, calls
 
 

@@ -172,3 +172,19 @@ def test_caption_model_describes_on_meta_and_draws_a_grid(folders):
     module = _module(folders)
     grid = SampleGrid(num_classes=2, samples_per_class=2, upscale=1).render(module)
     assert grid.shape[0] == 3 and grid.shape[1] > 2 * 32 and torch.isfinite(grid).all()
+
+
+def test_sample_grid_of_a_shapes_caption_model_asks_for_shapes_captions():
+    from data.shapes import Shapes, ShapesDataModule
+
+    class _Captioned:  # only what `SampleGrid.captions` reads
+        conditioner = type("C", (), {"semantic": "caption"})()
+
+    datamodule = ShapesDataModule(resolution=16, batch_size=2)
+    grid = SampleGrid(num_classes=3, samples_per_class=2)
+    captions = grid.captions(_Captioned(), datamodule)
+    expected = [datamodule.val_set.describe(i)["caption"] for i in range(3)]
+    assert captions == [c for c in expected for _ in range(2)]
+    assert all(any(kind.replace("_", " ") in c for kind in Shapes.CLASS_NAMES) for c in expected)
+    assert not any("cat" in c for c in captions)
+    assert "a photo of a cat sitting on a mat" in grid.captions(_Captioned(), None)  # data that cannot tell: examples
