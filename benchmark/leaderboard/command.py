@@ -1,4 +1,4 @@
-"""The ``ldmbench leaderboard`` command: ``run``, ``render`` and ``eval`` of a suite folder."""
+"""The ``ldmbench leaderboard`` command: ``run``, ``render`` and ``eval`` of a suite folder; ``claims`` of the study."""
 
 from __future__ import annotations
 
@@ -93,12 +93,31 @@ def parser() -> argparse.ArgumentParser:
     ev.add_argument("--ckpt_path", required=True, help="a Lightning .ckpt, or official weights read by the importer")
     ev.add_argument("--preset", help="evaluation preset (default: the suite's)")
     ev.add_argument("--output", help="folder for results (default: the suite folder for the default preset)")
+
+    claims = sub.add_parser(
+        "claims",
+        help="call the paper's claims from the suites' current rows by the committed analysis plan",
+        description="Call each paper claim (docs/analysis-plan.md: comparisons P1-P12, Holm over all of them) from "
+        "the current rows of shapes-ablations, shapes-transfer-res and shapes-transfer-data, and print the table.",
+    )
+    claims.add_argument("--root", default=".", help="the checkout whose leaderboards/ are read (default: .)")
+    claims.add_argument(
+        "--write", action="store_true", help="also put the table into README.md and the details into docs/claims.md"
+    )
     return p
 
 
 def main(argv: list[str]) -> None:
     cli = parser()
     args = cli.parse_args(argv)
+    if args.action == "claims":
+        from benchmark.leaderboard.claims import run
+
+        root = Path(args.root)
+        if not (root / "leaderboards").is_dir():
+            cli.error(f"{root} has no leaderboards/ folder: give the checkout with --root")
+        print(run(root, write=args.write))
+        return
     # A wrong suite folder, preset or entry name is the user's input: one line naming it, not a traceback.
     from benchmark.leaderboard.suite import load_suite
 
