@@ -14,6 +14,8 @@ The names this module held before the split stay importable from it.
 from __future__ import annotations
 
 import contextlib
+import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -119,6 +121,8 @@ def run_suite(
         for r in res.read_results(results_dir)
         if r.get("status") != "failed"
     }
+    if not force:
+        existing |= _adopt_rows(suite, planned, results_dir, existing, console)
     todo = [j for j in planned if force or (j.entry.name, j.seed, j.key) not in existing]
     if todo:  # before anything trains: a committed suite folder gets rows of committed code only
         protocol_file = suite.raw.get("protocol")
@@ -160,6 +164,34 @@ def run_suite(
             _run_serial(suite, todo, preset_obj, *serial_args)
     console.rule(f"done in {_clock(time.perf_counter() - suite_started)} · {results_file}")
     return written
+
+
+def _adopt_rows(
+    suite: Suite, planned: list[Job], results_dir: Path, existing: set[tuple[Any, Any, Any]], console: Any
+) -> set[tuple[Any, Any, Any]]:
+    """Copy rows that a suite named under ``rows_from`` (suite.yaml) already holds for a planned (entry, seed, key).
+
+    The key holds everything that decides a row's numbers (resolved config, code, budget, protocol, threads), so an
+    entry shared by two suites, like the reference ``dit`` of both views of the embedded suite, is trained once; the
+    copy records where it came from (``copied_from``) and brings its sample grid. Returns the adopted rows' idents.
+    """
+    adopted: set[tuple[Any, Any, Any]] = set()
+    wanted = {(j.entry.name, j.seed, j.key) for j in planned} - existing
+    for other in suite.raw.get("rows_from") or []:
+        source = (suite.root / other).resolve()
+        for row in res.read_results(source):
+            ident = (row.get("entry"), row.get("seed"), row.get("key"))
+            if ident not in wanted or ident in adopted or row.get("status") != "ok":
+                continue
+            row = {**row, "suite": suite.name, "copied_from": os.path.relpath(source, suite.root)}
+            grid = row.get("grid")
+            if grid and (source / grid).is_file():
+                (results_dir / grid).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / grid, results_dir / grid)
+            res.write_row(results_dir, row)
+            adopted.add(ident)
+            console.print(f"{ident[0]} seed {ident[1]}: the same row (key {ident[2]}) copied from {other}")
+    return adopted
 
 
 def _launch_settings(
