@@ -244,9 +244,19 @@ def _print_plan(suite: Suite, args: argparse.Namespace, seeds: list[int] | None)
         at_once = "every row a SLURM job"
     print(f"leaderboard {suite.name} · preset {preset.name} · budget {budget} · {at_once}, {threads} torch thread(s)")
     print(f"results: {results / res.ROWS}")
-    todo = 0
+    elsewhere = {}  # rows `run` would copy from the suites under `rows_from` rather than train
+    for other in suite.raw.get("rows_from") or []:
+        for r in res.read_results((suite.root / other).resolve()):
+            if r.get("status") == "ok":
+                elsewhere.setdefault((r.get("entry"), r.get("seed"), r.get("key")), other)
+    todo = copied = 0
     for job in jobs:
-        runs = args.force or args.retrain or (job.entry.name, job.seed, job.key) not in done
-        todo += runs
-        print(f"  {job.entry.name} seed {job.seed}: {'to run' if runs else 'current'} · key {job.key} · {job.run_dir}")
-    print(f"{len(jobs)} rows planned, {len(jobs) - todo} current, {todo} to run; nothing trained (--dry-run)")
+        ident = (job.entry.name, job.seed, job.key)
+        forced = args.force or args.retrain
+        state = "to run" if forced or ident not in done else "current"
+        if state == "to run" and not forced and ident in elsewhere:
+            state, copied = f"copied from {elsewhere[ident]}", copied + 1
+        todo += state == "to run"
+        print(f"  {job.entry.name} seed {job.seed}: {state} · key {job.key} · {job.run_dir}")
+    current = len(jobs) - todo - copied
+    print(f"{len(jobs)} rows planned, {current} current, {copied} to copy, {todo} to run; nothing trained (--dry-run)")
