@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=3.0)
     parser.add_argument("--metrics", action="store_true", help="also measure control disentanglement")
+    parser.add_argument("--upscale", type=int, default=4, help="nearest-neighbour upscaling of the saved picture")
     args = parser.parse_args()
 
     from benchmark.evaluation import EvalProtocol
@@ -68,7 +69,8 @@ def main() -> None:
         rows += [torch.stack([c[i] for c in columns]) for i in range(n)]
         if args.metrics:
             report[name] = control_disentanglement(module, protocol, ShapesCLIP.load())
-    grid = make_grid(torch.cat(rows), nrow=len(columns), padding=2, normalize=True, value_range=(-1, 1))
+    images = torch.nn.functional.interpolate(torch.cat(rows), scale_factor=args.upscale, mode="nearest")
+    grid = make_grid(images, nrow=len(columns), padding=2, normalize=True, value_range=(-1, 1), pad_value=1.0)
     save_image(grid, args.out)
     print(json.dumps({"columns": ["reference", "flip", "crop 0.75", "crop 0.625"], "metrics": report}, indent=1))
 
