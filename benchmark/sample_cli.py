@@ -30,7 +30,9 @@ def protocol_indices(classes: list[int], n: int, num_classes: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_protocol_images(module: Any, protocol: Any, indices: list[int], guidance_scale: float, flips: bool) -> Any:
+def sample_protocol_images(
+    module: Any, protocol: Any, indices: list[int], guidance_scale: float, flips: bool, datamodule: Any = None
+) -> Any:
     """Images in [-1, 1] of evaluation samples ``indices``, as `benchmark.evaluation.generate.generate` draws them.
 
     Args:
@@ -39,14 +41,21 @@ def sample_protocol_images(module: Any, protocol: Any, indices: list[int], guida
         indices: Global sample indices.
         guidance_scale: Semantic guidance scale (the protocol's, or 1.0 for its ``_noguidance`` measurement).
         flips: Whether the data was trained with flips (control-conditioned entries then ask for the index's flip).
+        datamodule: The entry's data: on Shapes a control-conditioned entry asks for the control of the
+            reference's item at each index, as the evaluation does (`generate.protocol_controls`).
     """
-    from benchmark.evaluation.generate import _requested_flips, per_sample_noise
+    from benchmark.evaluation.generate import _requested_flips, per_sample_noise, protocol_controls
     from benchmark.evaluation.protocol import sample_seed
 
     num_classes = int(getattr(module, "num_classes", 0) or 0)
     labels = protocol.replace(num_samples=max(indices) + 1).labels(num_classes)[indices]
     control = None
-    if getattr(module.conditioner, "control_names", ()) and flips:
+    data_controls = protocol_controls(module, protocol, datamodule, max(indices) + 1)
+    if data_controls is not None:
+        control = {k: v[indices].to(module.device) for k, v in data_controls.items()}
+        if not flips:
+            control["flip"] = torch.zeros_like(control["flip"])
+    elif getattr(module.conditioner, "control_names", ()) and flips:
         control = module.default_control(len(indices))
         control["flip"] = _requested_flips(max(indices) + 1, protocol.seed)[indices].to(module.device)
     chunks = []
@@ -143,7 +152,7 @@ def sample(args: list[str]) -> Path:
 
         indices = protocol_indices(classes, ours.n, int(num_classes or 0))
         scale = 1.0 if ours.no_guidance else protocol.guidance_scale
-        images = sample_protocol_images(model, protocol, indices, scale, flips_trained(cli.datamodule))
+        images = sample_protocol_images(model, protocol, indices, scale, flips_trained(cli.datamodule), cli.datamodule)
         names = [f"{name}_index{i:06d}" for name, i in zip(names, indices)]
         how = f"protocol {protocol.name} ({protocol.id()}), guidance {scale:g}"
     else:

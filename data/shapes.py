@@ -249,6 +249,11 @@ class Shapes(Dataset):
         scene, crop, flip = self._layout(index)
         return {"caption": self._caption(scene, crop, flip), "label": scene.kind, "flip": float(flip)}
 
+    def control(self, index: int) -> dict[str, Tensor]:
+        """Control metadata of item ``index`` without drawing it (the same draws as `sample`)."""
+        scene, crop, flip = self._layout(index)
+        return make_control((scene.canvas, scene.canvas), crop, flip)
+
     def visible_fraction(self, index: int, grid: int = 256) -> float:
         """Fraction of item ``index``'s shape AREA (not bbox) inside its crop, from a ``grid``-px mask of the canvas.
 

@@ -18,11 +18,11 @@ from benchmark.evaluation.frechet import (
     stats_code,
     stats_from_features,
 )
-from benchmark.evaluation.generate import GeneratedSet, generate, to_uint8
+from benchmark.evaluation.generate import GeneratedSet, generate, protocol_controls, to_uint8
 from benchmark.evaluation.metrics import MetricUnavailable
 from benchmark.evaluation.protocol import EvalProtocol
 from benchmark.evaluation.provenance import file_sha256
-from benchmark.evaluation.shapes_reference import shapes_reference_dataset
+from benchmark.evaluation.shapes_reference import is_shapes, shapes_reference_dataset
 from data.sources import PACKAGES, diff_hash, git_commit
 
 if TYPE_CHECKING:
@@ -78,10 +78,14 @@ def evaluate(
     if control_conditioned and not flips:
         refused.append(FLIP_REFUSAL)
         log.warning(FLIP_REFUSAL)
+    # On Shapes, control-conditioned samples ask for the controls of the reference's own items (`protocol_controls`).
+    data_controls = protocol_controls(module, protocol, datamodule, protocol.num_samples)
     try:
         for suffix, scale in protocol.guidance_settings(conditional):
             # Each rank keeps its own slice: the metrics gather features, not images.
-            generated = generate(module, protocol, scale, progress=progress, gather=False, ask_flips=flips)
+            generated = generate(
+                module, protocol, scale, progress=progress, gather=False, ask_flips=flips, data_controls=data_controls
+            )
             if not suffix:
                 metrics["sampling_images_per_s"] = generated.images_per_s
             metrics.update({_suffixed(name, suffix): value for name, value in measure(generated).items()})
@@ -130,15 +134,6 @@ def flips_trained(datamodule: Any) -> bool:
         if value is False:
             return False
     return True
-
-
-def is_shapes(datamodule: Any) -> bool:
-    """Whether the data is the embedded Shapes (None: unknown, assumed Shapes as the protocol's reference says)."""
-    if datamodule is None:
-        return True
-    from data.shapes import Shapes, ShapesDataModule
-
-    return isinstance(datamodule, ShapesDataModule) or isinstance(getattr(datamodule, "train_set", None), Shapes)
 
 
 def _measurer(module: DiffusionModule, protocol: EvalProtocol, datamodule: Any, stats_root: str | None):

@@ -26,7 +26,7 @@ from benchmark.evaluation.protocol import EvalProtocol, sample_seed, shapes_val_
 if TYPE_CHECKING:
     from benchmark.module import DiffusionModule
 
-__all__ = ["GeneratedSet", "generate", "rank_slice", "to_uint8"]
+__all__ = ["GeneratedSet", "generate", "protocol_controls", "rank_slice", "to_uint8"]
 
 
 @dataclass
@@ -109,6 +109,7 @@ def generate(
     progress: bool = False,
     gather: bool = True,
     ask_flips: bool = True,
+    data_controls: dict[str, Tensor] | None = None,
 ) -> GeneratedSet:
     """Generate the protocol's set with the entry (all ranks take part; every rank gets the whole set).
 
@@ -123,6 +124,10 @@ def generate(
         ask_flips: Ask control-conditioned entries for flipped samples (a fair coin per sample); False when the
             data was trained without flips, so no sample asks for a control the model never saw (then ``control`` is
             None and no flip metric is computed).
+        data_controls: For control-conditioned entries, the control of every sample, ``{name: (n, ...)}`` drawn
+            from the data the reference statistics come from (`protocol_controls`), so that a model obeying its
+            controls draws the reference's distribution; its flips are the ones asked for. None: the default
+            control (whole canvas) with a fair flip coin.
     """
     from tqdm.auto import tqdm
 
@@ -135,13 +140,15 @@ def generate(
     all_captions = protocol.replace(num_samples=n).caption_list(module.resolution) if semantic == "caption" else None
     control_conditioned = bool(getattr(module.conditioner, "control_names", ()))
     flips = _requested_flips(n, protocol.seed) if control_conditioned and ask_flips else None
+    if control_conditioned and data_controls is not None:
+        flips = data_controls["flip"].float() if ask_flips else None
     measured_labels = all_labels
     if all_captions is not None and protocol.captions == "shapes-val":
         # The kind and direction each caption names: what class accuracy and flip obeyed check. A flip control, if
         # the model has one, asks for the same direction as the caption.
         items = shapes_val_descriptions(n, module.resolution)
         measured_labels = torch.tensor([item["label"] for item in items])
-        if flips is not None:
+        if flips is not None and data_controls is None:
             flips = torch.tensor([item["flip"] for item in items])
 
     chunks: list[Tensor] = []
@@ -153,7 +160,10 @@ def generate(
             generators = [torch.Generator().manual_seed(sample_seed(protocol.seed, i)) for i in range(lo, hi)]
             noise = torch.stack([torch.randn(module.latent_shape, generator=g) for g in generators])
             control = None
-            if flips is not None:
+            if control_conditioned and data_controls is not None:
+                control = {k: v[lo:hi].to(module.device) for k, v in data_controls.items()}
+                control["flip"] = (flips[lo:hi] if flips is not None else torch.zeros(hi - lo)).to(module.device)
+            elif flips is not None:
                 control = module.default_control(hi - lo)
                 control["flip"] = flips[lo:hi].to(module.device)
             with per_sample_noise(generators):
@@ -184,6 +194,32 @@ def generate(
     return GeneratedSet(
         images=images, labels=measured_labels, captions=all_captions, control=flips, seconds=seconds, total=n
     )
+
+
+def protocol_controls(module: DiffusionModule, protocol: EvalProtocol, datamodule: object, n: int) -> dict | None:
+    """The control of each of the ``n`` samples of a control-conditioned entry on Shapes, or None.
+
+    The reference statistics are Shapes images drawn with every augmentation of the data (random original size, crop
+    and flip): real reference views (whole canvas, what the default control asks for) lie at fd_shapes 44 from them,
+    held-out augmented items at 0.9 (1,000 items each, 2026-12-07). Sampled at the default control, an entry that
+    obeys its controls would be measured against a distribution it was told not to draw. So sample ``i`` asks for
+    the control of the reference's item ``i`` (for shapes-val captions: of the val item whose caption it draws),
+    and fd compares like with like; what the default control buys (whole objects) is the cut-object rate's to show.
+    Other data keeps the default control (None): a real dataset's reference images are whole views.
+    """
+    from benchmark.evaluation.shapes_reference import is_shapes, shapes_reference_dataset
+
+    on_shapes = is_shapes(datamodule) and str(protocol.reference).startswith("shapes")
+    if not getattr(module.conditioner, "control_names", ()) or not on_shapes:
+        return None
+    if getattr(module.conditioner, "semantic", "none") == "caption" and protocol.captions == "shapes-val":
+        from data.shapes import Shapes
+
+        source = Shapes("val", resolution=module.resolution, length=max(n, 1))  # the captions' own items
+    else:
+        source = shapes_reference_dataset(protocol.reference, module.resolution, datamodule, max(n, 1))
+    controls = [source.control(i) for i in range(n)]
+    return {name: torch.stack([c[name] for c in controls]) for name in controls[0]}
 
 
 def _requested_flips(n: int, seed: int) -> Tensor:

@@ -23,3 +23,12 @@ def shapes_reference_dataset(reference: str, resolution: int, datamodule: Any, l
         kwargs = {k: getattr(source, k) for k in params if k not in ("self", "split", "resolution", "length")
                   and hasattr(source, k)}  # fmt: skip
     return Shapes(split, resolution=resolution, length=length, **kwargs)
+
+
+def is_shapes(datamodule: Any) -> bool:
+    """Whether the data is the embedded Shapes (None: unknown, assumed Shapes as the protocol's reference says)."""
+    if datamodule is None:
+        return True
+    from data.shapes import Shapes, ShapesDataModule
+
+    return isinstance(datamodule, ShapesDataModule) or isinstance(getattr(datamodule, "train_set", None), Shapes)

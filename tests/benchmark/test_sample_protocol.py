@@ -10,7 +10,7 @@ from PIL import Image
 
 from benchmark.cli import _model_cli, main
 from benchmark.evaluation import EvalProtocol, generate
-from benchmark.evaluation.generate import to_uint8
+from benchmark.evaluation.generate import protocol_controls, to_uint8
 from benchmark.sample_cli import protocol_indices, sample_protocol_images
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,14 +32,17 @@ def test_protocol_indices_are_the_balanced_indices_of_each_class():
     assert all(labels[i] == c for c, i in zip([3, 3, 3, 7, 7, 7], protocol_indices([3, 7], 3, 10)))
 
 
-# dit: class-conditional, rectified flow. proposed: control-conditioned too (each index asks for its own flip).
+# dit: class-conditional, rectified flow. proposed: control-conditioned too (each index asks for the control of the
+# reference's item at that index, flip included, as `evaluate` does).
 @pytest.mark.parametrize("entry", ["dit", "proposed"])
 def test_protocol_samples_equal_the_evaluation_set_at_the_same_indices(entry):
     module = _entry(entry)
     protocol = EvalProtocol.from_yaml(SHAPES_PROTOCOL).replace(num_samples=24, flow_steps=2, batch_size=5)
     indices = protocol_indices([2, 9], 2, 10)  # 2, 12, 9, 19
+    controls = protocol_controls(module, protocol, None, protocol.num_samples)
+    assert (controls is None) == (entry == "dit")
     for scale in (protocol.guidance_scale, 1.0):
-        evaluated = generate(module, protocol, scale)
+        evaluated = generate(module, protocol, scale, data_controls=controls)
         ours = sample_protocol_images(module, protocol.replace(batch_size=3), indices, scale, flips=True)
         assert torch.equal(to_uint8(ours), evaluated.images[indices])
     assert not torch.equal(evaluated.images[2], evaluated.images[12])  # distinct seeds per index

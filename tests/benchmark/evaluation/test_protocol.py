@@ -65,3 +65,45 @@ def test_a_sample_depends_on_its_index_not_on_the_batch(tiny_vae, family):
     assert not torch.equal(a.images[0], a.images[1])
     other_seed = generate(module, protocol.replace(seed=1), 2.0)
     assert not torch.equal(other_seed.images, a.images)
+
+
+class _Recorder:
+    """The few module attributes `generate` reads, recording the control every sample was asked for."""
+
+    def __init__(self, semantic="class", control_names=("orig_h",)):
+        self.conditioner = type("C", (), {"semantic": semantic, "control_names": control_names})()
+        self.resolution, self.latent_shape, self.num_classes, self.device = 16, (4, 2, 2), 10, torch.device("cpu")
+        self.asked = []
+
+    def default_control(self, n):
+        from conditioning.conditioner import default_control
+
+        return default_control(n, self.resolution)
+
+    def sample_images(self, labels=None, captions=None, control=None, num_samples=None, **_):
+        self.asked.append(control)
+        return torch.zeros(num_samples, 3, self.resolution, self.resolution)
+
+
+def test_control_conditioned_entries_on_shapes_ask_for_the_references_own_controls(monkeypatch):
+    from contextlib import nullcontext
+
+    from benchmark.evaluation.generate import protocol_controls
+    from data.shapes import Shapes, ShapesDataModule
+
+    protocol = EvalProtocol(num_samples=6, batch_size=4)
+    monkeypatch.setattr(EvalProtocol, "apply", lambda self, module, scale=None: nullcontext())
+    data = ShapesDataModule(resolution=16, batch_size=2)
+    module = _Recorder()
+    controls = protocol_controls(module, protocol, data, 6)
+    reference = Shapes("train", resolution=16, length=6)
+    for i in range(6):  # the control of the reference's item i, crop and flip included
+        for name, value in reference.control(i).items():
+            assert torch.equal(controls[name][i], value), (i, name)
+    assert len({tuple(c.tolist()) for c in controls["crop_size"]}) > 1  # not the one default control
+    generated = generate(module, protocol, 1.0, data_controls=controls)
+    asked = torch.cat([c["crop_size"] for c in module.asked])
+    assert torch.equal(asked, controls["crop_size"]) and torch.equal(generated.control, controls["flip"])
+    # No control input, or a reference that is not Shapes: nothing to match (the default control stays).
+    assert protocol_controls(_Recorder(control_names=()), protocol, data, 6) is None
+    assert protocol_controls(module, protocol.replace(reference="data:train"), data, 6) is None
