@@ -259,4 +259,5 @@ def _print_plan(suite: Suite, args: argparse.Namespace, seeds: list[int] | None)
         todo += state == "to run"
         print(f"  {job.entry.name} seed {job.seed}: {state} · key {job.key} · {job.run_dir}")
     current = len(jobs) - todo - copied
-    print(f"{len(jobs)} rows planned, {current} current, {copied} to copy, {todo} to run; nothing trained (--dry-run)")
+    to_copy = f", {copied} to copy" if copied else ""
+    print(f"{len(jobs)} rows planned, {current} current{to_copy}, {todo} to run; nothing trained (--dry-run)")

@@ -328,7 +328,21 @@ def write_row(results_dir: str | Path, row: dict[str, Any]) -> Path:
     if old is not None:
         row = keep_unflagged_throughput(row, old)
     write_text_atomic(path, json.dumps(row, default=_json_default, indent=1) + "\n")
+    _drop_superseded(path, row)
     return path
+
+
+def _drop_superseded(path: Path, row: dict[str, Any]) -> None:
+    """Remove the files of earlier rows of the same (entry, seed, source) under other keys: a results folder holds
+    one row per (entry, seed, source), the one `render` shows (a rerun under new code replaces the stale row)."""
+    source = row.get("source", "trained")
+    for other in path.parent.glob(f"{row_stem(row['entry'], row.get('seed'), '*')}.json"):
+        if other == path:
+            continue
+        earlier = _read_json(other)
+        same = earlier is not None and (earlier.get("entry"), earlier.get("seed")) == (row["entry"], row.get("seed"))
+        if same and earlier.get("source", "trained") == source:
+            other.unlink(missing_ok=True)
 
 
 def read_row(results_dir: str | Path, entry: str, seed: Any, key: str) -> dict[str, Any] | None:

@@ -36,3 +36,13 @@ def test_rows_from_a_sibling_suite_are_adopted_by_key(tmp_path):
 def test_no_rows_from_adopts_nothing(tmp_path):
     suite = SimpleNamespace(name="s", root=tmp_path, raw={})
     assert _adopt_rows(suite, [_job("dit", 0, "k")], tmp_path, set(), Console(quiet=True)) == set()
+
+
+def test_a_new_row_replaces_the_file_of_an_earlier_row_of_the_same_entry_and_seed(tmp_path):
+    res.write_row(tmp_path, {"entry": "dit", "seed": 0, "key": "old", "status": "ok"})
+    res.write_row(tmp_path, {"entry": "dit", "seed": 1, "key": "old", "status": "ok"})
+    res.write_row(tmp_path, {"entry": "dit_ddpm", "seed": 0, "key": "old", "status": "ok"})
+    res.write_row(tmp_path, {"entry": "dit", "seed": 0, "key": "ck", "status": "ok", "source": "checkpoint"})
+    res.write_row(tmp_path, {"entry": "dit", "seed": 0, "key": "new", "status": "ok"})
+    kept = sorted(p.name for p in (tmp_path / "rows").glob("*.json"))
+    assert kept == ["dit-s0-ck.json", "dit-s0-new.json", "dit-s1-old.json", "dit_ddpm-s0-old.json"]
