@@ -212,7 +212,8 @@ def readme_lines(
         "" if out_dir.resolve() == suite.root.resolve() else f" --results {_rel(out_dir)}"
     )
     lines += [
-        f"_Generated from `results.jsonl` by `{command}`; do not edit by hand. The columns are defined in {contract}._",
+        f"_Generated from the rows (`rows/*.json`) by `{command}`; do not edit by hand."
+        f" The columns are defined in {contract}._",
         "",
         _budget_line(suite, preset),
         "",
