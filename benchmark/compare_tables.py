@@ -16,6 +16,7 @@ __all__ = ["beside_committed", "print_beside_committed"]
 
 
 STALE = " (stale)"
+OTHER_BUDGET = " (budget)"  # trained under another preset's budget: a different experiment, not a stale one
 
 
 def _number(value: Any, digits: int = 3) -> str:
@@ -37,9 +38,7 @@ def beside_committed(suite_root: str | Path, results_dir: str | Path, metric: st
         if row.get("source", "trained") != "trained":
             continue
         old = committed.get((row.get("entry"), row.get("seed")), {})
-        # A committed row under another key was made with other code, data, config or protocol: never read it as a
-        # current figure to compare with (STALE marks it).
-        mark = STALE if old and old.get("key") != row.get("key") else ""
+        mark = _mark(old, row)
         if row.get("status") != "ok":
             table.append([str(row.get("entry")), str(row.get("seed")), str(row.get("status")), "", "", "", "", ""])
             continue
@@ -58,6 +57,15 @@ def beside_committed(suite_root: str | Path, results_dir: str | Path, metric: st
     return table
 
 
+def _mark(old: dict[str, Any], row: dict[str, Any]) -> str:
+    # A committed row under another key is never read as a current figure to compare with. When its budget differs
+    # (the README's quick preset against the committed default preset) that is the reason, and the reader should be
+    # told so rather than that the code moved; otherwise it was made with other code, data, config or protocol.
+    if not old or old.get("key") == row.get("key"):
+        return ""
+    return OTHER_BUDGET if old.get("budget_train_flops") != row.get("budget_train_flops") else STALE
+
+
 def print_beside_committed(suite_root: str | Path, results_dir: str | Path, metric: str) -> None:
     """Print `beside_committed` as a table, with where both tables are."""
     from rich import box
@@ -73,6 +81,16 @@ def print_beside_committed(suite_root: str | Path, results_dir: str | Path, metr
         table.add_column(name, justify="left" if name in ("entry", "seed") else "right")
     for row in rows[1:]:
         table.add_row(*row)
+    captions = []
+    if any(cell.endswith(OTHER_BUDGET) for row in rows[1:] for cell in row):
+        presets = sorted({str(r.get("preset")) for r in res.read_results(suite_root) if r.get("preset")})
+        captions.append(
+            "(budget): the committed row trained under another budget (preset "
+            + ", ".join(presets)
+            + "); not comparable: run that preset to reproduce it"
+        )
     if any(cell.endswith(STALE) for row in rows[1:] for cell in row):
-        table.caption = "(stale): the committed row was made with other code, data, config or protocol; not comparable"
+        captions.append("(stale): the committed row was made with other code, data, config or protocol; not comparable")
+    if captions:
+        table.caption = "\n".join(captions)
     Console().print(table)

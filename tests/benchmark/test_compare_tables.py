@@ -45,3 +45,17 @@ def test_a_committed_row_under_another_key_is_marked_stale_not_compared_as_curre
     assert table[1] == ["dit", "0", "18", "17.6 (stale)", "16.5", "16.5 (stale)", "454", "269 (stale)"]
     print_beside_committed(tmp_path / "suite", tmp_path / "mine", "fd_shapes")
     assert "not comparable" in capsys.readouterr().out
+
+
+def test_a_committed_row_of_another_budget_is_marked_as_such_not_as_stale(tmp_path, capsys):
+    # The README's first command runs the quick preset; the committed table is the default preset's (9x the budget).
+    row = {"source": "trained", "status": "ok", "entry": "dit", "seed": 0, "metric_noguidance": 16.5}
+    committed = {**row, "key": "a", "metric": 7.5, "train_images_per_s": 639, "budget_train_flops": 1.8e13}
+    _rows(tmp_path / "suite", [{**committed, "preset": "default"}])
+    mine = {**row, "key": "b", "metric": 18.0, "train_images_per_s": 347, "budget_train_flops": 2e12}
+    _rows(tmp_path / "mine", [mine])
+    table = beside_committed(tmp_path / "suite", tmp_path / "mine", "fd_shapes")
+    assert table[1] == ["dit", "0", "18", "7.5 (budget)", "16.5", "16.5 (budget)", "347", "639 (budget)"]
+    print_beside_committed(tmp_path / "suite", tmp_path / "mine", "fd_shapes")
+    out = capsys.readouterr().out
+    assert "preset default" in out and "(stale)" not in out
