@@ -38,7 +38,13 @@ def cache_latents(argv: list[str]) -> dict:
     from data.latent_cache import build_cache, cache_key, default_cache_dir, read_manifest
     from data.parallel_cache import build_parallel, merge_parts, part_name
 
-    parser = argparse.ArgumentParser(prog="ldmbench cache-latents", add_help=False)
+    parser = argparse.ArgumentParser(
+        prog="ldmbench cache-latents",
+        add_help=False,
+        usage="ldmbench cache-latents --config CONFIG.yaml [--config ...] [options] [--data.*]",
+        description="Encode a dataset's training split once with the config's autoencoder; every later run with "
+        "`latent_cache: auto` trains on the stored latents. Parts (--rank/--world-size) can run on several machines.",
+    )
     parser.add_argument("--output", default=None, help="cache folder (default: the folder `latent_cache: auto` uses)")
     parser.add_argument("--batch-size", type=int, default=512, help="items per autoencoder forward")
     parser.add_argument("--device", default=None, help="where the autoencoder runs (default: cuda if available)")
@@ -47,6 +53,9 @@ def cache_latents(argv: list[str]) -> dict:
     parser.add_argument("--world-size", type=int, default=None, help="number of parts (default: torchrun's, else 1)")
     parser.add_argument("--merge", action="store_true", help="only merge the manifest of complete parts")
     ours, rest = parser.parse_known_args(argv)
+    if any(a in ("-h", "--help") for a in rest):
+        parser.print_help()
+        print("\nthe config's options (as for `ldmbench fit`):\n")
     rank, world = _ranks(ours.rank, ours.world_size)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")

@@ -105,18 +105,51 @@ def print_table(metrics: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def evaluate_parser() -> argparse.ArgumentParser:
+    """The options of ``ldmbench evaluate`` itself; every other argument goes to the config's CLI."""
+    parser = argparse.ArgumentParser(
+        prog="ldmbench evaluate",
+        add_help=False,
+        usage="ldmbench evaluate --config CONFIG.yaml [--config ...] --ckpt_path C|last [options] [--model.* --data.*]",
+        description="Sample a checkpoint under an evaluation protocol, print its metrics and optionally write them.",
+    )
+    parser.add_argument(
+        "--ckpt_path",
+        default=None,
+        help="checkpoint to evaluate; 'last' is the newest checkpoint of the config's run folder; "
+        "without it the untrained model is evaluated (with a warning)",
+    )
+    parser.add_argument(
+        "--protocol",
+        default=None,
+        help="protocol YAML (e.g. leaderboards/shapes/protocol.yaml); default: the Shapes protocol for Shapes, "
+        "the data-classifier protocol for an image folder, FID against val for ImageNet",
+    )
+    parser.add_argument("--output", default=None, help="write the metrics (bootstrap replicates included) as JSON here")
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="where to sample and extract features (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--stats_root",
+        default=None,
+        help="folder of cached reference statistics (default: ~/.cache/ldmbench/stats, which the suites share)",
+    )
+    return parser
+
+
 def evaluate_command(argv: list[str]) -> dict[str, Any]:
     """Run ``ldmbench evaluate`` with the arguments after the word ``evaluate``; returns the metrics."""
     from benchmark.cli import CLI_KWARGS, _DescribeCLI
     from benchmark.evaluation import evaluate
 
-    parser = argparse.ArgumentParser(prog="ldmbench evaluate", add_help=False)
-    parser.add_argument("--ckpt_path", default=None)
-    parser.add_argument("--protocol", default=None)
-    parser.add_argument("--output", default=None)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--stats_root", default=None)
+    parser = evaluate_parser()
     ours, rest = parser.parse_known_args(argv)
+    if any(a in ("-h", "--help") for a in rest):
+        # Our options first, then the config's (model, data, trainer) from the same CLI that `fit` uses.
+        parser.print_help()
+        print("\nthe config's options (as for `ldmbench fit`):\n")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
         cli = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=rest, run=False)

@@ -1,6 +1,7 @@
 """The CLI as a new user meets it: errors in one line, runs in their own folders, two processes, sampling."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,30 @@ def test_help_lists_the_extra_commands(capsys):
         assert command in out
     err = _error(capsys, ["describe"])
     assert "ldmbench describe --config leaderboards/shapes/dit.yaml" in err
+
+
+@pytest.mark.parametrize(
+    "command, own_options",
+    [
+        ("evaluate", ["--ckpt_path", "--protocol", "--output", "--device", "--stats_root"]),
+        (
+            "cache-latents",
+            ["--output", "--batch-size", "--device", "--shard-size", "--rank", "--world-size", "--merge"],
+        ),
+        ("sample", ["--ckpt_path", "--classes", "--n", "--output", "--protocol", "--no_guidance"]),
+    ],
+)
+def test_a_commands_help_explains_its_own_options(capsys, command, own_options):
+    # The commands that wrap the config CLI once printed only the config's help: their own options were invisible.
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    ours = out.split("the config's options")[0]
+    for option in own_options:
+        assert re.search(rf"^  {re.escape(option)}\b.*\n?.*\S", ours, re.M), option  # listed with a help text
+    if command != "sample":  # sample names the config's options in its description; the others list them after
+        assert "--trainer.max_steps" in out.split("the config's options")[1]
 
 
 def _class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=4, size=40) -> None:
