@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -79,3 +80,37 @@ def test_readme_claims_table_is_the_generated_one():
     assert block == "\n".join(cl.claims_table(results, cl.budget_guard(REPO))), (
         "README's claims table is not what the rows give: run `ldmbench leaderboard claims --write`"
     )
+    details = cl.details_lines(results, cl.budget_guard(REPO), cl.guard_details(REPO))
+    assert (REPO / "docs" / "claims.md").read_text() == "\n".join(details), (
+        "docs/claims.md is not what the rows give: run `ldmbench leaderboard claims --write`"
+    )
+
+
+def _guard_eval(folder, seed, training_key, accuracy, classes):
+    path = folder / f"seed{seed}" / "final.json"
+    path.parent.mkdir(parents=True)
+    checkpoint = f"runs/leaderboards/shapes/default/dit/seed{seed}-{training_key[:12]}/final.ckpt"
+    per_class = {name: {"accuracy": value, "n": 100} for name, value in classes.items()}
+    path.write_text(json.dumps({"checkpoint": checkpoint, "class_accuracy": accuracy, "per_class_accuracy": per_class}))
+
+
+def test_the_per_class_guard_reads_each_rows_own_evaluation_and_refuses_another(tmp_path):
+    rows = [
+        {"seed": 0, "training_key": "a" * 16, "class_accuracy": 0.84},
+        {"seed": 1, "training_key": "b" * 16, "class_accuracy": 0.81},
+    ]
+    _guard_eval(tmp_path, 0, "a" * 16, 0.84, {"arrow": 0.65, "circle": 0.99})
+    assert cl.worst_classes(tmp_path, rows) is None  # seed 1 has no evaluation: not checked, not met
+    _guard_eval(tmp_path, 1, "b" * 16, 0.81, {"star": 0.45, "circle": 0.9})
+    assert cl.worst_classes(tmp_path, rows) == [(0, "arrow", 0.65), (1, "star", 0.45)]
+    retrained = [rows[0], {**rows[1], "training_key": "c" * 16}]  # the row was trained again: its evaluation is stale
+    assert cl.worst_classes(tmp_path, retrained) is None
+    other_samples = [rows[0], {**rows[1], "class_accuracy": 0.8}]  # same training, other samples (another protocol)
+    assert cl.worst_classes(tmp_path, other_samples) is None
+
+
+def test_the_committed_reference_rows_meet_the_per_class_target():
+    cells = cl.current_cells(REPO / "leaderboards" / "shapes-shared-recipe").get("dit", [])
+    worst = cl.worst_classes(REPO / cl.GUARD_EVALS, cells)
+    assert worst is not None and len(worst) == len(cells) >= cl.MIN_SEEDS
+    assert cl.budget_guard(REPO) is None  # the README's calls carry no guard mark
