@@ -270,19 +270,19 @@ def worst_classes(guard_dir: Path, rows: list[dict[str, Any]]) -> list[tuple[int
     samples (its overall class accuracy differs from the row's)."""
     found = []
     for row in sorted(rows, key=lambda r: r.get("seed", 0)):
-        path = guard_dir / f"seed{row.get('seed', 0)}" / "final.json"
+        seed = row.get("seed", 0)
+        path = guard_dir / f"seed{seed}" / "final.json"
         if not path.is_file():
             return None
         evaluation = json.loads(path.read_text())
-        same_training = f"seed{row.get('seed', 0)}-{row.get('training_key', '')[:12]}" in str(
-            evaluation.get("checkpoint")
-        )
+        run_folder = f"seed{seed}-{row.get('training_key', '')[:12]}"  # runs/.../<entry>/<run_folder>/final.ckpt
+        same_training = run_folder in str(evaluation.get("checkpoint"))
         same_samples = abs(evaluation.get("class_accuracy", math.nan) - row.get("class_accuracy", math.nan)) < 1e-9
         if not (same_training and same_samples):
             return None
         classes = evaluation["per_class_accuracy"]
         name = min(classes, key=lambda c: classes[c]["accuracy"])
-        found.append((row.get("seed", 0), name, classes[name]["accuracy"]))
+        found.append((seed, name, classes[name]["accuracy"]))
     return found
 
 
@@ -310,9 +310,9 @@ def guard_details(root: Path) -> str:
     """The figures behind guard (a) for ``docs/claims.md``: the mean class accuracy and each seed's worst class."""
     cells = current_cells(root / "leaderboards" / "shapes-shared-recipe").get("dit", [])
     accuracy = row_stat("dit", cells, "class_accuracy")
-    worst = worst_classes(root / GUARD_EVALS, cells) if cells else None
     if accuracy is None:
         return "No current reference row."
+    worst = worst_classes(root / GUARD_EVALS, cells)
     text = f"Reference `dit` (shared recipe): mean class accuracy {100 * accuracy.mean:.1f} % over seeds"
     text += f" {', '.join(str(r['seed']) for r in sorted(cells, key=lambda r: r['seed']))}"
     if worst is None:
