@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from benchmark.cli import ConfigError, _model_cli, _root_and_entry
 from benchmark.runs import newest_checkpoint, read_checkpoint, run_of_checkpoint
@@ -126,7 +127,7 @@ def sample(args: list[str]) -> Path:
 
         try:
             protocol = EvalProtocol.from_yaml(ours.protocol)
-        except (OSError, ValueError, TypeError) as error:
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as error:  # missing, unknown field, bad YAML
             raise ConfigError(f"--protocol {ours.protocol}: {error}") from None
 
     cli = _model_cli(rest)

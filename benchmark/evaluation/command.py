@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from benchmark.evaluation.metrics import MetricUnavailable
 from benchmark.evaluation.protocol import EvalProtocol
@@ -141,7 +142,7 @@ def evaluate_parser() -> argparse.ArgumentParser:
 
 def evaluate_command(argv: list[str]) -> dict[str, Any]:
     """Run ``ldmbench evaluate`` with the arguments after the word ``evaluate``; returns the metrics."""
-    from benchmark.cli import CLI_KWARGS, _DescribeCLI
+    from benchmark.cli import CLI_KWARGS, ConfigError, _DescribeCLI
     from benchmark.evaluation import evaluate
 
     parser = evaluate_parser()
@@ -150,6 +151,12 @@ def evaluate_command(argv: list[str]) -> dict[str, Any]:
         # Our options first, then the config's (model, data, trainer) from the same CLI that `fit` uses.
         parser.print_help()
         print("\nthe config's options (as for `ldmbench fit`):\n")
+    protocol = None
+    if ours.protocol:  # read before the model is built: a typo fails in one line, at once
+        try:
+            protocol = EvalProtocol.from_yaml(ours.protocol)
+        except (OSError, ValueError, TypeError, yaml.YAMLError) as error:  # missing, unknown field, bad YAML
+            raise ConfigError(f"--protocol {ours.protocol}: {error}") from None
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*intended to run from within Python like if it were from.*")
         cli = _DescribeCLI(**CLI_KWARGS, save_config_callback=None, args=rest, run=False)
@@ -160,7 +167,7 @@ def evaluate_command(argv: list[str]) -> dict[str, Any]:
         load_weights(module, ours.ckpt_path)
     else:
         log.warning("no --ckpt_path: evaluating the untrained model")
-    protocol = EvalProtocol.from_yaml(ours.protocol) if ours.protocol else default_protocol(datamodule)
+    protocol = protocol or default_protocol(datamodule)
     try:
         metrics = evaluate(
             module, protocol, datamodule, device=ours.device, ckpt_path=ours.ckpt_path, stats_root=ours.stats_root

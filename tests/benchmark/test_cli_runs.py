@@ -94,6 +94,19 @@ def test_a_commands_help_explains_its_own_options(capsys, command, own_options):
         assert "--trainer.max_steps" in out.split("the config's options")[1]
 
 
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [(None, "No such file"), ("num_samples: [1\n", "line 1"), ("nonsense_field: 3\n", "nonsense_field")],
+)
+def test_evaluate_names_a_bad_protocol_file_in_one_line_before_building_anything(capsys, tmp_path, content, named):
+    protocol = tmp_path / "protocol.yaml"
+    if content is not None:
+        protocol.write_text(content)
+    err = _error(capsys, ["evaluate", "--config", SHAPES, *FAST, "--protocol", str(protocol)])
+    assert f"--protocol {protocol}" in err and "Traceback" not in err
+    assert named in err
+
+
 def _class_folders(root: Path, classes=("cat", "dog", "fox"), per_class=4, size=40) -> None:
     rng = np.random.default_rng(0)
     for name in classes:
